@@ -1,0 +1,90 @@
+//! The per-connection cache of pooled fds, keyed by `buf_id`, and the assignment of a
+//! message's fds to its memory blocks (spec: *fd caching*). An fd is shared between
+//! the cache and the buffers that use it (`Arc<OwnedFd>`): it closes when the
+//! connection has ended and the last buffer using it is released.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::protocol::{DataMessage, MemoryKind, ProtocolError};
+use crate::transport::object_size;
+
+struct CachedFd {
+    fd: Arc<OwnedFd>,
+    /// The object's size when it was cached; checked again only when a message claims more.
+    object_size: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct FdCache {
+    by_buf_id: HashMap<i32, CachedFd>,
+}
+
+impl FdCache {
+    pub(crate) fn len(&self) -> usize {
+        self.by_buf_id.len()
+    }
+
+    /// Gives every block of `message` its fd: a new one from `fds`, or the cached one for
+    /// its `buf_id`. Checks every block's `maxsize` against its object. All or nothing: on
+    /// error the cache is unchanged and the new fds are closed.
+    pub(crate) fn assign(&mut self, message: &DataMessage, fds: Vec<OwnedFd>) -> Result<Vec<Arc<OwnedFd>>, ProtocolError> {
+        if message.kind() == MemoryKind::Text {
+            return Ok(Vec::new()); // the parser made sure no fds came with text
+        }
+        let pooled = message.info.use_buffer_pool;
+        let buf_ids = message.buf_ids();
+        // With every block given an fd, each takes its own (replacing a cached one: our
+        // sender resends when the object behind a buf_id changed). With fewer, the fds
+        // go in order to the blocks whose buf_id is not cached.
+        let takes_new_fd: Vec<bool> = if fds.len() == buf_ids.len() || !pooled {
+            vec![true; buf_ids.len()]
+        } else {
+            buf_ids.iter().map(|id| !self.by_buf_id.contains_key(id)).collect()
+        };
+        let wanting = takes_new_fd.iter().filter(|&&new| new).count();
+        if fds.len() > wanting {
+            return Err(ProtocolError::FdsDoNotMatchBlocks { n_fds: fds.len(), uncached: wanting });
+        }
+        if let Some(block) = takes_new_fd.iter().enumerate().filter(|(_, &new)| new).nth(fds.len()).map(|(i, _)| i) {
+            return Err(ProtocolError::UncachedBufId { block, buf_id: buf_ids[block] });
+        }
+
+        let mut new_fds = fds.into_iter();
+        let mut assigned = Vec::with_capacity(buf_ids.len());
+        let mut to_cache = Vec::new();
+        for (block, (memory, &buf_id)) in message.blocks.iter().zip(buf_ids).enumerate() {
+            let maxsize = memory.maxsize();
+            let fd = if takes_new_fd[block] {
+                let fd = new_fds.next().expect("counted above");
+                let object_size = object_size(fd.as_fd())
+                    .map_err(|e| ProtocolError::UnsizableFd { block, buf_id, reason: e.to_string() })?;
+                check_fits(block, buf_id, maxsize, object_size)?;
+                let fd = Arc::new(fd);
+                if pooled {
+                    to_cache.push((buf_id, CachedFd { fd: fd.clone(), object_size }));
+                }
+                fd
+            } else {
+                let cached = &self.by_buf_id[&buf_id];
+                if maxsize > cached.object_size {
+                    // The object may have grown since it was cached; look again before refusing.
+                    let now = object_size(cached.fd.as_fd()).unwrap_or(0);
+                    check_fits(block, buf_id, maxsize, now)?;
+                }
+                cached.fd.clone()
+            };
+            assigned.push(fd);
+        }
+        self.by_buf_id.extend(to_cache);
+        Ok(assigned)
+    }
+}
+
+fn check_fits(block: usize, buf_id: i32, maxsize: u64, object_size: u64) -> Result<(), ProtocolError> {
+    if maxsize > object_size {
+        return Err(ProtocolError::MaxsizePastObject { block, buf_id, maxsize, object_size });
+    }
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! qtisocket: zero-copy media buffers between processes over a UNIX socket, wire-compatible
+//! with the `qtisocketsink`/`qtisocketsrc` deployed on Qualcomm devices.
+//!
+//! Layers, data flowing down (docs/architecture.md): [`protocol`] (pure parsing and
+//! encoding) → [`transport`] (the socket and fd passing) → [`receiver`] (the safe API)
+//! → `ffi` (the C ABI in include/qsock.h) and the GStreamer plugin.
+
+pub mod protocol;
+pub mod transport;
+pub mod receiver;
+mod fd_cache;
+mod ffi;
+
+pub use receiver::{Event, Interrupter, ReceivedBuffer, Receiver, ReceiverStats};
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong for a user of the receiver or sender.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The socket path cannot be used: too long, or taken by something that is not a socket.
+    #[error("socket path {}: {reason}", path.display())]
+    SocketPath { path: PathBuf, reason: String },
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    /// The peer broke the protocol; the message was rejected and its fds closed.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] protocol::ProtocolError),
+}
+
+fn plugin_init(_plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {
+    Ok(())
+}
+
+gst::plugin_define!(
+    qtisocket,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    env!("CARGO_PKG_VERSION"),
+    "MPL",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    "https://example.invalid/qtisocket",
+    "2026-11-25"
+);

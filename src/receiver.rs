@@ -1,0 +1,409 @@
+//! The safe Rust receiver: listens at a socket path, accepts one sender at a time, and
+//! hands out [`ReceivedBuffer`]s that own their fds and send the return when dropped.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll;
+
+use crate::fd_cache::FdCache;
+use crate::protocol::{
+    parse_length_record, DataMessage, MemoryKind, ProtocolError, ReceiverMessage, ReturnMessage, SenderMessage,
+    MAX_RECORD_LEN,
+};
+use crate::transport::{Connection, Incoming, Listener};
+use crate::Error;
+
+/// What [`Receiver::recv`] brought.
+#[derive(Debug)]
+pub enum Event {
+    /// A buffer; dropping it sends its return to the sender.
+    Buffer(ReceivedBuffer),
+    /// The sender ended its stream. It may still send more after this.
+    Eos,
+    /// The sender closed the connection (or died). Its cached fds are closed; the next
+    /// call waits for a new sender.
+    SenderGone,
+    /// Nothing arrived in time.
+    Timeout,
+    /// [`Interrupter::interrupt`] was called.
+    Interrupted,
+}
+
+/// Counters over the receiver's whole life (all connections).
+#[derive(Debug, Default)]
+struct Counters {
+    buffers: AtomicU64,
+    bytes_described: AtomicU64,
+    fds_received: AtomicU64,
+    returns_sent: AtomicU64,
+    protocol_errors: AtomicU64,
+    senders_accepted: AtomicU64,
+}
+
+/// A snapshot of the receiver's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    /// Buffers handed out.
+    pub buffers: u64,
+    /// Sum of the handed-out blocks' `size`: the bytes that moved without a copy.
+    pub bytes_described: u64,
+    /// fds received from senders.
+    pub fds_received: u64,
+    /// fds cached now, for the current sender's pooled buffers.
+    pub fds_cached: u64,
+    /// Return messages sent.
+    pub returns_sent: u64,
+    /// Messages rejected for breaking the protocol.
+    pub protocol_errors: u64,
+    /// Senders accepted so far.
+    pub senders_accepted: u64,
+    /// Whether a sender is connected now.
+    pub connected: bool,
+}
+
+struct Active {
+    connection: Arc<Connection>,
+    cache: FdCache,
+    peer: Option<rustix::net::UCred>,
+}
+
+const TOKEN_LISTENER: u64 = 1;
+const TOKEN_CONNECTION: u64 = 2;
+const TOKEN_WAKE: u64 = 3;
+
+/// The receiving end: binds the socket path and receives buffers.
+///
+/// Dropping it (or [`Receiver::close`]) answers every message still queued on the
+/// socket with a return, stops reading, closes every cached fd that no buffer still
+/// uses and removes the socket file. Buffers still held stay valid; their returns are
+/// still sent when they are dropped.
+pub struct Receiver {
+    listener: Listener,
+    /// Readable whenever `recv` has something to do: the app's event-loop fd.
+    poller: OwnedFd,
+    wake: Arc<OwnedFd>,
+    active: Option<Active>,
+    record: Box<[u8]>,
+    /// The length announced by the last length record, while its message is awaited.
+    pending_len: Option<usize>,
+    counters: Arc<Counters>,
+}
+
+impl Receiver {
+    /// Binds at `path` (removing a stale socket file there; refusing anything else) and
+    /// listens for a sender.
+    pub fn bind(path: impl AsRef<Path>) -> Result<Receiver, Error> {
+        let listener = Listener::bind(path.as_ref())?;
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |e: rustix::io::Errno| Error::Io { what, source: e.into() }
+        };
+        let poller = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io("creating the receiver's epoll fd"))?;
+        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
+            .map_err(io("creating the receiver's wake-up eventfd"))?;
+        let register = |fd: BorrowedFd<'_>, token| {
+            epoll::add(&poller, fd, epoll::EventData::new_u64(token), epoll::EventFlags::IN)
+                .map_err(io("registering with the receiver's epoll fd"))
+        };
+        register(listener.as_fd(), TOKEN_LISTENER)?;
+        register(wake.as_fd(), TOKEN_WAKE)?;
+        Ok(Receiver {
+            listener,
+            poller,
+            wake: Arc::new(wake),
+            active: None,
+            record: vec![0; MAX_RECORD_LEN + 1].into_boxed_slice(),
+            pending_len: None,
+            counters: Arc::default(),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        self.listener.path()
+    }
+
+    /// Waits up to `timeout` (`None`: for ever) for the next event.
+    ///
+    /// A [`Error::Protocol`] rejects one message: its fds are closed, its buffer (if the
+    /// message named one) is returned to the sender, and the next call goes on with the
+    /// next message.
+    pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Event, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if self.take_wake_up() {
+                return Ok(Event::Interrupted);
+            }
+            if let Some(event) = self.try_recv()? {
+                return Ok(event);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(Event::Timeout);
+            }
+            let timespec = left.map(|l| rustix::event::Timespec::try_from(l).unwrap_or(rustix::event::Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            }));
+            let mut fds = [rustix::event::PollFd::new(&self.poller, rustix::event::PollFlags::IN)];
+            match rustix::event::poll(&mut fds, timespec.as_ref()) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(Error::Io { what: "waiting on the receiver's socket".into(), source: e.into() }),
+            }
+        }
+    }
+
+    /// A handle that makes a blocked [`Receiver::recv`] return [`Event::Interrupted`], from
+    /// any thread.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(self.wake.clone())
+    }
+
+    /// Tells the sender to stop sending (`DISCONNECT`), as the deployed receiver does
+    /// when it pauses. Returns whether a sender was connected to be told.
+    pub fn send_disconnect(&self) -> Result<bool, Error> {
+        let Some(active) = &self.active else { return Ok(false) };
+        active
+            .connection
+            .send_message(&ReceiverMessage::Disconnect.encode(), &[])
+            .map_err(|source| Error::Io { what: "sending DISCONNECT".into(), source })?;
+        Ok(true)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// The connected sender's process credentials (`SO_PEERCRED`).
+    pub fn peer_credentials(&self) -> Option<rustix::net::UCred> {
+        self.active.as_ref()?.peer
+    }
+
+    pub fn stats(&self) -> ReceiverStats {
+        let c = &self.counters;
+        ReceiverStats {
+            buffers: c.buffers.load(Relaxed),
+            bytes_described: c.bytes_described.load(Relaxed),
+            fds_received: c.fds_received.load(Relaxed),
+            fds_cached: self.active.as_ref().map_or(0, |a| a.cache.len() as u64),
+            returns_sent: c.returns_sent.load(Relaxed),
+            protocol_errors: c.protocol_errors.load(Relaxed),
+            senders_accepted: c.senders_accepted.load(Relaxed),
+            connected: self.active.is_some(),
+        }
+    }
+
+    /// Closes the receiver; the same as dropping it, spelled out.
+    pub fn close(self) {}
+
+    fn take_wake_up(&self) -> bool {
+        let mut count = [0u8; 8];
+        rustix::io::read(&*self.wake, &mut count).is_ok()
+    }
+
+    /// One step without blocking: accept a sender, or read one record.
+    fn try_recv(&mut self) -> Result<Option<Event>, Error> {
+        if self.active.is_none() && !self.accept()? {
+            return Ok(None);
+        }
+        let active = self.active.as_ref().expect("accepted above");
+        let incoming = active.connection.recv_record(&mut self.record);
+        match incoming {
+            Ok(Incoming::WouldBlock) => Ok(None),
+            Ok(Incoming::Hangup) => {
+                self.end_connection();
+                Ok(Some(Event::SenderGone))
+            }
+            Ok(Incoming::Record { len, fds, control_truncated }) => {
+                self.counters.fds_received.fetch_add(fds.len() as u64, Relaxed);
+                self.on_record(len, fds, control_truncated).inspect_err(|e| {
+                    if matches!(e, Error::Protocol(_)) {
+                        self.counters.protocol_errors.fetch_add(1, Relaxed);
+                    }
+                })
+            }
+            Err(source) => {
+                self.end_connection();
+                Err(Error::Io { what: "receiving from the sender".into(), source })
+            }
+        }
+    }
+
+    fn accept(&mut self) -> Result<bool, Error> {
+        let io = |what: &str, source| Error::Io { what: what.into(), source };
+        let Some(connection) = self.listener.accept().map_err(|e| io("accepting a sender", e))? else {
+            return Ok(false);
+        };
+        // One sender at a time: others wait in the backlog until this one leaves.
+        epoll::delete(&self.poller, &self.listener).map_err(|e| io("updating the epoll fd", e.into()))?;
+        epoll::add(&self.poller, &connection, epoll::EventData::new_u64(TOKEN_CONNECTION), epoll::EventFlags::IN)
+            .map_err(|e| io("updating the epoll fd", e.into()))?;
+        let peer = connection.peer_credentials().ok();
+        self.active = Some(Active { connection: Arc::new(connection), cache: FdCache::default(), peer });
+        self.pending_len = None;
+        self.counters.senders_accepted.fetch_add(1, Relaxed);
+        Ok(true)
+    }
+
+    /// Forgets the current sender: cached fds close (once no buffer uses them), and the
+    /// listener is watched again for the next one.
+    fn end_connection(&mut self) {
+        if let Some(active) = self.active.take() {
+            let _ = epoll::delete(&self.poller, &*active.connection);
+            active.connection.shutdown_read();
+        }
+        self.pending_len = None;
+        let _ = epoll::add(&self.poller, &self.listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN);
+    }
+
+    fn on_record(&mut self, len: usize, fds: Vec<OwnedFd>, control_truncated: bool) -> Result<Option<Event>, Error> {
+        if control_truncated {
+            self.pending_len = None;
+            return Err(ProtocolError::ControlTruncated.into());
+        }
+        let Some(announced) = self.pending_len.take() else {
+            if !fds.is_empty() {
+                return Err(ProtocolError::FdCountMismatch { announced: 0, received: fds.len() }.into());
+            }
+            self.pending_len = Some(parse_length_record(&self.record[..len.min(self.record.len())])?);
+            return Ok(None); // the message record follows
+        };
+        if len != announced {
+            return Err(ProtocolError::RecordLengthMismatch { announced, got: len }.into());
+        }
+        let message = match SenderMessage::parse(&self.record[..len], fds.len())? {
+            SenderMessage::Eos => return Ok(Some(Event::Eos)),
+            SenderMessage::Data(message) => message,
+        };
+        let active = self.active.as_mut().expect("a record came from a connection");
+        let returner = (message.kind() != MemoryKind::Text).then(|| Returner {
+            connection: active.connection.clone(),
+            counters: self.counters.clone(),
+        });
+        match active.cache.assign(&message, fds) {
+            Ok(fds) => {
+                self.counters.buffers.fetch_add(1, Relaxed);
+                let described: u64 = message.blocks.iter().map(|b| b.size()).sum();
+                self.counters.bytes_described.fetch_add(described, Relaxed);
+                Ok(Some(Event::Buffer(ReceivedBuffer { message, fds, returner })))
+            }
+            Err(error) => {
+                // The sender holds this buffer until it is returned; give it back.
+                if let Some(returner) = returner {
+                    returner.send_return(message.buf_ids());
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Answers every message still queued with a return, as the deployed receiver does
+    /// on its way to READY, so the sender gets all its buffers back.
+    fn answer_queued_messages(&mut self) {
+        let Some(active) = &self.active else { return };
+        let returner = Returner { connection: active.connection.clone(), counters: self.counters.clone() };
+        while let Ok(Incoming::Record { len, fds, .. }) = active.connection.recv_record(&mut self.record) {
+            let record = &self.record[..len.min(self.record.len())];
+            if self.pending_len.take().is_none() {
+                self.pending_len = parse_length_record(record).ok();
+                continue;
+            }
+            if let Ok(SenderMessage::Data(message)) = SenderMessage::parse(record, fds.len()) {
+                if message.kind() != MemoryKind::Text {
+                    returner.send_return(message.buf_ids());
+                }
+            }
+        }
+    }
+}
+
+impl AsFd for Receiver {
+    /// An fd that polls readable whenever [`Receiver::recv`] has something to do (a
+    /// sender to accept, a record to read, an interrupt). It stays the same fd for the
+    /// receiver's whole life, across senders.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.poller.as_fd()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.answer_queued_messages();
+        self.end_connection();
+    }
+}
+
+/// Makes a blocked [`Receiver::recv`] return [`Event::Interrupted`]. Cheap to clone,
+/// usable from any thread.
+#[derive(Clone)]
+pub struct Interrupter(Arc<OwnedFd>);
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        // An eventfd write only fails when the counter would overflow: already woken.
+        let _ = rustix::io::write(&*self.0, &1u64.to_ne_bytes());
+    }
+}
+
+/// Sends a buffer's return on the connection it came from, from whatever thread.
+struct Returner {
+    connection: Arc<Connection>,
+    counters: Arc<Counters>,
+}
+
+impl Returner {
+    fn send_return(&self, buf_ids: &[i32]) {
+        let Some(ret) = ReturnMessage::new(buf_ids) else { return };
+        // A failure means the sender is gone: nobody is left to give the buffer back to.
+        if self.connection.send_message(&ReceiverMessage::Return(ret).encode(), &[]).is_ok() {
+            self.counters.returns_sent.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl std::fmt::Debug for Returner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Returner")
+    }
+}
+
+/// A received buffer: its description and its memory fds. Dropping it returns the
+/// buffer to the sender (text buffers, which hold no sender memory, send nothing).
+#[derive(Debug)]
+pub struct ReceivedBuffer {
+    message: DataMessage,
+    /// One per block (none for text).
+    fds: Vec<Arc<OwnedFd>>,
+    returner: Option<Returner>,
+}
+
+impl ReceivedBuffer {
+    /// The buffer's description: kind, timestamps, blocks, metas.
+    pub fn message(&self) -> &DataMessage {
+        &self.message
+    }
+
+    /// The fd of memory block `block`, valid while the buffer lives; `None` for text.
+    pub fn fd(&self, block: usize) -> Option<BorrowedFd<'_>> {
+        self.fds.get(block).map(|fd| fd.as_fd())
+    }
+
+    /// The shared fd of block `block`: the same `Arc` for every buffer that reuses a
+    /// pooled `buf_id` on this connection, so a consumer can keep per-object state
+    /// (mappings, wrapped memories) keyed by it.
+    pub fn shared_fd(&self, block: usize) -> Option<&Arc<OwnedFd>> {
+        self.fds.get(block)
+    }
+}
+
+impl Drop for ReceivedBuffer {
+    fn drop(&mut self) {
+        if let Some(returner) = &self.returner {
+            returner.send_return(self.message.buf_ids());
+        }
+    }
+}

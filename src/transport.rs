@@ -1,0 +1,284 @@
+//! The socket: `AF_UNIX`/`SOCK_SEQPACKET`, one message = a 4-byte length record and the
+//! message record, fds in `SCM_RIGHTS`. Every fd is an [`OwnedFd`] from the kernel on;
+//! rustix does the `cmsg` work, so this module needs no `unsafe`.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rustix::fs::FileTypeExt as _;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, Shutdown, SocketAddrUnix, SocketFlags, SocketType,
+};
+
+use crate::protocol::{encode_length_record, MAX_MEMORY_BLOCKS};
+use crate::Error;
+
+/// `sun_path` holds 108 bytes, the terminating NUL included.
+pub const MAX_SOCKET_PATH_LEN: usize = 107;
+
+/// A peer that stops reading must not block our sends (and so a buffer release on a
+/// streaming thread) forever: after this long the send fails and the connection is shut.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Room for every fd a message may carry, and a little more, so that a sender that
+/// attaches too many is seen (an error, with every fd closed) rather than truncated.
+const RECV_FDS_CAPACITY: usize = MAX_MEMORY_BLOCKS + 6;
+
+/// What the path refers to before we bind, as far as our checks care.
+fn check_socket_path(path: &Path) -> Result<(), Error> {
+    let path_error = |reason: String| Error::SocketPath { path: path.to_owned(), reason };
+    let len = path.as_os_str().len();
+    if len == 0 {
+        return Err(path_error("the socket path is empty".into()));
+    }
+    if len > MAX_SOCKET_PATH_LEN {
+        return Err(path_error(format!(
+            "the path is {len} bytes long; a UNIX socket path holds at most {MAX_SOCKET_PATH_LEN}"
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(path_error(format!("cannot inspect it: {e}"))),
+        // A stale socket from a receiver that died: safe to replace.
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
+            .map_err(|e| path_error(format!("cannot remove the stale socket there: {e}"))),
+        Ok(meta) => {
+            let what = if meta.is_dir() {
+                "a directory"
+            } else if meta.file_type().is_symlink() {
+                "a symbolic link"
+            } else if meta.is_file() {
+                "a regular file"
+            } else {
+                "not a socket"
+            };
+            Err(path_error(format!("it exists and is {what}; refusing to replace it with a socket")))
+        }
+    }
+}
+
+fn seqpacket_socket() -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?)
+}
+
+/// The receiver's listening socket. Removes its socket file when dropped.
+pub struct Listener {
+    fd: OwnedFd,
+    path: PathBuf,
+    /// Identity of the socket file we created, so that we never remove a file that
+    /// somebody else put at the path after us.
+    file_id: (u64, u64),
+}
+
+impl Listener {
+    /// Binds at `path` and listens for one sender. An existing socket file at the path
+    /// is removed; anything else there is refused and left untouched.
+    pub fn bind(path: &Path) -> Result<Listener, Error> {
+        check_socket_path(path)?;
+        let io_error = |what: &str, e: io::Error| Error::Io { what: format!("{what} {}", path.display()), source: e };
+        let fd = seqpacket_socket().map_err(|e| io_error("creating the socket for", e))?;
+        let addr = SocketAddrUnix::new(path).map_err(|e| io_error("building the address of", e.into()))?;
+        rustix::net::bind(&fd, &addr).map_err(|e| io_error("binding", e.into()))?;
+        let stat = rustix::fs::stat(path).map_err(|e| io_error("inspecting", e.into()))?;
+        let listener = Listener { fd, path: path.to_owned(), file_id: (stat.st_dev, stat.st_ino) };
+        rustix::net::listen(&listener.fd, 1).map_err(|e| io_error("listening on", e.into()))?;
+        Ok(listener)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accepts a waiting sender, if there is one.
+    pub fn accept(&self) -> io::Result<Option<Connection>> {
+        match rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+            Ok(fd) => Connection::new(fd).map(Some),
+            Err(rustix::io::Errno::AGAIN) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let ours = rustix::fs::lstat(&self.path).is_ok_and(|s| (s.st_dev, s.st_ino) == self.file_id);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// One record received.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A record of `len` bytes (the full length even when it did not fit the buffer)
+    /// and the fds that came with it.
+    Record { len: usize, fds: Vec<OwnedFd>, control_truncated: bool },
+    /// Nothing to read now.
+    WouldBlock,
+    /// The peer closed its end.
+    Hangup,
+}
+
+/// A connected socket. Sends are serialized: a message's two records are never
+/// interleaved with another thread's.
+#[derive(Debug)]
+pub struct Connection {
+    fd: OwnedFd,
+    send_lock: Mutex<()>,
+}
+
+impl Connection {
+    fn new(fd: OwnedFd) -> io::Result<Connection> {
+        Ok(Connection { fd, send_lock: Mutex::new(()) })
+    }
+
+    /// Connects to a receiver listening at `path` (one attempt).
+    pub fn connect(path: &Path) -> io::Result<Connection> {
+        let fd = seqpacket_socket()?;
+        let addr = SocketAddrUnix::new(path)?;
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) | Err(rustix::io::Errno::INPROGRESS) => Connection::new(fd),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends one message: the length record, then `record` with `fds` attached.
+    /// On failure the connection is shut down, since the framing can no longer be trusted.
+    pub fn send_message(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let _serialized = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self
+            .send_record_unlocked(&encode_length_record(record.len()), &[])
+            .and_then(|()| self.send_record_unlocked(record, fds));
+        if result.is_err() {
+            self.shutdown();
+        }
+        result
+    }
+
+    /// Sends one raw record, with no length record before it. For tests that play a
+    /// lying peer; a real message goes through [`Connection::send_message`].
+    pub fn send_raw_record(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let _serialized = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.send_record_unlocked(record, fds)
+    }
+
+    fn send_record_unlocked(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(RECV_FDS_CAPACITY))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds for one record"));
+        }
+        // NOSIGNAL: a peer that went away must give us EPIPE, not kill the process.
+        // The socket is non-blocking; a send waits for room up to SEND_TIMEOUT.
+        let deadline = Instant::now() + SEND_TIMEOUT;
+        loop {
+            match rustix::net::sendmsg(&self.fd, &[IoSlice::new(record)], &mut control, SendFlags::NOSIGNAL) {
+                Ok(n) if n == record.len() => return Ok(()),
+                Ok(n) => {
+                    return Err(io::Error::other(format!("sent {n} of a {}-byte record", record.len())));
+                }
+                Err(rustix::io::Errno::AGAIN) => self.wait_writable(deadline)?,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn wait_writable(&self, deadline: Instant) -> io::Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [rustix::event::PollFd::new(&self.fd, rustix::event::PollFlags::OUT)];
+        let timeout = rustix::event::Timespec::try_from(left).expect("a short duration fits");
+        match rustix::event::poll(&mut fds, Some(&timeout))? {
+            0 => Err(io::Error::new(io::ErrorKind::TimedOut, "the peer has not read its socket for 2 s")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Receives one record and its fds without blocking. `buf` should be one byte
+    /// longer than the largest record expected, so an oversized one is seen as such.
+    pub fn recv_record(&self, buf: &mut [u8]) -> io::Result<Incoming> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(RECV_FDS_CAPACITY))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let flags = RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC;
+        let msg = loop {
+            match rustix::net::recvmsg(&self.fd, &mut [IoSliceMut::new(buf)], &mut control, flags) {
+                Ok(msg) => break msg,
+                Err(rustix::io::Errno::AGAIN) => return Ok(Incoming::WouldBlock),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::CONNRESET) => return Ok(Incoming::Hangup),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let mut fds = Vec::new();
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = message {
+                fds.extend(received);
+            }
+        }
+        // A zero-byte read is the peer's end of stream, unless the peer sent an empty
+        // record and is still there.
+        if msg.bytes == 0 && fds.is_empty() && self.peer_hung_up()? {
+            return Ok(Incoming::Hangup);
+        }
+        Ok(Incoming::Record { len: msg.bytes, fds, control_truncated: msg.flags.contains(ReturnFlags::CTRUNC) })
+    }
+
+    fn peer_hung_up(&self) -> io::Result<bool> {
+        use rustix::event::PollFlags;
+        let mut fds = [rustix::event::PollFd::new(&self.fd, PollFlags::RDHUP)];
+        rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 }))?;
+        Ok(fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP))
+    }
+
+    /// Stops reading: the peer's sends fail from now on, while our sends (returns for
+    /// buffers still held) still go out.
+    pub fn shutdown_read(&self) {
+        let _ = rustix::net::shutdown(&self.fd, Shutdown::Read);
+    }
+
+    pub fn shutdown(&self) {
+        let _ = rustix::net::shutdown(&self.fd, Shutdown::Both);
+    }
+
+    /// The peer's process credentials (`SO_PEERCRED`).
+    pub fn peer_credentials(&self) -> io::Result<rustix::net::UCred> {
+        Ok(rustix::net::sockopt::socket_peercred(&self.fd)?)
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// The size of the object behind a memory fd: `st_size` for memfds and files,
+/// `lseek(SEEK_END)` for DMA-BUFs (whose `st_size` is not reliable on older kernels).
+pub fn object_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let stat = rustix::fs::fstat(fd)?;
+    if stat.st_size > 0 {
+        return Ok(stat.st_size as u64);
+    }
+    let file_type = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+    if file_type == rustix::fs::FileType::RegularFile {
+        return Ok(0);
+    }
+    Ok(rustix::fs::seek(fd, rustix::fs::SeekFrom::End(0))?)
+}
