@@ -11,10 +11,10 @@ use rustix::event::epoll;
 
 use crate::fd_cache::FdCache;
 use crate::protocol::{
-    parse_length_record, DataMessage, MemoryKind, ProtocolError, ReceiverMessage, ReturnMessage, SenderMessage,
+    DataMessage, MemoryKind, ReceiverMessage, ReturnMessage, SenderMessage,
     MAX_RECORD_LEN,
 };
-use crate::transport::{Connection, Incoming, Listener};
+use crate::transport::{wait_readable, Connection, Listener, MessageIn, MessageReader};
 use crate::Error;
 
 /// What [`Receiver::recv`] brought.
@@ -88,8 +88,7 @@ pub struct Receiver {
     wake: Arc<OwnedFd>,
     active: Option<Active>,
     record: Box<[u8]>,
-    /// The length announced by the last length record, while its message is awaited.
-    pending_len: Option<usize>,
+    reader: MessageReader,
     counters: Arc<Counters>,
 }
 
@@ -117,7 +116,7 @@ impl Receiver {
             wake: Arc::new(wake),
             active: None,
             record: vec![0; MAX_RECORD_LEN + 1].into_boxed_slice(),
-            pending_len: None,
+            reader: MessageReader::default(),
             counters: Arc::default(),
         })
     }
@@ -145,15 +144,8 @@ impl Receiver {
             if left == Some(Duration::ZERO) {
                 return Ok(Event::Timeout);
             }
-            let timespec = left.map(|l| rustix::event::Timespec::try_from(l).unwrap_or(rustix::event::Timespec {
-                tv_sec: i64::MAX,
-                tv_nsec: 0,
-            }));
-            let mut fds = [rustix::event::PollFd::new(&self.poller, rustix::event::PollFlags::IN)];
-            match rustix::event::poll(&mut fds, timespec.as_ref()) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(Error::Io { what: "waiting on the receiver's socket".into(), source: e.into() }),
-            }
+            wait_readable(self.poller.as_fd(), left)
+                .map_err(|source| Error::Io { what: "waiting on the receiver's socket".into(), source })?;
         }
     }
 
@@ -205,32 +197,33 @@ impl Receiver {
         rustix::io::read(&*self.wake, &mut count).is_ok()
     }
 
-    /// One step without blocking: accept a sender, or read one record.
+    /// One step without blocking: accept a sender, or read one message.
     fn try_recv(&mut self) -> Result<Option<Event>, Error> {
         if self.active.is_none() && !self.accept()? {
             return Ok(None);
         }
         let active = self.active.as_ref().expect("accepted above");
-        let incoming = active.connection.recv_record(&mut self.record);
-        match incoming {
-            Ok(Incoming::WouldBlock) => Ok(None),
-            Ok(Incoming::Hangup) => {
+        match self.reader.read(&active.connection, &mut self.record) {
+            Ok(MessageIn::WouldBlock) => Ok(None),
+            Ok(MessageIn::Hangup) => {
                 self.end_connection();
                 Ok(Some(Event::SenderGone))
             }
-            Ok(Incoming::Record { len, fds, control_truncated }) => {
+            Ok(MessageIn::Message { len, fds }) => {
                 self.counters.fds_received.fetch_add(fds.len() as u64, Relaxed);
-                self.on_record(len, fds, control_truncated).inspect_err(|e| {
-                    if matches!(e, Error::Protocol(_)) {
-                        self.counters.protocol_errors.fetch_add(1, Relaxed);
-                    }
-                })
+                self.on_message(len, fds).map(Some)
             }
-            Err(source) => {
+            Err(e @ Error::Protocol(_)) => Err(e),
+            Err(e) => {
                 self.end_connection();
-                Err(Error::Io { what: "receiving from the sender".into(), source })
+                Err(e)
             }
         }
+        .inspect_err(|e| {
+            if matches!(e, Error::Protocol(_)) {
+                self.counters.protocol_errors.fetch_add(1, Relaxed);
+            }
+        })
     }
 
     fn accept(&mut self) -> Result<bool, Error> {
@@ -244,7 +237,7 @@ impl Receiver {
             .map_err(|e| io("updating the epoll fd", e.into()))?;
         let peer = connection.peer_credentials().ok();
         self.active = Some(Active { connection: Arc::new(connection), cache: FdCache::default(), peer });
-        self.pending_len = None;
+        self.reader = MessageReader::default();
         self.counters.senders_accepted.fetch_add(1, Relaxed);
         Ok(true)
     }
@@ -256,27 +249,12 @@ impl Receiver {
             let _ = epoll::delete(&self.poller, &*active.connection);
             active.connection.shutdown_read();
         }
-        self.pending_len = None;
         let _ = epoll::add(&self.poller, &self.listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN);
     }
 
-    fn on_record(&mut self, len: usize, fds: Vec<OwnedFd>, control_truncated: bool) -> Result<Option<Event>, Error> {
-        if control_truncated {
-            self.pending_len = None;
-            return Err(ProtocolError::ControlTruncated.into());
-        }
-        let Some(announced) = self.pending_len.take() else {
-            if !fds.is_empty() {
-                return Err(ProtocolError::FdCountMismatch { announced: 0, received: fds.len() }.into());
-            }
-            self.pending_len = Some(parse_length_record(&self.record[..len.min(self.record.len())])?);
-            return Ok(None); // the message record follows
-        };
-        if len != announced {
-            return Err(ProtocolError::RecordLengthMismatch { announced, got: len }.into());
-        }
+    fn on_message(&mut self, len: usize, fds: Vec<OwnedFd>) -> Result<Event, Error> {
         let message = match SenderMessage::parse(&self.record[..len], fds.len())? {
-            SenderMessage::Eos => return Ok(Some(Event::Eos)),
+            SenderMessage::Eos => return Ok(Event::Eos),
             SenderMessage::Data(message) => message,
         };
         let active = self.active.as_mut().expect("a record came from a connection");
@@ -289,7 +267,7 @@ impl Receiver {
                 self.counters.buffers.fetch_add(1, Relaxed);
                 let described: u64 = message.blocks.iter().map(|b| b.size()).sum();
                 self.counters.bytes_described.fetch_add(described, Relaxed);
-                Ok(Some(Event::Buffer(ReceivedBuffer { message, fds, returner })))
+                Ok(Event::Buffer(ReceivedBuffer { message, fds, returner }))
             }
             Err(error) => {
                 // The sender holds this buffer until it is returned; give it back.
@@ -306,13 +284,8 @@ impl Receiver {
     fn answer_queued_messages(&mut self) {
         let Some(active) = &self.active else { return };
         let returner = Returner { connection: active.connection.clone(), counters: self.counters.clone() };
-        while let Ok(Incoming::Record { len, fds, .. }) = active.connection.recv_record(&mut self.record) {
-            let record = &self.record[..len.min(self.record.len())];
-            if self.pending_len.take().is_none() {
-                self.pending_len = parse_length_record(record).ok();
-                continue;
-            }
-            if let Ok(SenderMessage::Data(message)) = SenderMessage::parse(record, fds.len()) {
+        while let Ok(MessageIn::Message { len, fds }) = self.reader.read(&active.connection, &mut self.record) {
+            if let Ok(SenderMessage::Data(message)) = SenderMessage::parse(&self.record[..len], fds.len()) {
                 if message.kind() != MemoryKind::Text {
                     returner.send_return(message.buf_ids());
                 }

@@ -15,7 +15,7 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, Shutdown, SocketAddrUnix, SocketFlags, SocketType,
 };
 
-use crate::protocol::{encode_length_record, MAX_MEMORY_BLOCKS};
+use crate::protocol::{encode_length_record, parse_length_record, ProtocolError, MAX_MEMORY_BLOCKS};
 use crate::Error;
 
 /// `sun_path` holds 108 bytes, the terminating NUL included.
@@ -281,4 +281,63 @@ pub fn object_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
         return Ok(0);
     }
     Ok(rustix::fs::seek(fd, rustix::fs::SeekFrom::End(0))?)
+}
+
+/// A whole message read from a connection.
+#[derive(Debug)]
+pub enum MessageIn {
+    /// A message record of `len` bytes (at the start of the caller's buffer) and its fds.
+    Message { len: usize, fds: Vec<OwnedFd> },
+    WouldBlock,
+    Hangup,
+}
+
+/// Pairs each length record with the message record that follows it, across calls
+/// that return early because the second record has not arrived yet.
+#[derive(Debug, Default)]
+pub struct MessageReader {
+    pending_len: Option<usize>,
+}
+
+impl MessageReader {
+    /// Reads the next whole message without blocking. A framing error rejects the
+    /// records involved (their fds closed) and leaves the reader ready for the next.
+    pub fn read(&mut self, connection: &Connection, buf: &mut [u8]) -> Result<MessageIn, Error> {
+        loop {
+            let (len, fds) = match connection.recv_record(buf) {
+                Ok(Incoming::Record { control_truncated: true, .. }) => {
+                    self.pending_len = None;
+                    return Err(ProtocolError::ControlTruncated.into());
+                }
+                Ok(Incoming::Record { len, fds, .. }) => (len, fds),
+                Ok(Incoming::WouldBlock) => return Ok(MessageIn::WouldBlock),
+                Ok(Incoming::Hangup) => {
+                    self.pending_len = None;
+                    return Ok(MessageIn::Hangup);
+                }
+                Err(source) => return Err(Error::Io { what: "receiving from the peer".into(), source }),
+            };
+            match self.pending_len.take() {
+                None if !fds.is_empty() => {
+                    return Err(ProtocolError::FdCountMismatch { announced: 0, received: fds.len() }.into())
+                }
+                None => self.pending_len = Some(parse_length_record(&buf[..len.min(buf.len())])?),
+                Some(announced) if len != announced => {
+                    return Err(ProtocolError::RecordLengthMismatch { announced, got: len }.into())
+                }
+                Some(_) => return Ok(MessageIn::Message { len, fds }),
+            }
+        }
+    }
+}
+
+/// Waits until `fd` is readable or `timeout` passes (`None`: for ever). Returns false on timeout.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let timespec = timeout.map(|t| rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec { tv_sec: i64::MAX, tv_nsec: 0 }));
+    let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+    match rustix::event::poll(&mut fds, timespec.as_ref()) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::INTR) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }

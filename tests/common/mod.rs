@@ -1,0 +1,84 @@
+//! Shared by the integration tests: temporary socket paths, memfds, fd counting, and
+//! the replay sender as a child process.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+
+pub const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+
+pub fn capture(name: &str) -> PathBuf {
+    Path::new(CAPTURES).join(name)
+}
+
+/// A fresh directory for socket files, removed at the end.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("qsock-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A memfd of `size` bytes whose first 8 bytes are `index` (little-endian).
+pub fn memfd(size: u64, index: u64) -> OwnedFd {
+    let mut file = memfd::MemfdOptions::default().create("qsock-test").unwrap().into_file();
+    file.set_len(size).unwrap();
+    if size >= 8 {
+        file.write_all(&index.to_le_bytes()).unwrap();
+    }
+    file.into()
+}
+
+/// The first 8 bytes of the object behind `fd`, as the index the sender wrote there.
+pub fn first8(fd: BorrowedFd<'_>) -> u64 {
+    let mut bytes = [0u8; 8];
+    assert_eq!(rustix::io::pread(fd, &mut bytes, 0).unwrap(), 8);
+    u64::from_le_bytes(bytes)
+}
+
+/// How many fds this process has open.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count() - 1 // read_dir's own fd
+}
+
+
+/// The bundled replay sender, playing `capture` into `socket` in a child process.
+pub fn spawn_replay(socket: &Path, capture_name: &str, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_qsock-replay"))
+        .arg(socket)
+        .arg(capture(capture_name))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the replay child and returns (success, its output).
+pub fn finish_replay(child: Child) -> (bool, String) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+pub fn borrow_all(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
+    fds.iter().map(|fd| fd.as_fd()).collect()
+}
