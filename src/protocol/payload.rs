@@ -5,7 +5,7 @@
 //! `dimensions`) are kept whole, so that re-encoding a parsed payload gives back the
 //! bytes that were received; only the first `n` entries mean anything.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
 use super::layout::{check_count, Reader, Writer};
 use super::ProtocolError;
@@ -269,20 +269,15 @@ impl TensorType {
     }
     /// The name the caps use (`type=(string)UINT8`).
     pub fn name(self) -> &'static str {
-        use TensorType::*;
-        match self {
-            Unknown => "UNKNOWN",
-            Int8 => "INT8",
-            Uint8 => "UINT8",
-            Int16 => "INT16",
-            Uint16 => "UINT16",
-            Int32 => "INT32",
-            Uint32 => "UINT32",
-            Int64 => "INT64",
-            Uint64 => "UINT64",
-            Float16 => "FLOAT16",
-            Float32 => "FLOAT32",
-        }
+        self.c_name().to_str().expect("ASCII names")
+    }
+    /// The same name, NUL-terminated for C.
+    pub fn c_name(self) -> &'static CStr {
+        const NAMES: [&CStr; 11] = [
+            c"UNKNOWN", c"INT8", c"UINT8", c"INT16", c"UINT16", c"INT32", c"UINT32", c"INT64", c"UINT64", c"FLOAT16",
+            c"FLOAT32",
+        ];
+        NAMES[self as usize]
     }
 }
 
