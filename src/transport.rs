@@ -221,8 +221,10 @@ impl Connection {
             match rustix::net::recvmsg(&self.fd, &mut [IoSliceMut::new(buf)], &mut control, flags) {
                 Ok(msg) => break msg,
                 Err(rustix::io::Errno::AGAIN) => return Ok(Incoming::WouldBlock),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(rustix::io::Errno::CONNRESET) => return Ok(Incoming::Hangup),
+                // A peer that closed with our records unread in its queue leaves ECONNRESET
+                // here, reported once and before the records it sent us that are still
+                // queued: read on, and its end of stream comes after them.
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNRESET) => continue,
                 Err(e) => return Err(e.into()),
             }
         };
@@ -297,6 +299,8 @@ pub enum MessageIn {
 #[derive(Debug, Default)]
 pub struct MessageReader {
     pending_len: Option<usize>,
+    /// Why the awaited message is rejected already (fds rode on its length record).
+    pending_rejection: Option<ProtocolError>,
 }
 
 impl MessageReader {
@@ -306,26 +310,35 @@ impl MessageReader {
         loop {
             let (len, fds) = match connection.recv_record(buf) {
                 Ok(Incoming::Record { control_truncated: true, .. }) => {
-                    self.pending_len = None;
+                    *self = MessageReader::default();
                     return Err(ProtocolError::ControlTruncated.into());
                 }
                 Ok(Incoming::Record { len, fds, .. }) => (len, fds),
                 Ok(Incoming::WouldBlock) => return Ok(MessageIn::WouldBlock),
                 Ok(Incoming::Hangup) => {
-                    self.pending_len = None;
+                    *self = MessageReader::default();
                     return Ok(MessageIn::Hangup);
                 }
                 Err(source) => return Err(Error::Io { what: "receiving from the peer".into(), source }),
             };
             match self.pending_len.take() {
-                None if !fds.is_empty() => {
-                    return Err(ProtocolError::FdCountMismatch { announced: 0, received: fds.len() }.into())
+                None => {
+                    self.pending_len = Some(parse_length_record(&buf[..len.min(buf.len())])?);
+                    if !fds.is_empty() {
+                        // Keep the framing: the message record that follows is this
+                        // message's, and is rejected with it, once.
+                        self.pending_rejection =
+                            Some(ProtocolError::FdCountMismatch { announced: 0, received: fds.len() });
+                    }
                 }
-                None => self.pending_len = Some(parse_length_record(&buf[..len.min(buf.len())])?),
                 Some(announced) if len != announced => {
-                    return Err(ProtocolError::RecordLengthMismatch { announced, got: len }.into())
+                    self.pending_rejection = None;
+                    return Err(ProtocolError::RecordLengthMismatch { announced, got: len }.into());
                 }
-                Some(_) => return Ok(MessageIn::Message { len, fds }),
+                Some(_) => match self.pending_rejection.take() {
+                    Some(rejection) => return Err(rejection.into()),
+                    None => return Ok(MessageIn::Message { len, fds }),
+                },
             }
         }
     }

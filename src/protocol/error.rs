@@ -15,6 +15,8 @@ pub enum ProtocolError {
     UnknownIdentity { identity: u32, offset: usize },
     #[error("payload {identity} at byte {offset} needs {needed} bytes but only {available} remain: payloads must tile the record exactly")]
     PayloadPastRecord { identity: Identity, offset: usize, needed: usize, available: usize },
+    #[error("{count} stray bytes at byte {offset}, too few for a payload: payloads must tile the record exactly")]
+    StrayBytes { offset: usize, count: usize },
     #[error("payload {identity} does not belong in {context}")]
     UnexpectedPayload { identity: Identity, context: &'static str },
     #[error("EOS must be the only payload of its record")]

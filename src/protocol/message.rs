@@ -33,10 +33,7 @@ fn payloads(record: &[u8]) -> impl Iterator<Item = Result<(Identity, Reader<'_>)
             return None;
         }
         let item = (|| {
-            let identity_bytes = rest.get(..4).ok_or(ProtocolError::RecordLengthMismatch {
-                announced: offset + 4,
-                got: record.len(),
-            })?;
+            let identity_bytes = rest.get(..4).ok_or(ProtocolError::StrayBytes { offset, count: rest.len() })?;
             let raw = u32::from_le_bytes(identity_bytes.try_into().unwrap());
             let identity = Identity::from_u32(raw).ok_or(ProtocolError::UnknownIdentity { identity: raw, offset })?;
             let needed = identity.payload_size();
