@@ -10,6 +10,7 @@ pub mod transport;
 pub mod receiver;
 mod fd_cache;
 mod ffi;
+mod gst;
 
 pub use receiver::{Event, Interrupter, ReceivedBuffer, Receiver, ReceiverStats};
 
@@ -29,11 +30,11 @@ pub enum Error {
     Protocol(#[from] protocol::ProtocolError),
 }
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {
-    Ok(())
+fn plugin_init(plugin: &::gst::Plugin) -> Result<(), ::gst::glib::BoolError> {
+    gst::register(plugin)
 }
 
-gst::plugin_define!(
+::gst::plugin_define!(
     qtisocket,
     env!("CARGO_PKG_DESCRIPTION"),
     plugin_init,
