@@ -10,7 +10,7 @@ pub mod transport;
 pub mod receiver;
 mod fd_cache;
 mod ffi;
-mod gst;
+mod elements;
 
 pub use receiver::{Event, Interrupter, ReceivedBuffer, Receiver, ReceiverStats};
 
@@ -30,11 +30,11 @@ pub enum Error {
     Protocol(#[from] protocol::ProtocolError),
 }
 
-fn plugin_init(plugin: &::gst::Plugin) -> Result<(), ::gst::glib::BoolError> {
-    gst::register(plugin)
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {
+    elements::register(plugin)
 }
 
-::gst::plugin_define!(
+gst::plugin_define!(
     qtisocket,
     env!("CARGO_PKG_DESCRIPTION"),
     plugin_init,
