@@ -8,11 +8,13 @@
 pub mod protocol;
 pub mod transport;
 pub mod receiver;
+pub mod sender;
 mod fd_cache;
 mod ffi;
 mod elements;
 
 pub use receiver::{Event, Interrupter, ReceivedBuffer, Receiver, ReceiverStats};
+pub use sender::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent};
 
 use std::path::PathBuf;
 
@@ -25,6 +27,9 @@ pub enum Error {
     /// A system call failed.
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    /// A buffer given to the sender is not one a receiver would accept.
+    #[error("invalid buffer: {0}")]
+    InvalidBuffer(String),
     /// The peer broke the protocol; the message was rejected and its fds closed.
     #[error("protocol error: {0}")]
     Protocol(#[from] protocol::ProtocolError),

@@ -50,6 +50,7 @@ impl From<crate::Error> for Failure {
             crate::Error::SocketPath { .. } => QSOCK_BAD_SOCKET_PATH,
             crate::Error::Io { .. } => QSOCK_IO_ERROR,
             crate::Error::Protocol(_) => QSOCK_PROTOCOL_ERROR,
+            crate::Error::InvalidBuffer(_) => QSOCK_INVALID_ARGUMENT,
         };
         Failure(status, e.to_string())
     }

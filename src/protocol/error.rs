@@ -65,6 +65,8 @@ pub enum ProtocolError {
     FdsDoNotMatchBlocks { n_fds: usize, uncached: usize },
     #[error("a return must carry 1..=10 buf_ids, FD_COUNT says {n_ids}")]
     ReturnCountOutOfRange { n_ids: i32 },
+    #[error("the receiver returned buf_id {buf_id}, which is not out with it")]
+    UnknownReturn { buf_id: i32 },
     #[error("a return needs an FD_COUNT followed by a RETURN_BUFFER")]
     MalformedReturn,
 }

@@ -1,0 +1,249 @@
+//! The safe Rust sender: one connection to a receiver. Sends buffers as fds plus their
+//! description, sends a pooled fd only when the receiver does not hold that object yet,
+//! and reports returns and `DISCONNECT`. Reconnecting is the caller's policy: a new
+//! `Sender` is a new connection, with nothing cached on the other side.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{
+    BufferInfo, DataMessage, MemoryBlock, Metas, ProtocolError, ReceiverMessage, SenderMessage, MAX_MEMORY_BLOCKS,
+    MAX_RECORD_LEN, MAX_TEXT_LEN,
+};
+use crate::transport::{object_size, wait_readable, Connection, MessageIn, MessageReader};
+use crate::Error;
+
+/// One memory block to send: its description and, unless it is text, its fd.
+#[derive(Debug)]
+pub struct OutgoingBlock<'a> {
+    /// The memory (a DMA-BUF or memfd) that `description`'s size and maxsize describe,
+    /// from offset 0. Its number is the block's `buf_id`, as the deployed sender does:
+    /// keep it open until the block is returned.
+    pub fd: Option<BorrowedFd<'a>>,
+    pub description: MemoryBlock,
+}
+
+/// A buffer to send.
+#[derive(Debug)]
+pub struct OutgoingBuffer<'a> {
+    /// 1..=10 blocks, all of one kind.
+    pub blocks: Vec<OutgoingBlock<'a>>,
+    /// Running time in ns; [`crate::protocol::CLOCK_TIME_NONE`] when unset.
+    pub pts: u64,
+    pub dts: u64,
+    pub duration: u64,
+    /// The memory comes from a pool and will be sent again: the receiver keeps its fds,
+    /// so they cross the socket only the first time (or when the object changed).
+    pub pooled: bool,
+    pub metas: Metas,
+}
+
+/// What the receiver said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderEvent {
+    /// The receiver is done with these buf_ids (our fd numbers): their memory may be reused.
+    Returned(Vec<i32>),
+    /// The receiver is pausing: stop sending, wait for the outstanding returns, close,
+    /// and connect again later.
+    Disconnect,
+    /// The receiver closed the connection or died. Nothing outstanding will come back.
+    ReceiverGone,
+}
+
+/// Identity of the object behind an fd, to notice a buf_id (an fd number) reused for
+/// another object.
+type ObjectId = (u64, u64);
+
+fn object_id(fd: BorrowedFd<'_>) -> std::io::Result<ObjectId> {
+    let stat = rustix::fs::fstat(fd)?;
+    Ok((stat.st_dev, stat.st_ino))
+}
+
+/// A connection to a receiver.
+pub struct Sender {
+    connection: Connection,
+    reader: MessageReader,
+    record: Box<[u8]>,
+    /// Pooled objects the receiver holds now, by buf_id.
+    cached_by_receiver: HashMap<i32, ObjectId>,
+    /// buf_id -> how many of its sends await a return.
+    in_flight: HashMap<i32, usize>,
+    fds_sent: u64,
+    buffers_sent: u64,
+}
+
+fn invalid(reason: String) -> Error {
+    Error::InvalidBuffer(reason)
+}
+
+impl Sender {
+    /// Connects to a receiver listening at `path` (one attempt).
+    pub fn connect(path: impl AsRef<Path>) -> Result<Sender, Error> {
+        let path = path.as_ref();
+        let connection = Connection::connect(path)
+            .map_err(|source| Error::Io { what: format!("connecting to the receiver at {}", path.display()), source })?;
+        Ok(Sender {
+            connection,
+            reader: MessageReader::default(),
+            record: vec![0; MAX_RECORD_LEN + 1].into_boxed_slice(),
+            cached_by_receiver: HashMap::new(),
+            in_flight: HashMap::new(),
+            fds_sent: 0,
+            buffers_sent: 0,
+        })
+    }
+
+    /// Connects, retrying every 10 ms (as the deployed sender does) until `timeout`.
+    pub fn connect_retrying(path: impl AsRef<Path>, timeout: Duration) -> Result<Sender, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match Sender::connect(path.as_ref()) {
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                result => return result,
+            }
+        }
+    }
+
+    /// Sends one buffer. Fails without sending anything when the buffer is not one a
+    /// receiver would accept (the same rules a receiver checks), or when the socket fails.
+    pub fn send(&mut self, buffer: &OutgoingBuffer<'_>) -> Result<(), Error> {
+        let blocks = &buffer.blocks;
+        if !(1..=MAX_MEMORY_BLOCKS).contains(&blocks.len()) {
+            return Err(invalid(format!("a buffer needs 1..=10 memory blocks, got {}", blocks.len())));
+        }
+        let mut buf_ids = [-1; MAX_MEMORY_BLOCKS];
+        let mut objects = Vec::with_capacity(blocks.len());
+        for (i, block) in blocks.iter().enumerate() {
+            let is_text = matches!(block.description, MemoryBlock::Text(_));
+            if let MemoryBlock::Text(text) = &block.description {
+                if text.contents.len() > MAX_TEXT_LEN {
+                    let len = text.contents.len();
+                    return Err(invalid(format!("block {i}: text of {len} bytes; a text block holds at most {MAX_TEXT_LEN}")));
+                }
+            }
+            match (block.fd, is_text) {
+                (Some(fd), false) => {
+                    let size = object_size(fd).map_err(|e| invalid(format!("block {i}: its fd is not memory: {e}")))?;
+                    if block.description.maxsize() > size {
+                        let maxsize = block.description.maxsize();
+                        return Err(invalid(format!("block {i}: maxsize {maxsize} exceeds its fd's {size} bytes")));
+                    }
+                    let id = object_id(fd).map_err(|e| invalid(format!("block {i}: {e}")))?;
+                    buf_ids[i] = fd.as_raw_fd();
+                    objects.push(Some((fd, id)));
+                }
+                (None, true) => objects.push(None),
+                (Some(_), true) => return Err(invalid(format!("block {i}: text is carried inline, without an fd"))),
+                (None, false) => return Err(invalid(format!("block {i}: video and tensor blocks need an fd"))),
+            }
+        }
+        // Every block's fd goes when any must: the deployed receiver expects all or none.
+        let must_send_fds = !buffer.pooled
+            || objects.iter().flatten().any(|(fd, id)| self.cached_by_receiver.get(&fd.as_raw_fd()) != Some(id));
+        let fds: Vec<BorrowedFd<'_>> =
+            if must_send_fds { objects.iter().flatten().map(|(fd, _)| *fd).collect() } else { Vec::new() };
+        let message = DataMessage {
+            n_fds: (!fds.is_empty()).then_some(fds.len()),
+            info: BufferInfo {
+                buf_ids,
+                pts: buffer.pts,
+                dts: buffer.dts,
+                duration: buffer.duration,
+                use_buffer_pool: buffer.pooled,
+            },
+            blocks: blocks.iter().map(|b| b.description.clone()).collect(),
+            metas: buffer.metas.clone(),
+        };
+        let record = SenderMessage::Data(message).encode();
+        // The same rules a receiver applies: never send what ours would reject.
+        SenderMessage::parse(&record, fds.len()).map_err(|e| invalid(e.to_string()))?;
+        self.connection
+            .send_message(&record, &fds)
+            .map_err(|source| Error::Io { what: "sending a buffer to the receiver".into(), source })?;
+        self.buffers_sent += 1;
+        self.fds_sent += fds.len() as u64;
+        for (fd, id) in objects.iter().flatten() {
+            *self.in_flight.entry(fd.as_raw_fd()).or_default() += 1;
+            if buffer.pooled {
+                self.cached_by_receiver.insert(fd.as_raw_fd(), *id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends EOS: the receiver ends its stream.
+    pub fn send_eos(&mut self) -> Result<(), Error> {
+        self.connection
+            .send_message(&SenderMessage::Eos.encode(), &[])
+            .map_err(|source| Error::Io { what: "sending EOS to the receiver".into(), source })
+    }
+
+    /// Waits up to `timeout` (`None`: for ever) for what the receiver says next.
+    /// `Ok(None)` on timeout.
+    pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<SenderEvent>, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            match self.reader.read(&self.connection, &mut self.record)? {
+                MessageIn::Message { len, fds } => return self.on_message(len, fds.len()).map(Some),
+                MessageIn::Hangup => {
+                    self.in_flight.clear();
+                    self.cached_by_receiver.clear();
+                    return Ok(Some(SenderEvent::ReceiverGone));
+                }
+                MessageIn::WouldBlock => {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    if left == Some(Duration::ZERO) {
+                        return Ok(None);
+                    }
+                    wait_readable(self.connection.as_fd(), left)
+                        .map_err(|source| Error::Io { what: "waiting for the receiver".into(), source })?;
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, len: usize, n_fds: usize) -> Result<SenderEvent, Error> {
+        match ReceiverMessage::parse(&self.record[..len], n_fds)? {
+            ReceiverMessage::Disconnect => Ok(SenderEvent::Disconnect),
+            ReceiverMessage::Return(ret) => {
+                for &id in ret.buf_ids() {
+                    match self.in_flight.get_mut(&id) {
+                        Some(n) if *n > 1 => *n -= 1,
+                        Some(_) => {
+                            self.in_flight.remove(&id);
+                        }
+                        // The deployed receiver answers text with buf_id -1; anything else
+                        // unknown is a receiver that lies.
+                        None if id == -1 => {}
+                        None => return Err(ProtocolError::UnknownReturn { buf_id: id }.into()),
+                    }
+                }
+                Ok(SenderEvent::Returned(ret.buf_ids().to_vec()))
+            }
+        }
+    }
+
+    /// Memory blocks sent and not yet returned.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.values().sum()
+    }
+
+    /// Whether `buf_id` (an fd number of ours) is out with the receiver.
+    pub fn is_in_flight(&self, buf_id: i32) -> bool {
+        self.in_flight.contains_key(&buf_id)
+    }
+
+    /// (buffers sent, fds sent) on this connection.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.buffers_sent, self.fds_sent)
+    }
+}
+
+impl AsFd for Sender {
+    /// Polls readable when the receiver has said something ([`Sender::next_event`]).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.connection.as_fd()
+    }
+}
