@@ -70,6 +70,8 @@ typedef enum {
     QSOCK_IO_ERROR = 7,
     // A bug in qsock: an internal panic was caught at the boundary.
     QSOCK_INTERNAL_ERROR = 8,
+    // The receiver closed the connection or died. Nothing outstanding will come back.
+    QSOCK_RECEIVER_GONE = 9,
 } qsock_status;
 
 // The kind of a buffer's memory blocks.
@@ -82,6 +84,15 @@ typedef enum {
     QSOCK_KIND_TEXT = 3,
 } qsock_kind;
 
+// What a receiver said.
+typedef enum {
+    // The receiver is done with `buf_ids` (your fd numbers): their memory may be reused.
+    QSOCK_EVENT_RETURN = 1,
+    // The receiver is pausing: stop sending, wait for the outstanding returns, close the
+    // sender, and connect again later.
+    QSOCK_EVENT_DISCONNECT = 2,
+} qsock_event_type;
+
 // A received buffer: a description and its memory fds. Opaque; released with
 // `qsock_receiver_release`.
 typedef struct qsock_buffer qsock_buffer;
@@ -90,6 +101,9 @@ typedef struct qsock_buffer qsock_buffer;
 // Use one receiver from one thread at a time; buffers it gives out may be released
 // from any thread.
 typedef struct qsock_receiver qsock_receiver;
+
+// A connection to a receiver. Opaque. Use it from one thread at a time.
+typedef struct qsock_sender qsock_sender;
 
 // What a buffer holds, in counts and timestamps.
 typedef struct {
@@ -232,6 +246,54 @@ typedef struct {
     bool connected;
 } qsock_receiver_stats;
 
+// One memory block to send.
+typedef struct {
+    // The memory's fd (a DMA-BUF or memfd; ignored for text). Its number becomes the
+    // block's buf_id, and returns name it: keep it open and the memory unchanged until
+    // its return arrives. qsock does not take ownership.
+    int fd;
+    // Bytes in use from offset 0, and the memory's whole size (at most the fd's size).
+    uint64_t size;
+    uint64_t maxsize;
+    // For QSOCK_KIND_VIDEO: the layout (`format_name` is ignored).
+    qsock_video_info video;
+    // For QSOCK_KIND_TENSOR: the shape (`type_name` is ignored).
+    qsock_tensor_info tensor;
+    // For QSOCK_KIND_TEXT: `size` bytes (at most 1024), copied into the message.
+    const uint8_t *text;
+} qsock_send_block;
+
+// A buffer to send. Everything it points to is read during the call only.
+typedef struct {
+    qsock_kind kind;
+    // 1..=10 blocks, all of `kind`.
+    size_t n_blocks;
+    const qsock_send_block *blocks;
+    // Running time in ns; `QSOCK_CLOCK_TIME_NONE` when unset.
+    uint64_t pts;
+    uint64_t dts;
+    uint64_t duration;
+    // The memory comes from a pool and will be sent again: its fds cross the socket only
+    // the first time (or when the object behind an fd number changed).
+    bool pooled;
+    size_t n_protection_metas;
+    // Serialized GstStructures.
+    const char *const *protection_metas;
+    size_t n_roi_metas;
+    const qsock_roi_meta *roi_metas;
+    size_t n_class_metas;
+    const qsock_class_meta *class_metas;
+    size_t n_landmarks_metas;
+    const qsock_landmarks_meta *landmarks_metas;
+} qsock_send_buffer;
+
+typedef struct {
+    qsock_event_type type_;
+    // For QSOCK_EVENT_RETURN: how many of `buf_ids` are set.
+    size_t n_buf_ids;
+    int32_t buf_ids[QSOCK_MAX_BLOCKS];
+} qsock_sender_event;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -316,6 +378,38 @@ qsock_status qsock_receiver_send_disconnect(qsock_receiver *receiver);
 
 // Fills `*stats_out` with the receiver's counters.
 qsock_status qsock_receiver_get_stats(const qsock_receiver *receiver, qsock_receiver_stats *stats_out);
+
+// Connects to a receiver listening at `socket_path` (one attempt). `QSOCK_IO_ERROR`
+// when none listens there yet: retry (the deployed sender retries every 10 ms).
+// On `QSOCK_OK`, `*sender_out` is a new sender owned by the caller, freed with
+// `qsock_sender_close`.
+qsock_status qsock_sender_connect(const char *socket_path, qsock_sender **sender_out);
+
+// Sends one buffer. The memory behind its fds must stay unchanged until each block's
+// buf_id (its fd number) comes back in a `QSOCK_EVENT_RETURN` (text holds no memory and
+// is never returned). `QSOCK_INVALID_ARGUMENT` (nothing sent) when the buffer breaks a
+// rule a receiver checks: sizes past the fd's object, plane offsets past the size, text
+// over 1024 bytes, ... `QSOCK_IO_ERROR` when the socket failed (the receiver is gone).
+qsock_status qsock_sender_send(qsock_sender *sender, const qsock_send_buffer *buffer);
+
+// Sends EOS: the receiver ends its stream.
+qsock_status qsock_sender_send_eos(qsock_sender *sender);
+
+// Waits up to `timeout_ms` (negative: for ever; 0: just look) for what the receiver
+// says next: `QSOCK_OK` with `*event_out` filled, `QSOCK_TIMEOUT`, or
+// `QSOCK_RECEIVER_GONE` (nothing outstanding will come back: all memory is yours again).
+qsock_status qsock_sender_next_event(qsock_sender *sender, int32_t timeout_ms, qsock_sender_event *event_out);
+
+// Memory blocks sent and not yet returned (0 for NULL).
+size_t qsock_sender_in_flight(const qsock_sender *sender);
+
+// An fd for the app's event loop: polls readable when `qsock_sender_next_event` has
+// something. Owned by the sender (do not close it). -1 if `sender` is NULL.
+int qsock_sender_get_fd(const qsock_sender *sender);
+
+// Closes the connection and frees the sender. Buffers not yet returned never will be:
+// their memory is the caller's again. NULL is a no-op.
+void qsock_sender_close(qsock_sender *sender);
 
 #ifdef __cplusplus
 }  // extern "C"

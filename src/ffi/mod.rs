@@ -7,6 +7,7 @@
 
 mod buffer;
 mod receiver;
+mod sender;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
@@ -37,6 +38,8 @@ pub enum qsock_status {
     QSOCK_IO_ERROR = 7,
     /// A bug in qsock: an internal panic was caught at the boundary.
     QSOCK_INTERNAL_ERROR = 8,
+    /// The receiver closed the connection or died. Nothing outstanding will come back.
+    QSOCK_RECEIVER_GONE = 9,
 }
 
 pub(crate) use qsock_status::*;
@@ -122,6 +125,7 @@ pub extern "C" fn qsock_status_name(status: qsock_status) -> *const c_char {
         QSOCK_BAD_SOCKET_PATH => c"QSOCK_BAD_SOCKET_PATH",
         QSOCK_IO_ERROR => c"QSOCK_IO_ERROR",
         QSOCK_INTERNAL_ERROR => c"QSOCK_INTERNAL_ERROR",
+        QSOCK_RECEIVER_GONE => c"QSOCK_RECEIVER_GONE",
     };
     name.as_ptr()
 }
