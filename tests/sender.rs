@@ -215,3 +215,81 @@ fn disconnect_and_a_receiver_that_goes_away() {
     assert_eq!(sender.next_event(WAIT).unwrap(), Some(SenderEvent::ReceiverGone));
     assert_eq!(sender.in_flight(), 0);
 }
+
+/// The raw records our sender puts on the socket, read by a bare listener (no Receiver).
+fn raw_records_of(send: impl FnOnce(&mut Sender)) -> Vec<(Vec<u8>, usize)> {
+    use gstqtisocket::transport::{Listener, MessageIn, MessageReader};
+    let dir = TempDir::new("raw");
+    let listener = Listener::bind(&dir.path("s")).unwrap();
+    let mut sender = Sender::connect(dir.path("s")).unwrap();
+    let connection = listener.accept().unwrap().expect("the sender is in the backlog");
+    send(&mut sender);
+    drop(sender);
+    let (mut reader, mut buf, mut records) = (MessageReader::default(), vec![0; MAX_RECORD_LEN + 1], vec![]);
+    while let MessageIn::Message { len, fds } = reader.read(&connection, &mut buf).unwrap() {
+        records.push((buf[..len].to_vec(), fds.len()));
+    }
+    records
+}
+
+/// Our sender writes what the deployed one wrote: video-nopool.jsonl and text.jsonl,
+/// byte for byte, but for the buf_id (an fd number, ours differs) and the uncleared
+/// tail of the deployed sender's buf_id array.
+#[test]
+fn our_bytes_match_the_deployed_senders() {
+    let captured = |name: &str| -> Vec<Vec<u8>> {
+        std::fs::read_to_string(capture(name))
+            .unwrap()
+            .lines()
+            .map(|l| hex::decode(serde_json::from_str::<serde_json::Value>(l).unwrap()["record"].as_str().unwrap()).unwrap())
+            .collect()
+    };
+    let frames = captured("video-nopool.jsonl");
+    let fds: Vec<OwnedFd> = (0..5).map(|i| memfd(4608, i)).collect();
+    let ours = raw_records_of(|sender| {
+        for (i, fd) in fds.iter().enumerate() {
+            sender.send(&video(fd, false, i as u64 * 100_000_000 / 3)).unwrap();
+        }
+        sender.send_eos().unwrap();
+    });
+    assert_eq!(ours.len(), frames.len());
+    // BUFFER_INFO.buf_id[] sits at bytes 12..52 of a record that starts with FD_COUNT.
+    let buf_ids = 12..52;
+    for (i, ((record, n_fds), theirs)) in ours.iter().zip(&frames).enumerate() {
+        let mut expected = theirs.clone();
+        if i < fds.len() {
+            assert_eq!(*n_fds, 1);
+            let mut ids = [-1i32; 10];
+            ids[0] = fds[i].as_raw_fd();
+            expected[buf_ids.clone()].copy_from_slice(&ids.map(i32::to_le_bytes).concat());
+        }
+        assert_eq!(hex::encode(record), hex::encode(&expected), "message {i}");
+    }
+
+    let text = captured("text.jsonl");
+    let ours = raw_records_of(|sender| {
+        for i in 0..4u64 {
+            let contents = format!("frame {i}").into_bytes();
+            let block = TextPayload { maxsize: contents.len() as u64, contents };
+            sender
+                .send(&OutgoingBuffer {
+                    blocks: vec![OutgoingBlock { fd: None, description: MemoryBlock::Text(block) }],
+                    pts: i * 100_000_000 / 3,
+                    dts: CLOCK_TIME_NONE,
+                    duration: 33_333_333,
+                    pooled: false,
+                    metas: Metas::default(),
+                })
+                .unwrap();
+        }
+        sender.send_eos().unwrap();
+    });
+    for (i, ((record, _), theirs)) in ours.iter().zip(&text).enumerate() {
+        let mut expected = theirs.clone();
+        if i < 4 {
+            // Text's buf_id is -1; the deployed sender leaves zeros after it, we write -1s.
+            expected[8..44].copy_from_slice(&[-1i32; 9].map(i32::to_le_bytes).concat());
+        }
+        assert_eq!(hex::encode(record), hex::encode(&expected), "text message {i}");
+    }
+}
