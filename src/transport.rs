@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::FileTypeExt as _;
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    AddressFamily, MMsgHdr, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, Shutdown, SocketAddrUnix, SocketFlags, SocketType,
 };
 
@@ -163,31 +163,55 @@ impl Connection {
     /// On failure the connection is shut down, since the framing can no longer be trusted.
     pub fn send_message(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let _serialized = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let result = self
-            .send_record_unlocked(&encode_length_record(record.len()), &[])
-            .and_then(|()| self.send_record_unlocked(record, fds));
+        let result = self.send_both_records(record, fds);
         if result.is_err() {
             self.shutdown();
         }
         result
     }
 
+    /// Both records in one `sendmmsg`: the same two records on the wire, one syscall.
+    fn send_both_records(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let length_record = encode_length_record(record.len());
+        let deadline = Instant::now() + SEND_TIMEOUT;
+        let sent = loop {
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(RECV_FDS_CAPACITY))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds for one record"));
+            }
+            let mut no_control = SendAncillaryBuffer::default();
+            let (length_iov, record_iov) = ([IoSlice::new(&length_record)], [IoSlice::new(record)]);
+            let mut messages = [MMsgHdr::new(&length_iov, &mut no_control), MMsgHdr::new(&record_iov, &mut control)];
+            match rustix::net::sendmmsg(&self.fd, &mut messages, SendFlags::NOSIGNAL) {
+                Ok(sent) => break sent,
+                Err(rustix::io::Errno::AGAIN) => self.wait_writable(deadline)?,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // The queue had room for the length record only: the message record follows alone.
+        if sent < 2 {
+            self.send_record_unlocked(record, fds, deadline)?;
+        }
+        Ok(())
+    }
+
     /// Sends one raw record, with no length record before it. For tests that play a
     /// lying peer; a real message goes through [`Connection::send_message`].
     pub fn send_raw_record(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let _serialized = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.send_record_unlocked(record, fds)
+        self.send_record_unlocked(record, fds, Instant::now() + SEND_TIMEOUT)
     }
 
-    fn send_record_unlocked(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    fn send_record_unlocked(&self, record: &[u8], fds: &[BorrowedFd<'_>], deadline: Instant) -> io::Result<()> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(RECV_FDS_CAPACITY))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds for one record"));
         }
         // NOSIGNAL: a peer that went away must give us EPIPE, not kill the process.
-        // The socket is non-blocking; a send waits for room up to SEND_TIMEOUT.
-        let deadline = Instant::now() + SEND_TIMEOUT;
+        // The socket is non-blocking; a send waits for room until `deadline`.
         loop {
             match rustix::net::sendmsg(&self.fd, &[IoSlice::new(record)], &mut control, SendFlags::NOSIGNAL) {
                 Ok(n) if n == record.len() => return Ok(()),
