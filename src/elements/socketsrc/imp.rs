@@ -1,0 +1,1128 @@
+//! The `qtisocketsrc` implementation: a live `GstPushSrc` on [`Receiver`].
+//!
+//! Threads: `create()` (the streaming thread) is the only one that receives; it holds the
+//! receiver's lock only while it waits in `Receiver::recv`, which `unlock()` interrupts.
+//! Each received buffer becomes a `GstBuffer` whose memories wrap the sender's fds (see
+//! [`memory`]); the return goes to the sender when the last of its memories is released,
+//! from whatever thread releases it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_src::CreateSuccess;
+use gst_base::subclass::prelude::*;
+
+use super::TimestampMode;
+use crate::elements::meta;
+use crate::protocol::{DataMessage, FramePayload, MemoryBlock, TensorType, CLOCK_TIME_NONE};
+use crate::{Error, Event, Interrupter, ReceivedBuffer, Receiver, ReceiverStats};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "qtisocketsrc",
+        gst::DebugColorFlags::empty(),
+        Some("Receives buffers from a qtisocketsink over a UNIX socket"),
+    )
+});
+
+const DEFAULT_TIMEOUT_MS: u64 = 1000;
+const DEFAULT_KEEP_LISTENING: bool = false;
+
+/// Name of the element message posted after `timeout` ms without a message.
+pub(crate) const TIMEOUT_MESSAGE: &str = "GstQtiSocketSrcTimeout";
+/// Name of the element message posted when a sender hangs up and the element keeps going.
+pub(crate) const SENDER_GONE_MESSAGE: &str = "GstQtiSocketSrcSenderGone";
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not make every later state change panic too.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    socket: Option<String>,
+    timeout_ms: u64,
+    keep_listening: bool,
+    timestamp_mode: TimestampMode,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            socket: None,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            keep_listening: DEFAULT_KEEP_LISTENING,
+            timestamp_mode: TimestampMode::Sender,
+        }
+    }
+}
+
+/// What the stream's caps were derived from, kept to renegotiate on `reconfigure`.
+#[derive(Debug, Clone)]
+struct Negotiated {
+    key: FormatKey,
+    dmabuf: bool,
+    rate: gst::Fraction,
+}
+
+/// Per-run state of the streaming side (start → stop).
+struct Stream {
+    socket: String,
+    negotiated: Option<Negotiated>,
+    memories: memory::Memories,
+    /// The next buffer starts a new stream of data (new sender).
+    discont: bool,
+    /// When the last message arrived (or waiting began): the `timeout` counts from it.
+    last_message: Instant,
+    /// `senders_accepted` when the last buffer was made: a change means a new sender.
+    senders_seen: u64,
+}
+
+#[derive(Default)]
+pub struct QtiSocketSrc {
+    settings: Mutex<Settings>,
+    /// Bound in `start()`, dropped in `stop()`.
+    receiver: Mutex<Option<Receiver>>,
+    /// Unblocks a `recv` without taking the receiver's lock.
+    interrupter: Mutex<Option<Interrupter>>,
+    stream: Mutex<Option<Stream>>,
+    flushing: AtomicBool,
+    /// PLAYING: `create()` receives. Live sources produce nothing in PAUSED, and GstBaseSrc
+    /// does not unlock `create()` on the way there, so we do.
+    playing: AtomicBool,
+    /// Threads waiting for the receiver's lock (`stats`, DISCONNECT); `create()` lets them in.
+    lock_waiters: AtomicUsize,
+    /// The counters of the last run, for `stats` once stopped.
+    last_stats: Mutex<ReceiverStats>,
+    /// Memory blocks served from a cached GstMemory (pooled buffers), over the element's life.
+    memories_reused: AtomicU64,
+    /// `senders_accepted` of the sender we sent DISCONNECT to: its hang-up is expected.
+    disconnected_sender: Mutex<Option<u64>>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for QtiSocketSrc {
+    const NAME: &'static str = "GstQtiSocketSrc";
+    type Type = super::QtiSocketSrc;
+    type ParentType = gst_base::PushSrc;
+}
+
+impl ObjectImpl for QtiSocketSrc {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("socket")
+                    .nick("Socket path")
+                    .blurb(
+                        "Path of the UNIX socket file this element creates and listens on; the sender \
+                         (qtisocketsink) connects to it. A stale socket file there is replaced; any other \
+                         kind of file is refused. The file is removed on the way to READY.",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("timeout")
+                    .nick("Timeout (ms)")
+                    .blurb(
+                        "Milliseconds without a message (while waiting for a sender or for its next \
+                         buffer) after which an element message 'GstQtiSocketSrcTimeout' is posted on the \
+                         bus, and again after every further such period; the element keeps waiting. \
+                         0 = never post.",
+                    )
+                    .default_value(DEFAULT_TIMEOUT_MS)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("keep-listening")
+                    .nick("Keep listening")
+                    .blurb(
+                        "When the sender hangs up without EOS: false = post an error naming the socket and \
+                         stop (as the deployed element does); true = post a 'GstQtiSocketSrcSenderGone' \
+                         element message and wait for the next sender on the same socket, marking its \
+                         first buffer DISCONT.",
+                    )
+                    .default_value(DEFAULT_KEEP_LISTENING)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("timestamp-mode", TimestampMode::Sender)
+                    .nick("Timestamp mode")
+                    .blurb(
+                        "sender: PTS/DTS/duration as the sender stamped them, in its pipeline's running \
+                         time (as deployed); arrival: PTS = DTS = this pipeline's running time when the \
+                         message arrived, duration from the sender.",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb(
+                        "Read-only counters since the element started (the last run's once stopped): \
+                         buffers, bytes-described (bytes that arrived without a copy), fds-received, \
+                         fds-cached (pooled fds held now), returns-sent, protocol-errors (messages \
+                         rejected), senders-accepted, memories-reused (blocks served from a cached \
+                         GstMemory), connected.",
+                    )
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let name = pspec.name();
+        let state = self.obj().current_state();
+        let only_when_stopped = matches!(name, "socket" | "timestamp-mode");
+        if only_when_stopped && state > gst::State::Ready {
+            gst::warning!(CAT, imp = self, "Property '{name}' can only be changed in NULL or READY, not {state:?}");
+            return;
+        }
+        let mut settings = lock(&self.settings);
+        match name {
+            "socket" => {
+                settings.socket = value.get::<Option<String>>().expect("type checked upstream");
+                gst::info!(CAT, imp = self, "socket: {:?}", settings.socket);
+            }
+            "timeout" => settings.timeout_ms = value.get().expect("type checked upstream"),
+            "keep-listening" => settings.keep_listening = value.get().expect("type checked upstream"),
+            "timestamp-mode" => settings.timestamp_mode = value.get().expect("type checked upstream"),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        match pspec.name() {
+            "socket" => lock(&self.settings).socket.to_value(),
+            "timeout" => lock(&self.settings).timeout_ms.to_value(),
+            "keep-listening" => lock(&self.settings).keep_listening.to_value(),
+            "timestamp-mode" => lock(&self.settings).timestamp_mode.to_value(),
+            "stats" => self.stats().to_value(),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.set_live(true);
+        obj.set_format(gst::Format::Time);
+    }
+}
+
+impl GstObjectImpl for QtiSocketSrc {}
+
+impl ElementImpl for QtiSocketSrc {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "QTI Socket Source",
+                "Source/Network",
+                "Receives video frames, ML tensors and text from a qtisocketsink in another process over \
+                 a UNIX socket, without copying: each DMA-BUF or memfd becomes a GstMemory, returned to \
+                 the sender when released. Wire-compatible with the deployed qtisocketsrc.",
+                "qtisocket contributors",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = "neural-network/tensors; video/x-raw(ANY); text/x-raw".parse::<gst::Caps>().expect("valid caps");
+            vec![gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &caps)
+                .expect("a valid pad template")]
+        });
+        TEMPLATES.as_ref()
+    }
+
+    fn change_state(&self, transition: gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        match transition {
+            gst::StateChange::PausedToPlaying => {
+                if let Some(stream) = lock(&self.stream).as_mut() {
+                    stream.last_message = Instant::now();
+                }
+                self.playing.store(true, Ordering::SeqCst);
+            }
+            gst::StateChange::PlayingToPaused => {
+                // create() stops receiving (GstBaseSrc restarts it on the way back to
+                // PLAYING), and the sender is told to stop sending, as the deployed
+                // receiver does.
+                self.playing.store(false, Ordering::SeqCst);
+                self.send_disconnect();
+            }
+            _ => {}
+        }
+        self.parent_change_state(transition)
+    }
+}
+
+impl BaseSrcImpl for QtiSocketSrc {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let socket = lock(&self.settings).socket.clone().ok_or_else(|| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("No socket path set"),
+                ["Set the 'socket' property to the path the sender (qtisocketsink) connects to"]
+            )
+        })?;
+        let receiver = Receiver::bind(&socket).map_err(|e| {
+            gst::error_msg!(gst::ResourceError::OpenRead, ("Cannot listen on socket {}: {}", socket, e))
+        })?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "listening on {socket}; classification/landmarks metas: {:?}",
+            meta::classification_metas()
+        );
+        *lock(&self.interrupter) = Some(receiver.interrupter());
+        *lock(&self.receiver) = Some(receiver);
+        *lock(&self.stream) = Some(Stream {
+            socket,
+            negotiated: None,
+            memories: memory::Memories::new(),
+            discont: true,
+            last_message: Instant::now(),
+            senders_seen: 0,
+        });
+        *lock(&self.disconnected_sender) = None;
+        self.flushing.store(false, Ordering::SeqCst);
+        self.playing.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        // Cached memories let go of their fds (those still in use when released).
+        let stream = lock(&self.stream).take();
+        let receiver = lock(&self.receiver).take();
+        *lock(&self.interrupter) = None;
+        if let Some(receiver) = receiver {
+            let mut stats = receiver.stats();
+            // Answers every queued message with a return, closes the cached fds, removes
+            // the socket file (the deployed receiver's way to READY).
+            drop(receiver);
+            stats.connected = false;
+            stats.fds_cached = 0;
+            *lock(&self.last_stats) = stats;
+        }
+        drop(stream);
+        gst::info!(CAT, imp = self, "stopped");
+        Ok(())
+    }
+
+    fn is_seekable(&self) -> bool {
+        false
+    }
+
+    fn negotiate(&self) -> Result<(), gst::LoggableError> {
+        // The caps come from the messages: nothing to negotiate before the first one. On
+        // reconfigure, negotiate again for the format the sender sends now.
+        let mut guard = lock(&self.stream);
+        let Some(stream) = guard.as_mut() else { return Ok(()) };
+        let Some(negotiated) = stream.negotiated.clone() else { return Ok(()) };
+        self.negotiate_for(stream, negotiated)
+            .map_err(|reason| gst::loggable_error!(CAT, "renegotiation failed: {reason}"))
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        self.flushing.store(true, Ordering::SeqCst);
+        if let Some(interrupter) = lock(&self.interrupter).as_ref() {
+            interrupter.interrupt();
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.flushing.store(false, Ordering::SeqCst);
+        if let Some(stream) = lock(&self.stream).as_mut() {
+            stream.last_message = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+impl PushSrcImpl for QtiSocketSrc {
+    fn create(&self, _buffer: Option<&mut gst::BufferRef>) -> Result<CreateSuccess, gst::FlowError> {
+        loop {
+            if self.flushing.load(Ordering::SeqCst) || !self.playing.load(Ordering::SeqCst) {
+                return Err(gst::FlowError::Flushing);
+            }
+            // Let another thread that wants the receiver (stats, DISCONNECT) in first.
+            while self.lock_waiters.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let (timeout_ms, keep_listening) = {
+                let settings = lock(&self.settings);
+                (settings.timeout_ms, settings.keep_listening)
+            };
+            let wait = {
+                let guard = lock(&self.stream);
+                let Some(stream) = guard.as_ref() else { return Err(gst::FlowError::Flushing) };
+                (timeout_ms > 0).then(|| {
+                    (stream.last_message + Duration::from_millis(timeout_ms)).saturating_duration_since(Instant::now())
+                })
+            };
+            let (received, stats) = {
+                let mut guard = lock(&self.receiver);
+                let Some(receiver) = guard.as_mut() else { return Err(gst::FlowError::Flushing) };
+                let received = receiver.recv(wait);
+                (received, receiver.stats())
+            };
+            match received {
+                Ok(Event::Buffer(buffer)) => {
+                    if let Some(buffer) = self.gst_buffer(buffer, &stats)? {
+                        return Ok(CreateSuccess::NewBuffer(buffer));
+                    }
+                }
+                Ok(Event::Eos) => {
+                    gst::info!(CAT, imp = self, "the sender sent EOS");
+                    return Err(gst::FlowError::Eos);
+                }
+                Ok(Event::SenderGone) => self.on_sender_gone(&stats, keep_listening)?,
+                Ok(Event::Timeout) => self.on_timeout(timeout_ms, stats.connected),
+                Ok(Event::Interrupted) => {}
+                Err(Error::Protocol(e)) => {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::StreamError::Decode,
+                        ("The sender on socket {} sent a message that breaks the protocol: {}", self.socket(), e),
+                        ["The message was rejected, its fds closed and its buffer returned; the stream goes on"]
+                    );
+                }
+                Err(e) => {
+                    gst::element_imp_error!(
+                        self,
+                        gst::ResourceError::Read,
+                        ("Receiving on socket {} failed: {}", self.socket(), e)
+                    );
+                    return Err(gst::FlowError::Error);
+                }
+            }
+        }
+    }
+}
+
+impl QtiSocketSrc {
+    fn socket(&self) -> String {
+        lock(&self.settings).socket.clone().unwrap_or_default()
+    }
+
+    /// Runs `f` on the receiver from a thread other than the streaming thread: a
+    /// `create()` waiting in `recv` is woken up and gives the receiver's lock up.
+    fn with_receiver<R>(&self, f: impl FnOnce(&Receiver) -> R) -> Option<R> {
+        self.lock_waiters.fetch_add(1, Ordering::SeqCst);
+        if let Some(interrupter) = lock(&self.interrupter).as_ref() {
+            interrupter.interrupt(); // a wake-up create() does not need is harmless
+        }
+        let result = lock(&self.receiver).as_ref().map(f);
+        self.lock_waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn stats(&self) -> gst::Structure {
+        let live = self.with_receiver(Receiver::stats);
+        let stats = live.unwrap_or_else(|| *lock(&self.last_stats));
+        gst::Structure::builder("application/x-qtisocketsrc-stats")
+            .field("buffers", stats.buffers)
+            .field("bytes-described", stats.bytes_described)
+            .field("fds-received", stats.fds_received)
+            .field("fds-cached", stats.fds_cached)
+            .field("returns-sent", stats.returns_sent)
+            .field("protocol-errors", stats.protocol_errors)
+            .field("senders-accepted", stats.senders_accepted)
+            .field("memories-reused", self.memories_reused.load(Ordering::Relaxed))
+            .field("connected", stats.connected)
+            .build()
+    }
+
+    fn send_disconnect(&self) {
+        let sent = self.with_receiver(|receiver| (receiver.send_disconnect(), receiver.stats().senders_accepted));
+        match sent {
+            Some((Ok(true), sender)) => {
+                gst::info!(CAT, imp = self, "sent DISCONNECT: the sender stops until we play again");
+                *lock(&self.disconnected_sender) = Some(sender);
+            }
+            Some((Err(e), _)) => gst::info!(CAT, imp = self, "could not send DISCONNECT: {e}"),
+            _ => {}
+        }
+    }
+
+    fn on_timeout(&self, timeout_ms: u64, connected: bool) {
+        let mut guard = lock(&self.stream);
+        let Some(stream) = guard.as_mut() else { return };
+        if timeout_ms == 0 || stream.last_message.elapsed() < Duration::from_millis(timeout_ms) {
+            return;
+        }
+        stream.last_message = Instant::now();
+        let socket = stream.socket.clone();
+        drop(guard);
+        gst::debug!(CAT, imp = self, "no message for {timeout_ms} ms (connected: {connected})");
+        let structure = gst::Structure::builder(TIMEOUT_MESSAGE)
+            .field("timeout", timeout_ms)
+            .field("connected", connected)
+            .field("socket", socket)
+            .build();
+        let _ = self.obj().post_message(gst::message::Element::builder(structure).src(&*self.obj()).build());
+    }
+
+    fn on_sender_gone(&self, stats: &ReceiverStats, keep_listening: bool) -> Result<(), gst::FlowError> {
+        let socket = {
+            let mut guard = lock(&self.stream);
+            let Some(stream) = guard.as_mut() else { return Err(gst::FlowError::Flushing) };
+            // The connection's cached fds are closed: drop our memories of them.
+            stream.memories.retire_all();
+            stream.last_message = Instant::now();
+            stream.socket.clone()
+        };
+        let told = lock(&self.disconnected_sender).take() == Some(stats.senders_accepted);
+        if told {
+            gst::info!(CAT, imp = self, "the sender we sent DISCONNECT to left; waiting for it to come back");
+            return Ok(());
+        }
+        if keep_listening {
+            gst::info!(CAT, imp = self, "the sender on {socket} hung up; waiting for the next one");
+            let structure = gst::Structure::builder(SENDER_GONE_MESSAGE).field("socket", &socket).build();
+            let _ = self.obj().post_message(gst::message::Element::builder(structure).src(&*self.obj()).build());
+            return Ok(());
+        }
+        gst::element_imp_error!(
+            self,
+            gst::ResourceError::Read,
+            ("The sender on socket {} hung up without EOS", socket),
+            ["Set keep-listening=true to wait for the next sender instead of failing"]
+        );
+        Err(gst::FlowError::Error)
+    }
+
+    /// The GstBuffer for a received buffer; `None` when the message was rejected (its
+    /// return has gone out).
+    fn gst_buffer(
+        &self,
+        received: ReceivedBuffer,
+        stats: &ReceiverStats,
+    ) -> Result<Option<gst::Buffer>, gst::FlowError> {
+        let mode = lock(&self.settings).timestamp_mode;
+        let mut guard = lock(&self.stream);
+        let Some(stream) = guard.as_mut() else { return Err(gst::FlowError::Flushing) };
+        stream.last_message = Instant::now();
+        if stats.senders_accepted != stream.senders_seen {
+            stream.senders_seen = stats.senders_accepted;
+            stream.discont = true;
+        }
+        let message = received.message();
+        let key = match FormatKey::of(message) {
+            Ok(key) => key,
+            Err(reason) => {
+                self.reject(&stream.socket, message, &reason);
+                return Ok(None);
+            }
+        };
+        if stream.negotiated.as_ref().map(|n| &n.key) != Some(&key) {
+            let negotiated = Negotiated {
+                key,
+                dmabuf: received.fd(0).is_some_and(memory::is_dmabuf),
+                rate: frame_rate(message.info.duration),
+            };
+            if let Err(reason) = self.negotiate_for(stream, negotiated) {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Negotiation,
+                    ("{}", reason),
+                    ["Make the caps after qtisocketsrc match what the sender sends, or remove the capsfilter \
+                     so that the element derives the caps from the messages"]
+                );
+                return Err(gst::FlowError::NotNegotiated);
+            }
+        }
+
+        let frame: memory::Frame = Arc::new(received);
+        let message = frame.message();
+        let mut buffer = gst::Buffer::new();
+        let built = self.fill(buffer.get_mut().expect("a new buffer"), stream, &frame, mode);
+        if let Err(reason) = built {
+            drop(buffer); // its memories go: the frame is returned to the sender
+            self.reject(&stream.socket, message, &reason);
+            return Ok(None);
+        }
+        if std::mem::take(&mut stream.discont) {
+            buffer.get_mut().expect("ours alone").set_flags(gst::BufferFlags::DISCONT);
+        }
+        gst::trace!(CAT, imp = self, "buffer {:?} ({} blocks)", message.buf_ids(), message.blocks.len());
+        Ok(Some(buffer))
+    }
+
+    fn reject(&self, socket: &str, message: &DataMessage, reason: &str) {
+        gst::element_imp_warning!(
+            self,
+            gst::StreamError::Format,
+            (
+                "The sender on socket {} sent a buffer (buf_ids {:?}) that cannot be used: {}",
+                socket,
+                message.buf_ids(),
+                reason
+            ),
+            ["The buffer was returned to the sender unused; the stream goes on"]
+        );
+    }
+
+    /// Memories, metas and timestamps of one buffer.
+    fn fill(
+        &self,
+        b: &mut gst::BufferRef,
+        stream: &mut Stream,
+        frame: &memory::Frame,
+        mode: TimestampMode,
+    ) -> Result<(), String> {
+        let message = frame.message();
+        let mut base = 0u64; // where block i starts in the buffer
+        for (index, block) in message.blocks.iter().enumerate() {
+            let memory = match block {
+                MemoryBlock::Text(text) => gst::Memory::from_slice(text.contents.clone()),
+                MemoryBlock::Frame(_) | MemoryBlock::Tensor(_) => {
+                    let (memory, reused) = stream
+                        .memories
+                        .wrap(frame, index, block.maxsize(), block.size())
+                        .map_err(|e| format!("block {index}: cannot wrap its fd as a GstMemory: {e}"))?;
+                    if reused {
+                        self.memories_reused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    memory
+                }
+            };
+            b.append_memory(memory);
+            match block {
+                MemoryBlock::Frame(f) => add_video_meta(b, f, base, index)?,
+                MemoryBlock::Tensor(t) => {
+                    if !meta::add_tensor(b, index as u32, t) {
+                        gst::warning!(
+                            CAT,
+                            imp = self,
+                            "no usable GstMLTensorMeta registration: tensor metas not attached"
+                        );
+                    }
+                }
+                MemoryBlock::Text(_) => {}
+            }
+            base += block.size();
+        }
+        for protection in &message.metas.protection {
+            meta::add_protection(b, protection);
+        }
+        for roi in &message.metas.roi {
+            meta::add_roi(b, roi);
+        }
+        for class in &message.metas.class {
+            meta::add_classification(b, class);
+        }
+        for landmarks in &message.metas.landmarks {
+            meta::add_landmarks(b, landmarks);
+        }
+        let time = |ns: u64| (ns != CLOCK_TIME_NONE).then(|| gst::ClockTime::from_nseconds(ns));
+        match mode {
+            TimestampMode::Sender => {
+                b.set_pts(time(message.info.pts));
+                b.set_dts(time(message.info.dts));
+            }
+            TimestampMode::Arrival => {
+                let now = self.obj().current_running_time();
+                b.set_pts(now);
+                b.set_dts(now);
+            }
+        }
+        b.set_duration(time(message.info.duration));
+        Ok(())
+    }
+
+    /// Sets caps for `negotiated`: what the sender sends, as downstream accepts it.
+    fn negotiate_for(&self, stream: &mut Stream, negotiated: Negotiated) -> Result<(), String> {
+        let pad = self.obj().static_pad("src").expect("the always src pad");
+        let ours = negotiated.key.caps(false);
+        let downstream = pad.peer_query_caps(None);
+        let common = downstream.intersect_with_mode(&negotiated.key.caps(true), gst::CapsIntersectMode::First);
+        let chosen = common
+            .iter_with_features()
+            .find(|(_, features)| features.is_any() || !features.contains("memory:DMABuf") || negotiated.dmabuf);
+        let Some((structure, features)) = chosen else {
+            return Err(format!(
+                "The sender on socket {} sends {} but downstream accepts only {}",
+                stream.socket, ours, downstream
+            ));
+        };
+        let mut structure = structure.to_owned();
+        let features = if features.is_any() {
+            gst::CapsFeatures::new([gst::CAPS_FEATURE_MEMORY_SYSTEM_MEMORY])
+        } else {
+            features.to_owned()
+        };
+        negotiated.key.complete(&mut structure, negotiated.rate);
+        let mut caps = gst::Caps::new_empty();
+        caps.get_mut().expect("new caps").append_structure_full(structure, Some(features));
+        caps.fixate();
+        gst::info!(CAT, imp = self, "the sender sends {ours}: caps {caps}");
+        self.obj().set_caps(&caps).map_err(|e| {
+            format!("Downstream refused caps {caps} for what the sender on socket {} sends: {e}", stream.socket)
+        })?;
+        stream.negotiated = Some(negotiated);
+        Ok(())
+    }
+}
+
+/// 1 s / duration, as a fraction; 0/1 (variable) when the sender gives no duration.
+fn frame_rate(duration_ns: u64) -> gst::Fraction {
+    if duration_ns == 0 || duration_ns == CLOCK_TIME_NONE {
+        return gst::Fraction::new(0, 1);
+    }
+    let rate = 1e9 / duration_ns as f64;
+    // Prefer the usual rates: integers, and the NTSC ones (n*1000/1001).
+    if (rate - rate.round()).abs() < 1e-3 && rate.round() <= i32::MAX as f64 {
+        return gst::Fraction::new(rate.round() as i32, 1);
+    }
+    let ntsc = rate * 1.001;
+    if (ntsc - ntsc.round()).abs() < 1e-3 && ntsc.round() * 1000.0 <= i32::MAX as f64 {
+        return gst::Fraction::new(ntsc.round() as i32 * 1000, 1001);
+    }
+    gst::Fraction::approximate_f64(rate).unwrap_or_else(|| gst::Fraction::new(0, 1))
+}
+
+/// The `GstVideoFormat` named by a FRAME's `format`, if this GStreamer knows it as raw video.
+fn video_format(value: u32) -> Result<gst_video::VideoFormat, String> {
+    use gst::glib::translate::IntoGlib;
+    gst_video::VideoFormat::iter_raw()
+        .find(|f| f.into_glib() as i64 == value as i64)
+        .ok_or_else(|| format!("FRAME.format {value} is not a raw video format this GStreamer knows"))
+}
+
+/// A `GstVideoMeta` for a FRAME block starting at `base` in the buffer, after checking
+/// that every plane lies inside the block (so no downstream element reads past it).
+fn add_video_meta(b: &mut gst::BufferRef, frame: &FramePayload, base: u64, index: usize) -> Result<(), String> {
+    let format = video_format(frame.format)?;
+    let info = gst_video::VideoFormatInfo::from_format(format);
+    if info.n_planes() != frame.n_planes {
+        return Err(format!("FRAME: {} has {} planes, the message says {}", format, info.n_planes(), frame.n_planes));
+    }
+    if frame.width == 0 || frame.height == 0 {
+        return Err(format!("FRAME: {}x{} is not a picture", frame.width, frame.height));
+    }
+    let strides = frame.planes_strides();
+    for (plane, &stride) in strides.iter().enumerate() {
+        let row = (0..info.n_components() as usize)
+            .filter(|&c| info.plane()[c] as usize == plane)
+            .map(|c| info.scale_width(c as u8, frame.width) as i64 * info.pixel_stride()[c] as i64)
+            .max()
+            .unwrap_or(0);
+        if stride <= 0 || (!info.is_tiled() && (stride as i64) < row) {
+            return Err(format!(
+                "FRAME: plane {plane} stride {stride} is shorter than a row of {format} {}x{} ({row} bytes)",
+                frame.width, frame.height
+            ));
+        }
+    }
+    let offsets: Vec<usize> = frame.planes_offsets().iter().map(|&o| (o + base) as usize).collect();
+    let flags = gst_video::VideoFrameFlags::from_bits_truncate(frame.flags);
+    let mut meta = gst_video::VideoMeta::add_full(b, flags, format, frame.width, frame.height, &offsets, strides)
+        .map_err(|e| format!("FRAME: no video meta for it: {e}"))?;
+    let sizes = meta.plane_size().map_err(|e| format!("FRAME: plane sizes unknown: {e}"))?;
+    for (plane, &offset) in frame.planes_offsets().iter().enumerate() {
+        if offset + sizes[plane] as u64 > frame.size {
+            return Err(format!(
+                "FRAME: plane {plane} ({} bytes from offset {offset}) runs past the block's size {}",
+                sizes[plane], frame.size
+            ));
+        }
+    }
+    // SAFETY: a GstVideoMeta we just added to a buffer we hold mutably; `id` is plain data.
+    unsafe { (*(meta.as_mut_ptr())).id = index as i32 };
+    let mut buffer_flags = gst::BufferFlags::empty();
+    for (frame_flag, buffer_flag) in [
+        (gst_video::VideoFrameFlags::INTERLACED, gst_video::VideoBufferFlags::INTERLACED),
+        (gst_video::VideoFrameFlags::TFF, gst_video::VideoBufferFlags::TFF),
+        (gst_video::VideoFrameFlags::RFF, gst_video::VideoBufferFlags::RFF),
+        (gst_video::VideoFrameFlags::ONEFIELD, gst_video::VideoBufferFlags::ONEFIELD),
+    ] {
+        if flags.contains(frame_flag) {
+            buffer_flags |= gst::BufferFlags::from_bits_truncate(buffer_flag.bits());
+        }
+    }
+    if !buffer_flags.is_empty() {
+        b.set_flags(buffer_flags);
+    }
+    Ok(())
+}
+
+/// What the caps describe: one per distinct format the sender sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FormatKey {
+    Video { format: gst_video::VideoFormat, width: u32, height: u32 },
+    Tensor { tensor_type: TensorType, dimensions: Vec<Vec<u32>> },
+    Text,
+}
+
+impl FormatKey {
+    fn of(message: &DataMessage) -> Result<FormatKey, String> {
+        match &message.blocks[0] {
+            MemoryBlock::Frame(first) => {
+                let format = video_format(first.format)?;
+                for (block, b) in message.blocks.iter().enumerate() {
+                    if let MemoryBlock::Frame(f) = b {
+                        if (f.format, f.width, f.height) != (first.format, first.width, first.height) {
+                            return Err(format!("FRAME block {block} differs in format or size from block 0"));
+                        }
+                    }
+                }
+                Ok(FormatKey::Video { format, width: first.width, height: first.height })
+            }
+            MemoryBlock::Tensor(first) => {
+                let tensor_type = TensorType::from_u32(first.tensor_type)
+                    .ok_or_else(|| format!("TENSOR.type {} is not a known tensor type", first.tensor_type))?;
+                let mut dimensions = Vec::with_capacity(message.blocks.len());
+                for (block, b) in message.blocks.iter().enumerate() {
+                    if let MemoryBlock::Tensor(t) = b {
+                        if t.tensor_type != first.tensor_type {
+                            return Err(format!(
+                                "TENSOR block {block} is of type {} but block 0 of type {}: caps carry one type",
+                                t.tensor_type, first.tensor_type
+                            ));
+                        }
+                        dimensions.push(t.used_dimensions().to_vec());
+                    }
+                }
+                Ok(FormatKey::Tensor { tensor_type, dimensions })
+            }
+            MemoryBlock::Text(_) => Ok(FormatKey::Text),
+        }
+    }
+
+    /// The caps the messages describe; with `any_features`, usable with any memory features.
+    fn caps(&self, any_features: bool) -> gst::Caps {
+        let name = match self {
+            FormatKey::Video { .. } => "video/x-raw",
+            FormatKey::Tensor { .. } => "neural-network/tensors",
+            FormatKey::Text => "text/x-raw",
+        };
+        let mut caps = gst::Caps::new_empty();
+        let mut s = gst::Structure::new_empty(name);
+        match self {
+            FormatKey::Video { format, width, height } => {
+                s.set("format", format.to_str());
+                s.set("width", *width as i32);
+                s.set("height", *height as i32);
+            }
+            FormatKey::Tensor { tensor_type, dimensions } => {
+                s.set("type", tensor_type.name());
+                let arrays = dimensions.iter().map(|d| gst::Array::new(d.iter().map(|&x| x as i32)));
+                s.set("dimensions", gst::Array::new(arrays));
+            }
+            FormatKey::Text => {}
+        }
+        let features = any_features.then(gst::CapsFeatures::new_any);
+        caps.get_mut().expect("new caps").append_structure_full(s, features);
+        caps
+    }
+
+    /// Fills in what downstream left open, from the messages: frame rate (from the
+    /// duration), pixel aspect ratio 1/1, text format utf8.
+    fn complete(&self, s: &mut gst::Structure, rate: gst::Fraction) {
+        match self {
+            FormatKey::Video { .. } => {
+                if s.has_field("framerate") {
+                    s.fixate_field_nearest_fraction("framerate", rate);
+                } else {
+                    s.set("framerate", rate);
+                }
+                if s.has_field("pixel-aspect-ratio") {
+                    s.fixate_field_nearest_fraction("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+                } else {
+                    s.set("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+                }
+            }
+            FormatKey::Tensor { .. } => {
+                if s.has_field("framerate") {
+                    s.fixate_field_nearest_fraction("framerate", rate);
+                }
+            }
+            FormatKey::Text => {
+                if s.has_field("format") {
+                    s.fixate_field_str("format", "utf8");
+                } else {
+                    s.set("format", "utf8");
+                }
+            }
+        }
+    }
+}
+
+/// Wrapping the sender's fds as GstMemory, and tying each received buffer's life (its
+/// return to the sender) to the life of its memories.
+///
+/// - An unpooled block's fd becomes a new GstMemory whose qdata holds the received buffer
+///   (`Frame`): when the memory is finalized (after its last user, sub-memories included,
+///   let go) the qdata is dropped and, with the frame's last memory, the return goes out.
+/// - A pooled block's fd is wrapped once per connection (keyed by the `Arc` the receiver
+///   shares for each reuse of a pooled `buf_id`) with `KEEP_MAPPED`, so the mapping is made
+///   once. The memory recycles itself: its `dispose` hook brings it home instead of freeing
+///   it, and lets go of the frame it served; the next message for that `buf_id` hands the
+///   same GstMemory out again, resized to the message's size.
+///
+/// The fds stay owned by the receiver (`Arc<OwnedFd>`); memories never close them
+/// (`DONT_CLOSE`) and keep them open for as long as they live.
+mod memory {
+    use std::collections::HashMap;
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+    use std::sync::{Arc, LazyLock, Mutex};
+
+    use gst::glib;
+    use gst::glib::translate::{from_glib_full, IntoGlib};
+    use gst_allocators::prelude::*;
+
+    use super::lock;
+    use crate::ReceivedBuffer;
+
+    /// A received buffer, shared by its memories; its return goes out when the last of
+    /// them is released.
+    pub(super) type Frame = Arc<ReceivedBuffer>;
+
+    const _: () = {
+        const fn send_sync<T: Send + Sync>() {}
+        send_sync::<ReceivedBuffer>();
+    };
+
+    /// `DMA_BUF_MAGIC` from linux/magic.h: the filesystem of DMA-BUF fds.
+    const DMA_BUF_MAGIC: i64 = 0x444d_4142;
+
+    pub(super) fn is_dmabuf(fd: BorrowedFd<'_>) -> bool {
+        // `f_type`'s integer type differs between architectures.
+        #[allow(clippy::unnecessary_cast)]
+        rustix::fs::fstatfs(fd).is_ok_and(|s| s.f_type as i64 == DMA_BUF_MAGIC)
+    }
+
+    static FRAME_QUARK: LazyLock<glib::Quark> = LazyLock::new(|| glib::Quark::from_str("qtisocketsrc-frame"));
+    static POOLED_QUARK: LazyLock<glib::Quark> = LazyLock::new(|| glib::Quark::from_str("qtisocketsrc-pooled"));
+
+    /// One pooled object of the sender, wrapped once.
+    struct Pooled {
+        /// Keeps the fd open for as long as the memory exists.
+        fd: Arc<OwnedFd>,
+        maxsize: u64,
+        slot: Mutex<Slot>,
+    }
+
+    struct Slot {
+        /// The memory, when no buffer uses it.
+        home: Option<gst::Memory>,
+        /// The frame the memory serves while it is out.
+        frame: Option<Frame>,
+        /// No longer cached: the memory is freed when it comes back.
+        retired: bool,
+        /// Buffers served so far.
+        uses: u64,
+    }
+
+    impl Pooled {
+        fn retire(&self) {
+            let home = {
+                let mut slot = lock(&self.slot);
+                slot.retired = true;
+                slot.home.take()
+            };
+            drop(home); // dispose sees `retired` and lets it be freed
+        }
+    }
+
+    pub(super) struct Memories {
+        fd_allocator: gst_allocators::FdAllocator,
+        dmabuf_allocator: gst_allocators::DmaBufAllocator,
+        /// By the address of the receiver's shared `Arc<OwnedFd>` (kept alive by `Pooled`,
+        /// so the address cannot be reused while the entry exists).
+        pooled: HashMap<usize, Arc<Pooled>>,
+    }
+
+    impl Memories {
+        pub(super) fn new() -> Memories {
+            Memories {
+                fd_allocator: gst_allocators::FdAllocator::new(),
+                dmabuf_allocator: gst_allocators::DmaBufAllocator::new(),
+                pooled: HashMap::new(),
+            }
+        }
+
+        /// The GstMemory for block `block` of `frame`, and whether it was a cached one.
+        pub(super) fn wrap(
+            &mut self,
+            frame: &Frame,
+            block: usize,
+            maxsize: u64,
+            size: u64,
+        ) -> Result<(gst::Memory, bool), glib::BoolError> {
+            let fd = frame.shared_fd(block).ok_or_else(|| glib::bool_error!("the block has no fd"))?;
+            if !frame.message().info.use_buffer_pool {
+                return self.wrap_once(frame, fd.as_fd(), maxsize, size).map(|m| (m, false));
+            }
+            let key = Arc::as_ptr(fd) as usize;
+            let pooled = match self.pooled.get(&key) {
+                Some(pooled) if pooled.maxsize >= maxsize => pooled.clone(),
+                _ => {
+                    // New object (or one that grew): wrap it, and let go of the stale ones.
+                    if let Some(old) = self.pooled.remove(&key) {
+                        old.retire();
+                    }
+                    self.sweep();
+                    let pooled = self.new_pooled(fd, maxsize)?;
+                    self.pooled.insert(key, pooled.clone());
+                    pooled
+                }
+            };
+            let mut slot = lock(&pooled.slot);
+            let Some(mut memory) = slot.home.take() else {
+                // Still in use by an earlier buffer (a sender that did not wait for the
+                // return): this buffer gets a memory of its own.
+                drop(slot);
+                return self.wrap_once(frame, fd.as_fd(), maxsize, size).map(|m| (m, false));
+            };
+            slot.frame = Some(frame.clone());
+            slot.uses += 1;
+            let reused = slot.uses > 1;
+            drop(slot);
+            let m = memory.get_mut().expect("a memory at home has no other user");
+            m.resize_maxsize(0..size as usize);
+            Ok((memory, reused))
+        }
+
+        /// Lets go of every cached memory (the connection ended, or the element stops).
+        pub(super) fn retire_all(&mut self) {
+            for (_, pooled) in self.pooled.drain() {
+                pooled.retire();
+            }
+        }
+
+        /// Drops entries whose fd nobody but us holds any more (the receiver replaced it).
+        fn sweep(&mut self) {
+            self.pooled.retain(|_, pooled| {
+                let alive = Arc::strong_count(&pooled.fd) > 1;
+                if !alive {
+                    pooled.retire();
+                }
+                alive
+            });
+        }
+
+        fn alloc(
+            &self,
+            fd: BorrowedFd<'_>,
+            maxsize: u64,
+            size: u64,
+            flags: gst_allocators::FdMemoryFlags,
+        ) -> Result<gst::Memory, glib::BoolError> {
+            let flags = flags | gst_allocators::FdMemoryFlags::DONT_CLOSE;
+            // SAFETY: DONT_CLOSE: GStreamer never closes the fd, and every caller keeps the
+            // `OwnedFd` open for as long as the memory exists (qdata, `Pooled::fd`).
+            let mut memory = unsafe {
+                if is_dmabuf(fd) {
+                    self.dmabuf_allocator.alloc_dmabuf_with_flags(fd.as_raw_fd(), maxsize as usize, flags)
+                } else {
+                    self.fd_allocator.alloc_fd(fd.as_raw_fd(), maxsize as usize, flags)
+                }
+            }?;
+            memory.get_mut().expect("a new memory").resize_maxsize(0..size as usize);
+            Ok(memory)
+        }
+
+        /// A memory for this buffer only; it holds the frame until it is finalized.
+        fn wrap_once(
+            &self,
+            frame: &Frame,
+            fd: BorrowedFd<'_>,
+            maxsize: u64,
+            size: u64,
+        ) -> Result<gst::Memory, glib::BoolError> {
+            let memory = self.alloc(fd, maxsize, size, gst_allocators::FdMemoryFlags::NONE)?;
+            unsafe extern "C" fn drop_frame(data: glib::ffi::gpointer) {
+                // SAFETY: `data` is the Box<Frame> given below, freed exactly once here.
+                drop(unsafe { Box::from_raw(data as *mut Frame) });
+            }
+            let data = Box::into_raw(Box::new(frame.clone()));
+            // SAFETY: a memory only we hold; the qdata owns the box and frees it when the
+            // memory is finalized, on whatever thread.
+            unsafe {
+                gst::ffi::gst_mini_object_set_qdata(
+                    memory.as_mut_ptr() as *mut gst::ffi::GstMiniObject,
+                    FRAME_QUARK.into_glib(),
+                    data as glib::ffi::gpointer,
+                    Some(drop_frame),
+                );
+            }
+            Ok(memory)
+        }
+
+        fn new_pooled(&self, fd: &Arc<OwnedFd>, maxsize: u64) -> Result<Arc<Pooled>, glib::BoolError> {
+            let memory = self.alloc(fd.as_fd(), maxsize, maxsize, gst_allocators::FdMemoryFlags::KEEP_MAPPED)?;
+            let pooled = Arc::new(Pooled {
+                fd: fd.clone(),
+                maxsize,
+                slot: Mutex::new(Slot { home: None, frame: None, retired: false, uses: 0 }),
+            });
+            unsafe extern "C" fn drop_pooled(data: glib::ffi::gpointer) {
+                // SAFETY: `data` is the Box<Arc<Pooled>> given below, freed exactly once here.
+                drop(unsafe { Box::from_raw(data as *mut Arc<Pooled>) });
+            }
+            let data = Box::into_raw(Box::new(pooled.clone()));
+            // SAFETY: a memory only we hold. The qdata owns the box until the memory is
+            // finalized; `dispose` only reads it. Memories get no dispose function from
+            // gst_memory_init, so ours replaces nothing.
+            unsafe {
+                let object = memory.as_mut_ptr() as *mut gst::ffi::GstMiniObject;
+                gst::ffi::gst_mini_object_set_qdata(
+                    object,
+                    POOLED_QUARK.into_glib(),
+                    data as glib::ffi::gpointer,
+                    Some(drop_pooled),
+                );
+                (*object).dispose = Some(dispose_pooled);
+            }
+            lock(&pooled.slot).home = Some(memory);
+            Ok(pooled)
+        }
+    }
+
+    impl Drop for Memories {
+        fn drop(&mut self) {
+            self.retire_all();
+        }
+    }
+
+    /// Called when a pooled memory's last reference goes: bring it home (resurrect it, as
+    /// GstBufferPool does with buffers) unless it was retired, and let go of its frame.
+    unsafe extern "C" fn dispose_pooled(object: *mut gst::ffi::GstMiniObject) -> glib::ffi::gboolean {
+        // SAFETY: GStreamer calls dispose with our memory at refcount 0; its qdata, set
+        // before the dispose hook, lives until the memory is finalized.
+        let pooled = unsafe {
+            let data = gst::ffi::gst_mini_object_get_qdata(object, POOLED_QUARK.into_glib()) as *const Arc<Pooled>;
+            match data.as_ref() {
+                Some(pooled) => pooled.clone(),
+                None => return glib::ffi::GTRUE,
+            }
+        };
+        let mut slot = lock(&pooled.slot);
+        let frame = slot.frame.take();
+        let keep = !slot.retired;
+        if keep {
+            // SAFETY: taking a reference at refcount 0 from dispose resurrects the object
+            // (GStreamer's documented recycling, as GstBufferPool does); the new reference
+            // is owned by `home`.
+            slot.home = Some(unsafe {
+                gst::ffi::gst_mini_object_ref(object);
+                from_glib_full(object as *mut gst::ffi::GstMemory)
+            });
+        }
+        drop(slot);
+        // The memory is home before the return goes out, so the sender's next use of this
+        // buf_id finds it there.
+        drop(frame);
+        if keep {
+            glib::ffi::GFALSE
+        } else {
+            glib::ffi::GTRUE
+        }
+    }
+}
