@@ -231,10 +231,12 @@ impl Receiver {
         let Some(connection) = self.listener.accept().map_err(|e| io("accepting a sender", e))? else {
             return Ok(false);
         };
-        // One sender at a time: others wait in the backlog until this one leaves.
-        epoll::delete(&self.poller, &self.listener).map_err(|e| io("updating the epoll fd", e.into()))?;
+        // One sender at a time: others wait in the backlog until this one leaves. The
+        // connection is watched before the listener stops being, so a failure here
+        // leaves the receiver as it was.
         epoll::add(&self.poller, &connection, epoll::EventData::new_u64(TOKEN_CONNECTION), epoll::EventFlags::IN)
             .map_err(|e| io("updating the epoll fd", e.into()))?;
+        epoll::delete(&self.poller, &self.listener).map_err(|e| io("updating the epoll fd", e.into()))?;
         let peer = connection.peer_credentials().ok();
         self.active = Some(Active { connection: Arc::new(connection), cache: FdCache::default(), peer });
         self.reader = MessageReader::default();
