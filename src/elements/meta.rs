@@ -1,4 +1,6 @@
-//! GstMeta mapping of what rides with a received buffer (docs/qtisocketsrc.md, *Metas*).
+//! GstMeta mapping of what rides with a buffer, both ways: the metas `qtisocketsrc` puts
+//! on a received buffer (docs/qtisocketsrc.md, *Metas*), and the same metas read back by
+//! `qtisocketsink` from a buffer it sends (docs/qtisocketsink.md, *Metas*).
 //!
 //! - `VIDEO_ROI_META` → `GstVideoRegionOfInterestMeta` (label as its type, `id`,
 //!   `parent_id`), with `det_meta` and `xtraparams` as parameter structures.
@@ -13,7 +15,7 @@
 //! The vendor layouts written here are those of gst-plugins-imsdk (2024 and later: labels
 //! with `xtraparams`, metas with `parent_id`), the version whose sink sends these payloads.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::ptr;
 use std::str::FromStr;
 use std::sync::{LazyLock, OnceLock};
@@ -21,7 +23,11 @@ use std::sync::{LazyLock, OnceLock};
 use gst::glib;
 use gst::glib::translate::{IntoGlib, IntoGlibPtr};
 
-use crate::protocol::{ClassMeta, LandmarksMeta, ProtectionMeta, RoiMeta, TensorPayload, MAX_TENSOR_DIMENSIONS};
+use crate::protocol::{
+    ClassLabel, ClassMeta, Keypoint, LandmarksMeta, Link, Metas, ProtectionMeta, RoiMeta, TensorPayload,
+    MAX_CLASS_LABELS, MAX_KEYPOINTS, MAX_LINKS, MAX_TENSOR_DIMENSIONS, MAX_TEXT_LEN, NAME_CAPACITY,
+    STRUCTURE_CAPACITY,
+};
 
 static CAT: LazyLock<gst::DebugCategory> =
     LazyLock::new(|| gst::DebugCategory::new("qtisocketmeta", gst::DebugColorFlags::empty(), Some("qtisocket metas")));
@@ -539,3 +545,225 @@ const _: () = assert!(std::mem::size_of::<VendorClassLabel>() == 32);
 const _: () = assert!(std::mem::size_of::<VendorClassificationMeta>() == 32);
 const _: () = assert!(std::mem::size_of::<VendorKeypoint>() == 32);
 const _: () = assert!(std::mem::size_of::<VendorLandmarksMeta>() == 56);
+
+// ---------------------------------------------------------------------------------------
+// Reading the metas of a buffer to send (qtisocketsink)
+
+/// `text` as a C string for a field of `capacity` bytes: cut (with a warning) at a
+/// character boundary to leave room for the NUL, as the deployed sender cuts.
+fn c_string_for(text: &str, capacity: usize, field: &str) -> CString {
+    let mut end = text.len().min(capacity - 1);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < text.len() {
+        gst::warning!(CAT, "{field} is {} bytes; cut to the protocol's {}", text.len(), capacity - 1);
+    }
+    // A NUL inside a GStreamer string cannot happen (they are C strings).
+    CString::new(text[..end].replace('\0', "")).expect("no NUL left")
+}
+
+fn structure_string(s: &gst::StructureRef, field: &str) -> CString {
+    c_string_for(&s.to_string(), STRUCTURE_CAPACITY, field)
+}
+
+/// Whether `meta` was registered with `info`.
+fn is_meta_of(meta: &gst::MetaRef<'_, gst::Meta>, info: Option<MetaInfo>) -> bool {
+    // SAFETY: `as_ptr` is a valid GstMeta of a buffer we hold; `info` is read only.
+    info.is_some_and(|info| unsafe { (*meta.as_ptr()).info } == info.0)
+}
+
+/// The metas of `buffer` that the protocol carries: protection always; regions of
+/// interest, classification and landmarks with video (`video`), as the spec orders.
+pub(crate) fn sent_metas(buffer: &gst::BufferRef, video: bool) -> Metas {
+    let mut metas = Metas::default();
+    for protection in buffer.iter_meta::<gst::ProtectionMeta>() {
+        let text = c_string_for(&protection.info().to_string(), MAX_TEXT_LEN, "GstProtectionMeta info");
+        let size = text.as_bytes().len() as u64;
+        metas.protection.push(ProtectionMeta { structure: text, size, maxsize: size });
+    }
+    if !video {
+        return metas;
+    }
+    for roi in buffer.iter_meta::<gst_video::VideoRegionOfInterestMeta>() {
+        let (x, y, w, h) = roi.rect();
+        let det_meta = roi.param("ObjectDetection");
+        let extra = roi.params().find(|p| p.name() != "ObjectDetection");
+        metas.roi.push(RoiMeta {
+            label: c_string_for(roi.roi_type(), NAME_CAPACITY, "ROI label"),
+            id: roi.id(),
+            parent_id: roi.parent_id(),
+            x,
+            y,
+            w,
+            h,
+            det_meta: det_meta.map(|s| structure_string(s, "ROI det_meta")),
+            xtraparams: extra.map(|s| structure_string(s, "ROI xtraparams")),
+        });
+    }
+    let (class_info, landmarks_info) = (classification_info(), landmarks_info());
+    for meta in buffer.iter_meta::<gst::Meta>() {
+        if is_meta_of(&meta, class_info) {
+            // SAFETY: registered with the vendor's classification info, whose size was
+            // checked against this layout.
+            metas.class.push(read_vendor_classification(unsafe { &*(meta.as_ptr() as *const VendorClassificationMeta) }));
+        } else if is_meta_of(&meta, landmarks_info) {
+            // SAFETY: as above, for the landmarks layout.
+            metas.landmarks.push(read_vendor_landmarks(unsafe { &*(meta.as_ptr() as *const VendorLandmarksMeta) }));
+        } else if let Some(custom) = meta.try_as_custom_meta() {
+            let s = custom.structure();
+            let read = match s.name().as_str() {
+                "VideoClassification" => class_from_structure(s).map(|c| metas.class.push(c)),
+                "VideoLandmarks" => landmarks_from_structure(s).map(|l| metas.landmarks.push(l)),
+                _ => Ok(()),
+            };
+            if let Err(e) = read {
+                gst::warning!(CAT, "custom meta {s} not sent: {e}");
+            }
+        }
+    }
+    metas
+}
+
+/// The `GstMLTensorMeta`s of `buffer`: (memory index, type, dimensions).
+pub(crate) fn sent_tensor_metas(buffer: &gst::BufferRef) -> Vec<(u32, u32, Vec<u32>)> {
+    let info = tensor_meta_info().filter(|info| info.size() >= std::mem::size_of::<TensorMeta>());
+    buffer
+        .iter_meta::<gst::Meta>()
+        .filter(|meta| is_meta_of(meta, info))
+        .map(|meta| {
+            // SAFETY: registered with the GstMLTensorMeta info, at least this layout's size.
+            let tensor = unsafe { &*(meta.as_ptr() as *const TensorMeta) };
+            let n = (tensor.n_dimensions as usize).min(MAX_TENSOR_DIMENSIONS);
+            (tensor.id, tensor.tensor_type, tensor.dimensions[..n].to_vec())
+        })
+        .collect()
+}
+
+fn quark_name(quark: u32) -> CString {
+    // SAFETY: g_quark_to_string returns a static string, or NULL for 0.
+    let name = unsafe { glib::ffi::g_quark_to_string(quark) };
+    if name.is_null() {
+        return CString::default();
+    }
+    // SAFETY: a NUL-terminated static string.
+    let name = unsafe { CStr::from_ptr(name) };
+    c_string_for(&name.to_string_lossy(), NAME_CAPACITY, "name")
+}
+
+/// The elements of a GArray of `T`, at most `max` of them (warning when cut).
+fn g_array_items<'a, T>(array: *const glib::ffi::GArray, max: usize, what: &str) -> &'a [T] {
+    if array.is_null() {
+        return &[];
+    }
+    // SAFETY: a GArray of T as the vendor's layout defines it.
+    let all = unsafe { std::slice::from_raw_parts((*array).data as *const T, (*array).len as usize) };
+    if all.len() > max {
+        gst::warning!(CAT, "{} {what}; the protocol carries {max}: the rest are not sent", all.len());
+    }
+    &all[..all.len().min(max)]
+}
+
+fn optional_structure(s: *const gst::ffi::GstStructure, field: &str) -> Option<CString> {
+    // SAFETY: NULL or a structure owned by the meta, alive while we read it.
+    (!s.is_null()).then(|| structure_string(unsafe { gst::StructureRef::from_glib_borrow(s) }, field))
+}
+
+fn read_vendor_classification(meta: &VendorClassificationMeta) -> ClassMeta {
+    let labels = g_array_items::<VendorClassLabel>(meta.labels, MAX_CLASS_LABELS, "classification labels");
+    ClassMeta {
+        id: meta.id,
+        parent_id: meta.parent_id,
+        labels: labels
+            .iter()
+            .map(|l| ClassLabel {
+                name: quark_name(l.name),
+                confidence: l.confidence,
+                color: l.color,
+                xtraparams: optional_structure(l.xtraparams, "label xtraparams"),
+            })
+            .collect(),
+    }
+}
+
+fn read_vendor_landmarks(meta: &VendorLandmarksMeta) -> LandmarksMeta {
+    let keypoints = g_array_items::<VendorKeypoint>(meta.keypoints, MAX_KEYPOINTS, "keypoints");
+    let links = g_array_items::<VendorKeypointLink>(meta.links, MAX_LINKS, "keypoint links");
+    LandmarksMeta {
+        id: meta.id,
+        parent_id: meta.parent_id,
+        confidence: meta.confidence,
+        keypoints: keypoints
+            .iter()
+            .map(|k| Keypoint {
+                name: quark_name(k.name),
+                confidence: k.confidence,
+                color: k.color,
+                x: k.x.max(0) as u32,
+                y: k.y.max(0) as u32,
+            })
+            .collect(),
+        links: links.iter().map(|l| Link { s_kp_idx: l.s_kp_idx, d_kp_idx: l.d_kp_idx }).collect(),
+        xtraparams: optional_structure(meta.xtraparams, "landmarks xtraparams"),
+    }
+}
+
+fn structures(s: &gst::StructureRef, field: &str, max: usize) -> Result<Vec<gst::Structure>, String> {
+    let array = s.get::<gst::Array>(field).map_err(|_| format!("no array field '{field}'"))?;
+    if array.len() > max {
+        gst::warning!(CAT, "{} {field}; the protocol carries {max}: the rest are not sent", array.len());
+    }
+    array.iter().take(max).map(|v| v.get::<gst::Structure>().map_err(|_| format!("'{field}' holds a non-structure"))).collect()
+}
+
+fn field<'a, T: glib::value::FromValue<'a>>(s: &'a gst::StructureRef, name: &str) -> Result<T, String> {
+    s.get::<T>(name).map_err(|e| format!("{}: {e}", s.name()))
+}
+
+fn extra(s: &gst::StructureRef, what: &str) -> Option<CString> {
+    s.get::<gst::Structure>("xtraparams").ok().map(|x| structure_string(&x, what))
+}
+
+/// The inverse of [`classification_structure`].
+fn class_from_structure(s: &gst::StructureRef) -> Result<ClassMeta, String> {
+    let labels = structures(s, "labels", MAX_CLASS_LABELS)?
+        .iter()
+        .map(|l| {
+            Ok(ClassLabel {
+                name: c_string_for(field::<&str>(l, "name")?, NAME_CAPACITY, "label name"),
+                confidence: field(l, "confidence")?,
+                color: field(l, "color")?,
+                xtraparams: extra(l, "label xtraparams"),
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(ClassMeta { id: field(s, "id")?, parent_id: field(s, "parent-id")?, labels })
+}
+
+/// The inverse of [`landmarks_structure`].
+fn landmarks_from_structure(s: &gst::StructureRef) -> Result<LandmarksMeta, String> {
+    let keypoints = structures(s, "keypoints", MAX_KEYPOINTS)?
+        .iter()
+        .map(|k| {
+            Ok(Keypoint {
+                name: c_string_for(field::<&str>(k, "name")?, NAME_CAPACITY, "keypoint name"),
+                confidence: field(k, "confidence")?,
+                color: field(k, "color")?,
+                x: field(k, "x")?,
+                y: field(k, "y")?,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let links = structures(s, "links", MAX_LINKS)?
+        .iter()
+        .map(|l| Ok(Link { s_kp_idx: field(l, "source")?, d_kp_idx: field(l, "destination")? }))
+        .collect::<Result<_, String>>()?;
+    Ok(LandmarksMeta {
+        id: field(s, "id")?,
+        parent_id: field(s, "parent-id")?,
+        confidence: field(s, "confidence")?,
+        keypoints,
+        links,
+        xtraparams: extra(s, "landmarks xtraparams"),
+    })
+}

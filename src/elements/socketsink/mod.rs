@@ -1,5 +1,21 @@
-//! `qtisocketsink`: sends buffers to a `qtisocketsrc` (deployed or ours).
+//! `qtisocketsink`: sends buffers to a `qtisocketsrc` (deployed or ours) in another
+//! process, zero-copy, as a `GstBaseSink`. The user documentation is
+//! docs/qtisocketsink.md; the socket work is the sender's ([`crate::Sender`]).
 
-pub(crate) fn register(_plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {
-    Ok(())
+use gst::glib;
+use gst::prelude::*;
+
+mod imp;
+mod link;
+mod memfd_allocator;
+mod outgoing;
+
+glib::wrapper! {
+    /// The `qtisocketsink` element.
+    pub struct QtiSocketSink(ObjectSubclass<imp::QtiSocketSink>)
+        @extends gst_base::BaseSink, gst::Element, gst::Object;
+}
+
+pub(crate) fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(Some(plugin), "qtisocketsink", gst::Rank::PRIMARY, QtiSocketSink::static_type())
 }

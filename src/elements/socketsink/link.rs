@@ -1,0 +1,344 @@
+//! The sink's link to its receiver. A thread of its own connects (every 10 ms until a
+//! receiver listens, as the deployed sink does), reads what the receiver says, lets go of
+//! each buffer once all its blocks are returned, and on `DISCONNECT` or a hang-up closes
+//! the connection and goes back to connecting. `render` sends through [`Link::send`].
+//!
+//! Only the thread changes the connection (connects, closes); `render` only marks it
+//! broken. The thread polls a duplicate of the socket fd, so it waits without the lock.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+
+use super::outgoing::Prepared;
+use crate::{Error, Sender, SenderEvent};
+
+/// How often the deployed sink retries `connect()`; ours too.
+const CONNECT_RETRY: Duration = Duration::from_millis(10);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not make every later call panic too.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the `stats` property shows.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Counters {
+    pub buffers_sent: u64,
+    pub fds_sent: u64,
+    pub copies: u64,
+    pub bytes_copied: u64,
+    pub bytes_described: u64,
+    pub returns: u64,
+    pub connections: u64,
+    pub dropped: u64,
+    pub in_flight: u64,
+    pub connected: bool,
+}
+
+/// What became of a buffer given to [`Link::send`].
+#[derive(Debug)]
+pub(super) enum Sent {
+    Sent,
+    /// Not connected (or the connection just failed): dropped, as the deployed sink does.
+    Dropped,
+    Flushing,
+    /// The sender refused the buffer (it breaks a rule of the protocol).
+    Invalid(String),
+}
+
+enum Phase {
+    Connecting,
+    Connected(Sender),
+    /// After `DISCONNECT` or a failed send: sends nothing more, closes once nothing is out.
+    Draining(Sender),
+}
+
+/// A sent buffer awaiting its return: the GstBuffers that own its fds, and the buf_ids
+/// not yet returned.
+struct Held {
+    #[expect(dead_code, reason = "never read: owned so that dropping it releases the buffers")]
+    holds: Vec<gst::Buffer>,
+    ids: Vec<i32>,
+}
+
+struct State {
+    phase: Phase,
+    held: VecDeque<Held>,
+    counters: Counters,
+    flushing: bool,
+    stopping: bool,
+}
+
+impl State {
+    /// Takes back returned buf_ids; the buffers fully returned are given to `released`.
+    fn on_returned(&mut self, ids: &[i32], released: &mut Vec<Held>) {
+        for &id in ids.iter().filter(|&&id| id >= 0) {
+            self.counters.returns += 1;
+            let Some(index) = self.held.iter().position(|h| h.ids.contains(&id)) else { continue };
+            let held = &mut self.held[index];
+            held.ids.retain(|&i| i != id);
+            if held.ids.is_empty() {
+                released.extend(self.held.remove(index));
+            }
+        }
+    }
+
+    /// Closes the connection: nothing out with the receiver will come back.
+    fn close(&mut self, released: &mut Vec<Held>) {
+        self.phase = Phase::Connecting;
+        released.extend(self.held.drain(..));
+    }
+}
+
+struct Shared {
+    socket: PathBuf,
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Wakes the thread from its poll (stop, or a send that failed).
+    wake: OwnedFd,
+    element: glib::WeakRef<super::QtiSocketSink>,
+}
+
+impl Shared {
+    fn wake_thread(&self) {
+        // An eventfd write only fails when the counter would overflow: already woken.
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+}
+
+/// The connection to the receiver and the thread that keeps it.
+pub(super) struct Link {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Link {
+    pub(super) fn start(socket: PathBuf, element: &super::QtiSocketSink) -> std::io::Result<Link> {
+        let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let shared = Arc::new(Shared {
+            socket,
+            state: Mutex::new(State {
+                phase: Phase::Connecting,
+                held: VecDeque::new(),
+                counters: Counters::default(),
+                flushing: false,
+                stopping: false,
+            }),
+            changed: Condvar::new(),
+            wake,
+            element: element.downgrade(),
+        });
+        let thread = std::thread::Builder::new().name("qtisocketsink".into()).spawn({
+            let shared = shared.clone();
+            move || run(&shared)
+        })?;
+        Ok(Link { shared, thread: Some(thread) })
+    }
+
+    /// Sends `prepared`. With `wait`, waits until a receiver is connected (or flushing);
+    /// without, drops the buffer when none is.
+    pub(super) fn send(&self, prepared: Prepared, wait: bool) -> Sent {
+        let mut state = lock(&self.shared.state);
+        loop {
+            if state.flushing {
+                return Sent::Flushing;
+            }
+            match state.phase {
+                Phase::Connected(_) => break,
+                _ if wait => state = self.shared.changed.wait(state).unwrap_or_else(|p| p.into_inner()),
+                _ => {
+                    state.counters.dropped += 1;
+                    return Sent::Dropped;
+                }
+            }
+        }
+        let Phase::Connected(sender) = &mut state.phase else { unreachable!("checked above") };
+        let outgoing = prepared.outgoing();
+        let (_, fds_before) = sender.counts();
+        let result = sender.send(&outgoing);
+        let fds_sent = sender.counts().1 - fds_before;
+        let ids: Vec<i32> = outgoing.blocks.iter().filter_map(|b| b.fd).map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd)).collect();
+        drop(outgoing);
+        match result {
+            Ok(()) => {
+                let c = &mut state.counters;
+                c.buffers_sent += 1;
+                c.fds_sent += fds_sent;
+                c.copies += prepared.copies;
+                c.bytes_copied += prepared.bytes_copied;
+                c.bytes_described += prepared.bytes_described();
+                if !ids.is_empty() {
+                    state.held.push_back(Held { holds: prepared.holds, ids });
+                }
+                Sent::Sent
+            }
+            Err(Error::InvalidBuffer(reason)) => Sent::Invalid(reason),
+            Err(e) => {
+                if let Some(element) = self.shared.element.upgrade() {
+                    gst::warning!(super::imp::CAT, obj = element, "sending failed, the receiver is gone: {e}");
+                }
+                if let Phase::Connected(sender) = std::mem::replace(&mut state.phase, Phase::Connecting) {
+                    state.phase = Phase::Draining(sender);
+                }
+                state.counters.dropped += 1;
+                drop(state);
+                self.shared.wake_thread();
+                Sent::Dropped
+            }
+        }
+    }
+
+    /// Sends EOS when connected, then waits up to `timeout` for every buffer out with the
+    /// receiver to come back. Returns how many are still out.
+    pub(super) fn send_eos(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.shared.state);
+        if let Phase::Connected(sender) = &mut state.phase {
+            if let Err(e) = sender.send_eos() {
+                if let Some(element) = self.shared.element.upgrade() {
+                    gst::warning!(super::imp::CAT, obj = element, "cannot send EOS: {e}");
+                }
+            }
+        }
+        while !state.held.is_empty() && !state.flushing {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self.shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        state.held.len()
+    }
+
+    /// Makes waiting `send`s and `send_eos` return (unlock), or lets them wait again.
+    pub(super) fn set_flushing(&self, flushing: bool) {
+        lock(&self.shared.state).flushing = flushing;
+        self.shared.changed.notify_all();
+    }
+
+    pub(super) fn counters(&self) -> Counters {
+        let state = lock(&self.shared.state);
+        let mut counters = state.counters.clone();
+        counters.in_flight = state.held.len() as u64;
+        counters.connected = matches!(state.phase, Phase::Connected(_));
+        counters
+    }
+}
+
+impl Drop for Link {
+    /// Stops the thread, closes the connection and lets go of every buffer still out.
+    fn drop(&mut self) {
+        lock(&self.shared.state).stopping = true;
+        self.shared.wake_thread();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let mut released = Vec::new();
+        lock(&self.shared.state).close(&mut released);
+    }
+}
+
+fn run(shared: &Shared) {
+    // A duplicate of the connected socket, to wait on without holding the lock.
+    let mut socket: Option<OwnedFd> = None;
+    loop {
+        if lock(&shared.state).stopping {
+            return;
+        }
+        match socket.as_ref() {
+            None => {
+                socket = try_connect(shared);
+                if socket.is_none() {
+                    wait(&[shared.wake.as_fd()], Some(CONNECT_RETRY));
+                }
+            }
+            Some(fd) => {
+                wait(&[fd.as_fd(), shared.wake.as_fd()], None);
+                let mut counter = [0u8; 8];
+                let _ = rustix::io::read(&shared.wake, &mut counter);
+                if !serve(shared) {
+                    socket = None;
+                }
+            }
+        }
+    }
+}
+
+/// One connection attempt; on success the new connection is published.
+fn try_connect(shared: &Shared) -> Option<OwnedFd> {
+    let sender = Sender::connect(&shared.socket).ok()?;
+    let fd = sender.as_fd().try_clone_to_owned().ok()?;
+    let mut state = lock(&shared.state);
+    state.counters.connections += 1;
+    let n = state.counters.connections;
+    state.phase = Phase::Connected(sender);
+    drop(state);
+    shared.changed.notify_all();
+    if let Some(element) = shared.element.upgrade() {
+        gst::info!(super::imp::CAT, obj = element, "connected to the receiver at {} (connection {n})", shared.socket.display());
+    }
+    Some(fd)
+}
+
+/// Handles everything the receiver has said. False once the connection is closed.
+fn serve(shared: &Shared) -> bool {
+    let mut released = Vec::new();
+    let mut state = lock(&shared.state);
+    let mut gone = None;
+    loop {
+        let sender = match &mut state.phase {
+            Phase::Connected(sender) | Phase::Draining(sender) => sender,
+            Phase::Connecting => unreachable!("only this thread closes"),
+        };
+        match sender.next_event(Some(Duration::ZERO)) {
+            Ok(None) => break,
+            Ok(Some(SenderEvent::Returned(ids))) => state.on_returned(&ids, &mut released),
+            Ok(Some(SenderEvent::Disconnect)) => {
+                if let Phase::Connected(sender) = std::mem::replace(&mut state.phase, Phase::Connecting) {
+                    state.phase = Phase::Draining(sender);
+                }
+            }
+            Ok(Some(SenderEvent::ReceiverGone)) => {
+                gone = Some("the receiver closed the connection".to_string());
+                break;
+            }
+            Err(e) => {
+                gone = Some(format!("the receiver broke the protocol: {e}"));
+                break;
+            }
+        }
+    }
+    let drained = matches!(&state.phase, Phase::Draining(sender) if sender.in_flight() == 0);
+    let closing = gone.is_some() || drained || state.stopping;
+    if closing {
+        state.close(&mut released);
+    }
+    drop(state);
+    shared.changed.notify_all();
+    if let Some(element) = shared.element.upgrade() {
+        if let Some(reason) = &gone {
+            gst::info!(super::imp::CAT, obj = element, "{reason}; connecting again");
+        } else if drained {
+            gst::info!(super::imp::CAT, obj = element, "the receiver disconnected and has every buffer back; connecting again");
+        }
+    }
+    // Pooled buffers go back to their pools outside the lock.
+    drop(released);
+    !closing
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes.
+fn wait(fds: &[std::os::fd::BorrowedFd<'_>], timeout: Option<Duration>) {
+    let mut poll_fds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+    let timespec = timeout.and_then(|t| rustix::event::Timespec::try_from(t).ok());
+    // EINTR and the like: the caller looks at the state and waits again.
+    let _ = rustix::event::poll(&mut poll_fds, timespec.as_ref());
+}
