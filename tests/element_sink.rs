@@ -331,3 +331,316 @@ fn tensors_and_text_match_the_deployed_sinks_bytes() {
     assert_matches_capture(&messages, "text.jsonl");
     assert_no_glib_warnings();
 }
+
+// ---------------------------------------------------------------------------------------
+// Ours → ours, the receiver in another process (gst-launch-1.0)
+
+fn plugin_dir() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_qsock-replay")).parent().unwrap()
+}
+
+/// `gst-launch-1.0 -e PIPELINE` (SOCKET replaced) in a child process, with the plugin
+/// from the build output and criticals fatal.
+fn launch(dir: &TempDir, pipeline: &str) -> Child {
+    assert!(plugin_dir().join("libgstqtisocket.so").exists(), "run `cargo build` first");
+    Command::new("gst-launch-1.0")
+        .arg("-e")
+        .args(pipeline.replace("SOCKET", path_str(&dir.path("s"))).split_whitespace())
+        .env("GST_PLUGIN_PATH", plugin_dir())
+        .env("GST_REGISTRY", dir.path("registry.bin"))
+        .env("G_DEBUG", "fatal-criticals")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "gst-launch-1.0 failed: {text}");
+    assert!(!text.contains("CRITICAL") && !text.contains("WARNING"), "{text}");
+    text
+}
+
+/// The frames a `filesink` wrote, `frame_size` bytes each.
+fn frames(path: &Path, frame_size: usize) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(bytes.len() % frame_size, 0, "{} bytes is not whole frames", bytes.len());
+    bytes.chunks(frame_size).map(<[u8]>::to_vec).collect()
+}
+
+const NV12_320X240: &str = "video/x-raw,format=NV12,width=320,height=240,framerate=30/1";
+
+/// One frame of `videotestsrc pattern=smpte75` (a still pattern) as `caps`.
+fn smpte_frame(caps: &str) -> Vec<u8> {
+    init();
+    let pipeline = gst::parse::launch(&format!("videotestsrc pattern=smpte75 num-buffers=1 ! {caps} ! appsink name=out"))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let sample = sink.pull_sample().unwrap();
+    let bytes = sample.buffer().unwrap().map_readable().unwrap().to_vec();
+    pipeline.set_state(gst::State::Null).unwrap();
+    bytes
+}
+
+#[test]
+fn videotestsrc_frames_reach_a_receiver_process_without_a_copy() {
+    init();
+    let dir = TempDir::new("sink-zero-copy");
+    let out = dir.path("frames.raw");
+    let receiver = launch(
+        &dir,
+        &format!("qtisocketsrc socket=SOCKET ! {NV12_320X240} ! filesink buffer-mode=unbuffered location={}", path_str(&out)),
+    );
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc pattern=smpte75 num-buffers=60 ! {NV12_320X240} ! qtisocketsink name=sink socket={} \
+         wait-for-receiver=true sync=false",
+        path_str(&dir.path("s"))
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    assert_eq!(wait_end(&pipeline), None);
+    let s = stats(&sink);
+    pipeline.set_state(gst::State::Null).unwrap();
+    finish(receiver);
+
+    let frame_size = 320 * 240 * 3 / 2;
+    assert_eq!(stat(&s, "copies"), 0, "{s}");
+    assert_eq!(stat(&s, "bytes-copied"), 0, "{s}");
+    assert_eq!(stat(&s, "buffers-sent"), 60, "{s}");
+    assert_eq!(stat(&s, "bytes-described"), 60 * frame_size as u64, "{s}");
+    assert!(stat(&s, "fds-sent") <= 16, "pooled frames cross as fds once per pool buffer: {s}");
+    assert_eq!((stat(&s, "returns"), stat(&s, "in-flight")), (60, 0), "every frame came back by EOS: {s}");
+    let expected = smpte_frame(NV12_320X240);
+    let received = frames(&out, frame_size);
+    assert_eq!(received.len(), 60);
+    let differing: Vec<(usize, Option<usize>)> = received
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| **f != expected)
+        .map(|(i, f)| (i, f.iter().zip(&expected).position(|(a, b)| a != b)))
+        .collect();
+    assert!(differing.is_empty(), "frames (index, first differing byte) differ from videotestsrc's: {differing:?}");
+    assert_no_glib_warnings();
+}
+
+#[test]
+fn system_memory_frames_are_copied_once_into_memfds_and_counted() {
+    let dir = TempDir::new("sink-copies");
+    let out = dir.path("frames.raw");
+    let receiver = launch(
+        &dir,
+        &format!("qtisocketsrc socket=SOCKET ! {NV12_64X48} ! filesink buffer-mode=unbuffered location={}", path_str(&out)),
+    );
+    let (pipeline, src, sink) = sender_pipeline(&dir.path("s"), NV12_64X48, "wait-for-receiver=true");
+    let frame = |i: u64| {
+        let mut bytes: Vec<u8> = (0..4608).map(|b| (b % 251) as u8 ^ i as u8).collect();
+        bytes[..8].copy_from_slice(&i.to_le_bytes());
+        bytes
+    };
+    for i in 0..20 {
+        src.push_buffer(timestamped(gst::Buffer::from_mut_slice(frame(i)), i)).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    assert_eq!(wait_end(&pipeline), None);
+    let s = stats(&sink);
+    pipeline.set_state(gst::State::Null).unwrap();
+    finish(receiver);
+
+    assert_eq!((stat(&s, "copies"), stat(&s, "bytes-copied")), (20, 20 * 4608), "{s}");
+    assert_eq!(stat(&s, "buffers-sent"), 20, "{s}");
+    assert!(stat(&s, "fds-sent") <= 16, "copies come from a pool: {s}");
+    assert_eq!(stat(&s, "in-flight"), 0, "{s}");
+    let received = frames(&out, 4608);
+    assert_eq!(received, (0..20).map(frame).collect::<Vec<_>>());
+    assert_no_glib_warnings();
+}
+
+// ---------------------------------------------------------------------------------------
+// Ours → ours in one process: every data kind and meta
+
+/// `qtisocketsrc ! appsink` on `socket`, PLAYING.
+fn receiver_pipeline(socket: &Path) -> (gst::Pipeline, gst_app::AppSink) {
+    init();
+    let pipeline = gst::parse::launch(&format!("qtisocketsrc socket={} ! appsink name=out sync=false", path_str(socket)))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, sink)
+}
+
+fn pull(sink: &gst_app::AppSink) -> gst::Sample {
+    sink.try_pull_sample(gst::ClockTime::from_seconds(10)).expect("no buffer within 10 s")
+}
+
+#[test]
+fn video_metas_go_through_ours_to_ours() {
+    let dir = TempDir::new("sink-metas");
+    let socket = dir.path("s");
+    let (receiver, out) = receiver_pipeline(&socket);
+    let (pipeline, src, _) = sender_pipeline(&socket, NV12_64X48, "wait-for-receiver=true");
+    for name in ["QtiSocketClassificationMeta", "QtiSocketLandmarksMeta"] {
+        if !gst::meta::CustomMeta::is_registered(name) {
+            gst::meta::CustomMeta::register(name, &[]);
+        }
+    }
+    let detection = "ObjectDetection, confidence=(double)87.5, color=(uint)4278190335;";
+    let extra = "Extra, tracker=(string)kcf;";
+    let protection = "application/x-cenc, iv=(string)abc, kid=(string)k1;";
+    let classification = "VideoClassification, id=(uint)3, parent-id=(int)1, labels=(structure)< \
+        \"ClassLabel\\,\\ name\\=\\(string\\)cat\\,\\ confidence\\=\\(double\\)0.75\\,\\ color\\=\\(uint\\)255\\;\" >;";
+    let mut buffer = gst::Buffer::from_mut_slice(vec![7u8; 4608]);
+    {
+        let b = buffer.get_mut().unwrap();
+        let mut roi = gst_video::VideoRegionOfInterestMeta::add(b, "person", (10, 20, 30, 40));
+        roi.set_id(5);
+        roi.set_parent_id(2);
+        roi.add_param(gst::Structure::from_str(detection).unwrap());
+        roi.add_param(gst::Structure::from_str(extra).unwrap());
+        gst::ProtectionMeta::add(b, gst::Structure::from_str(protection).unwrap());
+        let mut class = gst::meta::CustomMeta::add(b, "QtiSocketClassificationMeta").unwrap();
+        let s = gst::Structure::from_str(classification).unwrap();
+        for (field, value) in s.iter() {
+            class.mut_structure().set_value(field, value.clone());
+        }
+        class.mut_structure().set_name("VideoClassification");
+    }
+    src.push_buffer(timestamped(buffer, 0)).unwrap();
+    let sample = pull(&out);
+    let received = sample.buffer().unwrap();
+    assert_eq!(received.map_readable().unwrap().as_slice(), &[7u8; 4608][..]);
+    let roi = received.meta::<gst_video::VideoRegionOfInterestMeta>().expect("ROI meta");
+    assert_eq!((roi.roi_type(), roi.rect(), roi.id(), roi.parent_id()), ("person", (10, 20, 30, 40), 5, 2));
+    let params: Vec<String> = roi.params().map(|p| p.to_string()).collect();
+    assert_eq!(params, [gst::Structure::from_str(detection).unwrap().to_string(), gst::Structure::from_str(extra).unwrap().to_string()]);
+    let got_protection = received.meta::<gst::ProtectionMeta>().expect("protection meta");
+    assert_eq!(got_protection.info().to_string(), gst::Structure::from_str(protection).unwrap().to_string());
+    let class = received
+        .iter_meta::<gst::Meta>()
+        .find_map(|m| m.try_as_custom_meta().map(|c| c.structure().to_owned()))
+        .expect("classification custom meta");
+    assert_eq!(class.to_string(), gst::Structure::from_str(classification).unwrap().to_string());
+    drop(sample);
+    src.end_of_stream().unwrap();
+    assert_eq!(wait_end(&pipeline), None);
+    pipeline.set_state(gst::State::Null).unwrap();
+    receiver.set_state(gst::State::Null).unwrap();
+    assert_no_glib_warnings();
+}
+
+#[test]
+fn tensors_and_text_go_through_ours_to_ours() {
+    let dir = TempDir::new("sink-tensors");
+    let socket = dir.path("s");
+    let (receiver, out) = receiver_pipeline(&socket);
+    let caps = "neural-network/tensors,type=UINT8,dimensions=<<1,4,4,3>,<1,2,2>>";
+    let (pipeline, src, sink) = sender_pipeline(&socket, caps, "wait-for-receiver=true");
+    let allocator = offered(&sink, caps).1;
+    // Tensor 0 in a memfd from the offered allocator (sent as is), tensor 1 in system
+    // memory (copied).
+    let mut buffer = memfd_buffer(&allocator, 48, 11);
+    buffer.get_mut().unwrap().append_memory(gst::Memory::from_slice([1u8, 2, 3, 4]));
+    src.push_buffer(buffer).unwrap();
+    let sample = pull(&out);
+    let s = sample.caps().unwrap().structure(0).unwrap().to_owned();
+    assert_eq!((s.name().as_str(), s.get::<&str>("type").unwrap()), ("neural-network/tensors", "UINT8"));
+    let dimensions: Vec<Vec<i32>> = s
+        .get::<gst::Array>("dimensions")
+        .unwrap()
+        .iter()
+        .map(|inner| inner.get::<gst::Array>().unwrap().iter().map(|d| d.get::<i32>().unwrap()).collect())
+        .collect();
+    assert_eq!(dimensions, [vec![1, 4, 4, 3], vec![1, 2, 2]]);
+    let received = sample.buffer().unwrap();
+    assert_eq!(received.n_memory(), 2);
+    assert_eq!(u64::from_le_bytes(received.peek_memory(0).map_readable().unwrap()[..8].try_into().unwrap()), 11);
+    assert_eq!(received.peek_memory(1).map_readable().unwrap().as_slice(), [1, 2, 3, 4]);
+    drop(sample);
+    assert_eq!(stat(&stats(&sink), "copies"), 1);
+    src.end_of_stream().unwrap();
+    assert_eq!(wait_end(&pipeline), None);
+    pipeline.set_state(gst::State::Null).unwrap();
+    receiver.set_state(gst::State::Null).unwrap();
+
+    let dir = TempDir::new("sink-text");
+    let socket = dir.path("s");
+    let (receiver, out) = receiver_pipeline(&socket);
+    let (pipeline, src, _) = sender_pipeline(&socket, "text/x-raw,format=utf8", "wait-for-receiver=true");
+    for word in ["hello", "world"] {
+        src.push_buffer(gst::Buffer::from_slice(word.as_bytes().to_vec())).unwrap();
+        let sample = pull(&out);
+        assert_eq!(sample.buffer().unwrap().map_readable().unwrap().as_slice(), word.as_bytes());
+    }
+    src.end_of_stream().unwrap();
+    assert_eq!(wait_end(&pipeline), None);
+    pipeline.set_state(gst::State::Null).unwrap();
+    receiver.set_state(gst::State::Null).unwrap();
+    assert_no_glib_warnings();
+}
+
+// ---------------------------------------------------------------------------------------
+// Without a receiver; bad input
+
+#[test]
+fn without_a_receiver_buffers_are_dropped_or_wait_as_configured() {
+    let dir = TempDir::new("sink-wait");
+    let socket = dir.path("s");
+    let (pipeline, src, sink) = sender_pipeline(&socket, "text/x-raw,format=utf8", "");
+    for i in 0..5 {
+        src.push_buffer(gst::Buffer::from_slice(format!("early {i}").into_bytes())).unwrap();
+    }
+    wait_until("5 buffers were dropped", || stat(&stats(&sink), "dropped") == 5);
+    assert_eq!(stat(&stats(&sink), "buffers-sent"), 0);
+    pipeline.set_state(gst::State::Null).unwrap();
+
+    let (pipeline, src, sink) = sender_pipeline(&socket, "text/x-raw,format=utf8", "wait-for-receiver=true");
+    for i in 0..5 {
+        src.push_buffer(gst::Buffer::from_slice(format!("kept {i}").into_bytes())).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (receiver, out) = receiver_pipeline(&socket);
+    for i in 0..5 {
+        let sample = pull(&out);
+        assert_eq!(sample.buffer().unwrap().map_readable().unwrap().as_slice(), format!("kept {i}").as_bytes());
+    }
+    let s = stats(&sink);
+    assert_eq!((stat(&s, "dropped"), stat(&s, "buffers-sent")), (0, 5), "{s}");
+    pipeline.set_state(gst::State::Null).unwrap();
+    receiver.set_state(gst::State::Null).unwrap();
+    assert_no_glib_warnings();
+}
+
+#[test]
+fn text_over_1024_bytes_is_an_error_that_names_the_limit() {
+    let dir = TempDir::new("sink-long-text");
+    let socket = dir.path("s");
+    let (receiver, _out) = receiver_pipeline(&socket);
+    let (pipeline, src, _) = sender_pipeline(&socket, "text/x-raw,format=utf8", "wait-for-receiver=true");
+    let _ = src.push_buffer(gst::Buffer::from_slice(vec![b'x'; 1025]));
+    let error = wait_end(&pipeline).expect("an error");
+    assert!(error.contains("1025 bytes") && error.contains("1024"), "{error}");
+    pipeline.set_state(gst::State::Null).unwrap();
+    receiver.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn no_socket_path_is_an_error_that_says_which_property() {
+    init();
+    let pipeline = gst::parse::launch("appsrc ! qtisocketsink").unwrap();
+    assert!(pipeline.set_state(gst::State::Playing).is_err());
+    let bus = pipeline.bus().unwrap();
+    let message = bus.timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error]).unwrap();
+    let gst::MessageView::Error(e) = message.view() else { unreachable!() };
+    let text = format!("{} {:?}", e.error(), e.debug());
+    assert!(text.contains("socket"), "{text}");
+    pipeline.set_state(gst::State::Null).unwrap();
+}
