@@ -98,7 +98,7 @@ impl ObjectImpl for QtiSocketSink {
                         "Read-only counters since the element started (the last run's once stopped): \
                          buffers-sent, fds-sent, copies (memories that had no fd and were copied into a \
                          memfd), bytes-copied, bytes-described (bytes sent as fds), returns (blocks the \
-                         receiver gave back), reconnects (connections after the first), dropped (buffers \
+                         receiver gave back), reconnects (connections after the first that carried buffers), dropped (buffers \
                          rendered while no receiver was connected), in-flight (buffers out with the \
                          receiver now), connected.",
                     )
@@ -307,7 +307,7 @@ impl QtiSocketSink {
             .field("bytes-copied", counters.bytes_copied)
             .field("bytes-described", counters.bytes_described)
             .field("returns", counters.returns)
-            .field("reconnects", counters.connections.saturating_sub(1))
+            .field("reconnects", counters.connections_used.saturating_sub(1))
             .field("dropped", counters.dropped)
             .field("in-flight", counters.in_flight)
             .field("connected", counters.connected)

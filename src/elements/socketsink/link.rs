@@ -37,7 +37,9 @@ pub(super) struct Counters {
     pub bytes_copied: u64,
     pub bytes_described: u64,
     pub returns: u64,
-    pub connections: u64,
+    /// Connections that carried at least one buffer: a connect() can succeed into the
+    /// listen backlog of a receiver that is dying or stopping and never be served.
+    pub connections_used: u64,
     pub dropped: u64,
     pub in_flight: u64,
     pub connected: bool,
@@ -73,6 +75,8 @@ struct State {
     phase: Phase,
     held: VecDeque<Held>,
     counters: Counters,
+    /// No buffer has been sent on the current connection yet.
+    unused_connection: bool,
     flushing: bool,
     stopping: bool,
 }
@@ -129,6 +133,7 @@ impl Link {
                 phase: Phase::Connecting,
                 held: VecDeque::new(),
                 counters: Counters::default(),
+                unused_connection: false,
                 flushing: false,
                 stopping: false,
             }),
@@ -169,6 +174,9 @@ impl Link {
         drop(outgoing);
         match result {
             Ok(()) => {
+                if std::mem::take(&mut state.unused_connection) {
+                    state.counters.connections_used += 1;
+                }
                 let c = &mut state.counters;
                 c.buffers_sent += 1;
                 c.fds_sent += fds_sent;
@@ -277,13 +285,12 @@ fn try_connect(shared: &Shared) -> Option<OwnedFd> {
     let sender = Sender::connect(&shared.socket).ok()?;
     let fd = sender.as_fd().try_clone_to_owned().ok()?;
     let mut state = lock(&shared.state);
-    state.counters.connections += 1;
-    let n = state.counters.connections;
+    state.unused_connection = true;
     state.phase = Phase::Connected(sender);
     drop(state);
     shared.changed.notify_all();
     if let Some(element) = shared.element.upgrade() {
-        gst::info!(super::imp::CAT, obj = element, "connected to the receiver at {} (connection {n})", shared.socket.display());
+        gst::info!(super::imp::CAT, obj = element, "connected to the receiver at {}", shared.socket.display());
     }
     Some(fd)
 }

@@ -1,0 +1,177 @@
+//! `qtisocketsink` against a receiver process that is killed (SIGKILL) and restarted
+//! three times mid-stream: the sender keeps running, the stream resumes each time, and
+//! after EOS the sender holds no buffer, no fd and no thread beyond its own. Its own test
+//! binary, so that no other test's fds or threads blur the counts.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gst::prelude::*;
+
+const CAPS: &str = "video/x-raw,format=NV12,width=320,height=240,framerate=30/1";
+const FRAME_SIZE: usize = 320 * 240 * 3 / 2;
+
+fn plugin_dir() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_qsock-replay"))
+        .parent()
+        .unwrap()
+}
+
+fn receiver_process(dir: &TempDir, tail: &str) -> Child {
+    assert!(
+        plugin_dir().join("libgstqtisocket.so").exists(),
+        "run `cargo build` first"
+    );
+    Command::new("gst-launch-1.0")
+        .arg("-e")
+        .args(
+            format!(
+                "qtisocketsrc socket={} ! {CAPS} ! {tail}",
+                dir.path("s").display()
+            )
+            .split_whitespace(),
+        )
+        .env("GST_PLUGIN_PATH", plugin_dir())
+        .env("GST_REGISTRY", dir.path("registry.bin"))
+        .env("G_DEBUG", "fatal-criticals")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn stat(sink: &gst::Element, name: &str) -> u64 {
+    let s = sink.property::<gst::Structure>("stats");
+    s.get::<u64>(name)
+        .unwrap_or_else(|_| panic!("no {name} in {s}"))
+}
+
+fn connected(sink: &gst::Element) -> bool {
+    sink.property::<gst::Structure>("stats")
+        .get::<bool>("connected")
+        .unwrap()
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn fd_targets() -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|e| format!("{:?} -> {:?}", e.file_name(), std::fs::read_link(e.path()).ok()))
+        .collect()
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+fn sender(socket: &Path) -> (gst::Pipeline, gst::Element) {
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc is-live=true pattern=smpte75 ! {CAPS} ! qtisocketsink name=sink socket={} sync=false",
+        socket.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    (pipeline, sink)
+}
+
+fn assert_no_error(pipeline: &gst::Pipeline) {
+    let bus = pipeline.bus().unwrap();
+    if let Some(message) = bus.pop_filtered(&[gst::MessageType::Error]) {
+        panic!("the sender failed: {message:?}");
+    }
+}
+
+#[test]
+fn receiver_killed_and_restarted_three_times_the_stream_resumes_and_nothing_is_held() {
+    gst::init().unwrap();
+    gstqtisocket::plugin_register_static().unwrap();
+    let dir = TempDir::new("sink-faults");
+    let socket = dir.path("s");
+
+    // Warm-up: GStreamer's one-time fds and pooled threads exist before the counts.
+    let (pipeline, _) = sender(&socket);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    pipeline.set_state(gst::State::Null).unwrap();
+    drop(pipeline);
+    let (fds_before, threads_before) = (open_fds(), threads());
+
+    let (pipeline, sink) = sender(&socket);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    for round in 0..3 {
+        let receiver = receiver_process(&dir, "fakesink");
+        let sent = stat(&sink, "buffers-sent");
+        wait_until(&format!("round {round}: the stream resumed"), || {
+            stat(&sink, "buffers-sent") >= sent + 15
+        });
+        let mut receiver = receiver;
+        receiver.kill().unwrap(); // SIGKILL
+        receiver.wait().unwrap();
+        wait_until(&format!("round {round}: the sender noticed"), || {
+            !connected(&sink)
+        });
+        assert_eq!(
+            stat(&sink, "in-flight"),
+            0,
+            "round {round}: buffers held for a dead receiver"
+        );
+        assert_no_error(&pipeline);
+    }
+
+    let out = dir.path("frames.raw");
+    let receiver = receiver_process(
+        &dir,
+        &format!("filesink buffer-mode=unbuffered location={}", out.display()),
+    );
+    let sent = stat(&sink, "buffers-sent");
+    wait_until("the stream resumed a fourth time", || {
+        stat(&sink, "buffers-sent") >= sent + 15
+    });
+    pipeline.send_event(gst::event::Eos::new());
+    let bus = pipeline.bus().unwrap();
+    let end = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(20),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS");
+    assert!(matches!(end.view(), gst::MessageView::Eos(_)), "{end:?}");
+    assert_eq!(stat(&sink, "in-flight"), 0, "buffers still held after EOS");
+    assert_eq!(stat(&sink, "reconnects"), 3);
+    let output = receiver.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the last receiver did not end with EOS: {output:?}"
+    );
+    let frames = std::fs::read(&out).unwrap();
+    assert!(
+        frames.len() >= 15 * FRAME_SIZE && frames.len() % FRAME_SIZE == 0,
+        "{} bytes",
+        frames.len()
+    );
+
+    pipeline.set_state(gst::State::Null).unwrap();
+    // The EOS message holds the pipeline (its source), which holds its bus's fds.
+    drop((end, bus, sink, pipeline));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // GStreamer's pool may also let an idle thread of the warm-up go: fewer is fine.
+    while (open_fds() != fds_before || threads() > threads_before) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(open_fds(), fds_before, "fds after the run vs before: {:?}", fd_targets());
+    assert!(threads() <= threads_before, "threads after the run: {} (before: {threads_before})", threads());
+}
