@@ -3,9 +3,11 @@
  * The parent sends 12 frames from a pool of 4 memfds (each holding its index), with a
  * region-of-interest meta, then a text and a tensor buffer, then EOS; it reuses a pool
  * buffer only after its return. The child receives, checks each field and the index in
- * the mapped memory, and releases. Then the error paths of the sender.
+ * the mapped memory, and releases. Then the error paths of the sender. Then the same
+ * pooled frames to qtisocketsrc in a gst-launch-1.0 child process, which writes them to
+ * a file: every frame's index is checked there.
  *
- * usage: test_sender
+ * usage: test_sender PLUGIN_DIR      (the directory holding libgstqtisocket.so)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -169,7 +171,73 @@ static void send_stream(const char *path) {
     close(tensor_fd);
 }
 
-int main(void) {
+/* Sends 8 frames from the pool of 4 to `gst-launch-1.0 qtisocketsrc ! filesink` and
+ * checks the file: frame n holds index n % 4. */
+static int to_qtisocketsrc(const char *dir, const char *plugin_dir) {
+    int before = failures;
+    char path[96], out[96], socket_arg[128], location[128];
+    snprintf(path, sizeof path, "%s/gst.sock", dir);
+    snprintf(out, sizeof out, "%s/frames.raw", dir);
+    snprintf(socket_arg, sizeof socket_arg, "socket=%s", path);
+    snprintf(location, sizeof location, "location=%s", out);
+    pid_t child = fork();
+    if (child == 0) {
+        setenv("GST_PLUGIN_PATH", plugin_dir, 1);
+        setenv("G_DEBUG", "fatal-criticals", 1);
+        execlp("gst-launch-1.0", "gst-launch-1.0", "-q", "-e", "qtisocketsrc", socket_arg, "!",
+               "video/x-raw,format=NV12,width=64,height=48", "!", "filesink", "buffer-mode=unbuffered",
+               "enable-last-sample=false" /* else the last frame is held: never returned */, location,
+               (char *)NULL);
+        _exit(127);
+    }
+    qsock_sender *tx = NULL;
+    for (int tries = 0; qsock_sender_connect(path, &tx) != QSOCK_OK && tries < 1000; tries++)
+        usleep(10000);
+    CHECK(tx != NULL, "could not connect to qtisocketsrc");
+    if (tx) {
+        int pool[POOL];
+        for (int i = 0; i < POOL; i++)
+            pool[i] = memfd_with_index(FRAME_SIZE, i);
+        for (int n = 0; n < 2 * POOL; n++) {
+            if (n >= POOL)
+                wait_return(tx, pool[n % POOL]);
+            qsock_send_block block = {.fd = pool[n % POOL], .size = FRAME_SIZE, .maxsize = FRAME_SIZE,
+                                      .video = nv12_64x48()};
+            qsock_send_buffer buffer = {.kind = QSOCK_KIND_VIDEO, .n_blocks = 1, .blocks = &block,
+                                        .pts = n * 33333333ULL, .dts = QSOCK_CLOCK_TIME_NONE,
+                                        .duration = 33333333, .pooled = true};
+            CHECK(qsock_sender_send(tx, &buffer) == QSOCK_OK, "frame %d to qtisocketsrc", n);
+        }
+        for (int i = 0; i < POOL; i++)
+            wait_return(tx, pool[i]);
+        CHECK(qsock_sender_send_eos(tx) == QSOCK_OK, "eos to qtisocketsrc");
+        qsock_sender_close(tx);
+        for (int i = 0; i < POOL; i++)
+            close(pool[i]);
+    }
+    int status;
+    while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "gst-launch-1.0 exited with %d", status);
+    FILE *f = fopen(out, "rb");
+    CHECK(f != NULL, "no output file %s", out);
+    if (f) {
+        uint8_t frame[FRAME_SIZE];
+        int n = 0;
+        while (fread(frame, 1, FRAME_SIZE, f) == FRAME_SIZE) {
+            uint64_t index;
+            memcpy(&index, frame, sizeof index);
+            CHECK(index == (uint64_t)(n % POOL), "qtisocketsrc frame %d holds index %llu", n,
+                  (unsigned long long)index);
+            n++;
+        }
+        CHECK(n == 2 * POOL, "qtisocketsrc wrote %d frames", n);
+        fclose(f);
+        unlink(out);
+    }
+    return failures > before;
+}
+
+int main(int argc, char **argv) {
     char dir[] = "/tmp/qsock-c-sender-XXXXXX";
     if (!mkdtemp(dir))
         return 2;
@@ -199,11 +267,17 @@ int main(void) {
     while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
     int child_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
     CHECK(child_ok, "the receiving process failed");
+    int pair_failed = failures > setup_failures;
+    int gst_failed = 1;
+    if (argc > 1)
+        gst_failed = to_qtisocketsrc(dir, argv[1]);
+    else
+        fprintf(stderr, "FAIL: no PLUGIN_DIR argument: cannot run qtisocketsrc\n");
     rmdir(dir);
-    int sections_failed = (setup_failures > 0) + (failures > setup_failures);
+    int sections_failed = (setup_failures > 0) + pair_failed + gst_failed;
     printf("%s - sender error paths\n%s - sender and receiver in two processes: 12 pooled frames with ROI metas, "
-           "text, tensor, EOS\n",
-           setup_failures ? "not ok" : "ok", failures > setup_failures ? "not ok" : "ok");
-    printf("%d passed, %d failed\n", 2 - sections_failed, sections_failed);
-    return failures ? 1 : 0;
+           "text, tensor, EOS\n%s - sender to qtisocketsrc in gst-launch-1.0: 8 pooled frames, EOS\n",
+           setup_failures ? "not ok" : "ok", pair_failed ? "not ok" : "ok", gst_failed ? "not ok" : "ok");
+    printf("%d passed, %d failed\n", 3 - sections_failed, sections_failed);
+    return sections_failed ? 1 : 0;
 }
