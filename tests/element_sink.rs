@@ -644,3 +644,66 @@ fn no_socket_path_is_an_error_that_says_which_property() {
     assert!(text.contains("socket"), "{text}");
     pipeline.set_state(gst::State::Null).unwrap();
 }
+
+/// `qtisocketsrc ! fakesink` on `socket`, PLAYING; the first 8 bytes of every frame
+/// come out of the channel. Nothing holds a buffer after the probe (appsink keeps its
+/// last one), so every buffer goes back to the sender.
+fn index_receiver(socket: &Path) -> (gst::Pipeline, mpsc::Receiver<u64>) {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "qtisocketsrc socket={} ! fakesink name=out sync=false enable-last-sample=false",
+        path_str(socket)
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    pipeline.by_name("out").unwrap().static_pad("sink").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(buffer) = info.buffer() {
+            let map = buffer.map_readable().unwrap();
+            let _ = tx.lock().unwrap().send(u64::from_le_bytes(map[..8].try_into().unwrap()));
+        }
+        gst::PadProbeReturn::Ok
+    });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, rx)
+}
+
+#[test]
+fn a_new_pool_reusing_fd_numbers_gets_its_fds_sent_again() {
+    let dir = TempDir::new("sink-new-pool");
+    let socket = dir.path("s");
+    let (receiver, indices) = index_receiver(&socket);
+    let (pipeline, src, sink) = sender_pipeline(&socket, NV12_64X48, "wait-for-receiver=true");
+    let mut fd_numbers = Vec::new();
+    for round in 0..2u64 {
+        let pool = offered(&sink, NV12_64X48).0.unwrap();
+        let mut config = pool.config();
+        config.set_params(Some(&gst::Caps::from_str(NV12_64X48).unwrap()), 4608, 2, 2);
+        pool.set_config(config).unwrap();
+        pool.set_active(true).unwrap();
+        for i in 0..4 {
+            let index = round * 100 + i;
+            let mut buffer = pool.acquire_buffer(None).unwrap();
+            write_index(&mut buffer, index);
+            let memory = buffer.peek_memory(0);
+            fd_numbers.push(memory.downcast_memory_ref::<gst_allocators::FdMemory>().unwrap().fd());
+            src.push_buffer(timestamped(buffer, index)).unwrap();
+            assert_eq!(indices.recv_timeout(WAIT).unwrap(), index, "the receiver mapped another object");
+        }
+        // Every buffer back in the pool, then the pool and its memfds are gone: the next
+        // pool's memfds get the same fd numbers.
+        wait_until("every buffer came back", || stat(&stats(&sink), "in-flight") == 0);
+        pool.set_active(false).unwrap();
+    }
+    let (first, second) = fd_numbers.split_at(4);
+    assert!(second.iter().any(|fd| first.contains(fd)), "the test needs reused fd numbers: {fd_numbers:?}");
+    // Each pool's 2 memfds crossed the socket once: 4 in all, though the numbers repeat.
+    assert_eq!(stat(&stats(&sink), "fds-sent"), 4);
+    src.end_of_stream().unwrap();
+    assert_eq!(wait_end(&pipeline), None);
+    pipeline.set_state(gst::State::Null).unwrap();
+    receiver.set_state(gst::State::Null).unwrap();
+    assert_no_glib_warnings();
+}
