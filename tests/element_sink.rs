@@ -9,44 +9,16 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
-use std::sync::{mpsc, Mutex, OnceLock};
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use gst::glib;
 use gst::prelude::*;
 use gstqtisocket::protocol::{ReceiverMessage, ReturnMessage, SenderMessage, MAX_RECORD_LEN};
 use gstqtisocket::transport::{wait_readable, Listener, MessageIn, MessageReader};
 
 const WAIT: Duration = Duration::from_secs(10);
 const FRAME_NS: u64 = 33_333_333;
-
-static GLIB_WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// GStreamer, our plugin registered statically, and a log handler that records every
-/// GLib warning or critical (a test fails if any appeared).
-fn init() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        gst::init().unwrap();
-        gstqtisocket::plugin_register_static().unwrap();
-        glib::log_set_default_handler(|domain, level, message| {
-            if matches!(level, glib::LogLevel::Error | glib::LogLevel::Critical | glib::LogLevel::Warning) {
-                GLIB_WARNINGS.lock().unwrap().push(format!("{domain:?} {level:?}: {message}"));
-            }
-            glib::log_default_handler(domain, level, Some(message));
-        });
-    });
-}
-
-fn assert_no_glib_warnings() {
-    let warnings = GLIB_WARNINGS.lock().unwrap();
-    assert!(warnings.is_empty(), "GLib warnings or criticals: {warnings:?}");
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 fn stats(element: &gst::Element) -> gst::Structure {
     element.property::<gst::Structure>("stats")

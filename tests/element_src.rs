@@ -8,7 +8,7 @@ mod common;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -25,33 +25,6 @@ use gstqtisocket::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent};
 const WAIT: Duration = Duration::from_secs(10);
 /// The sender's pts of capture buffer `i`: 30 fps from 0.
 const FRAME_NS: u64 = 33_333_333;
-
-static GLIB_WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// GStreamer, our plugin registered statically, and a log handler that records every
-/// GLib warning or critical (a test fails if any appeared).
-fn init() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        gst::init().unwrap();
-        gstqtisocket::plugin_register_static().unwrap();
-        glib::log_set_default_handler(|domain, level, message| {
-            if matches!(level, glib::LogLevel::Error | glib::LogLevel::Critical | glib::LogLevel::Warning) {
-                GLIB_WARNINGS.lock().unwrap().push(format!("{domain:?} {level:?}: {message}"));
-            }
-            glib::log_default_handler(domain, level, Some(message));
-        });
-    });
-}
-
-fn assert_no_glib_warnings() {
-    let warnings = GLIB_WARNINGS.lock().unwrap();
-    assert!(warnings.is_empty(), "GLib warnings or criticals: {warnings:?}");
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// A harness around a `qtisocketsrc` on `socket`, with a bus to read its messages.
 fn harness(socket: &Path, sink_caps: Option<&str>, properties: &[(&str, glib::Value)]) -> (Harness, gst::Bus) {

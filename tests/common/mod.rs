@@ -6,6 +6,9 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use gst::glib;
 
 
 pub const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
@@ -81,4 +84,31 @@ pub fn finish_replay(child: Child) -> (bool, String) {
 
 pub fn borrow_all(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
     fds.iter().map(|fd| fd.as_fd()).collect()
+}
+
+static GLIB_WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// GStreamer, our plugin registered statically, and a log handler that records every
+/// GLib warning or critical (a test fails if any appeared).
+pub fn init() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        gst::init().unwrap();
+        gstqtisocket::plugin_register_static().unwrap();
+        glib::log_set_default_handler(|domain, level, message| {
+            if matches!(level, glib::LogLevel::Error | glib::LogLevel::Critical | glib::LogLevel::Warning) {
+                GLIB_WARNINGS.lock().unwrap().push(format!("{domain:?} {level:?}: {message}"));
+            }
+            glib::log_default_handler(domain, level, Some(message));
+        });
+    });
+}
+
+pub fn assert_no_glib_warnings() {
+    let warnings = GLIB_WARNINGS.lock().unwrap();
+    assert!(warnings.is_empty(), "GLib warnings or criticals: {warnings:?}");
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
 }
