@@ -286,6 +286,59 @@ static void check_timeout_poll_and_hangup(void) {
     printf("ok - timeout, poll fd, hang-up, next sender, protocol error and recovery\n");
 }
 
+/* Socket safety from C: the options' defaults, the socket file's mode, and a sender
+ * whose uid is not allowed turned away (QSOCK_SENDER_REFUSED) while the receiver goes on. */
+static void check_options(void) {
+    qsock_receiver_options options;
+    CHECK_STATUS(qsock_receiver_options_init(&options), QSOCK_OK);
+    CHECK(options.socket_mode == 0600 && options.n_allowed_uids == 0, "defaults: mode %o, %zu uids",
+          options.socket_mode, options.n_allowed_uids);
+
+    char socket_path[128];
+    snprintf(socket_path, sizeof socket_path, "%s/options.sock", socket_dir);
+    uint32_t not_me = getuid() + 1;
+    options.socket_mode = 0640;
+    options.allowed_uids = &not_me;
+    options.n_allowed_uids = 1;
+    qsock_receiver *rx;
+    CHECK_STATUS(qsock_receiver_open_with_options(socket_path, &options, &rx), QSOCK_OK);
+    struct stat st;
+    CHECK(stat(socket_path, &st) == 0 && (st.st_mode & 07777) == 0640, "socket file mode %o", st.st_mode & 07777);
+
+    pid_t sender = spawn_replay(socket_path, "video-nopool.jsonl", NULL, NULL);
+    qsock_buffer *buf;
+    CHECK_STATUS(qsock_receiver_recv_buffer(rx, 10000, &buf), QSOCK_SENDER_REFUSED);
+    char expected[64];
+    snprintf(expected, sizeof expected, "uid %u", (unsigned)getuid());
+    CHECK(strstr(qsock_last_error(), expected) != NULL, "last error: %s", qsock_last_error());
+    CHECK(wait_replay(sender) != 0, "the refused sender must see its connection closed");
+    qsock_receiver_stats stats;
+    CHECK_STATUS(qsock_receiver_get_stats(rx, &stats), QSOCK_OK);
+    CHECK(stats.senders_refused == 1 && stats.senders_accepted == 0 && stats.peer_pid == -1,
+          "refused %llu, accepted %llu, peer pid %lld", (unsigned long long)stats.senders_refused,
+          (unsigned long long)stats.senders_accepted, (long long)stats.peer_pid);
+    CHECK_STATUS(qsock_receiver_recv_buffer(rx, 20, &buf), QSOCK_TIMEOUT);
+    qsock_receiver_close(rx);
+
+    options.socket_mode = 01777;
+    CHECK_STATUS(qsock_receiver_open_with_options(socket_path, &options, &rx), QSOCK_BAD_SOCKET_PATH);
+    /* NULL options: the defaults; the connected sender's credentials are in the stats. */
+    CHECK_STATUS(qsock_receiver_open_with_options(socket_path, NULL, &rx), QSOCK_OK);
+    sender = spawn_replay(socket_path, "video-nopool.jsonl", NULL, NULL);
+    int received = 0;
+    while (qsock_receiver_recv_buffer(rx, 10000, &buf) == QSOCK_OK) {
+        if (received++ == 0) {
+            CHECK_STATUS(qsock_receiver_get_stats(rx, &stats), QSOCK_OK);
+            CHECK(stats.peer_pid == sender && stats.peer_uid == (int64_t)getuid(), "peer pid %lld uid %lld",
+                  (long long)stats.peer_pid, (long long)stats.peer_uid);
+        }
+        qsock_receiver_release(buf);
+    }
+    CHECK(received == 5 && wait_replay(sender) == 0, "%d buffers", received);
+    qsock_receiver_close(rx);
+    printf("ok - options: mode 0600 by default, 0640 as asked, a uid not allowed refused, peer credentials\n");
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: %s <qsock-replay> <captures-dir>\n", argv[0]);
@@ -299,13 +352,14 @@ int main(int argc, char **argv) {
         return 2;
     }
     int sections = 0, failed_sections = 0;
-    void (*const plain[])(void) = {check_bad_arguments, check_timeout_poll_and_hangup};
-    for (size_t i = 0; i < sizeof captures / sizeof captures[0] + 2; i++) {
+    void (*const plain[])(void) = {check_bad_arguments, check_timeout_poll_and_hangup, check_options};
+    const size_t n_plain = sizeof plain / sizeof plain[0];
+    for (size_t i = 0; i < sizeof captures / sizeof captures[0] + n_plain; i++) {
         int before = failures;
-        if (i < 2)
+        if (i < n_plain)
             plain[i]();
         else
-            check_capture(&captures[i - 2]);
+            check_capture(&captures[i - n_plain]);
         sections++;
         failed_sections += failures > before;
     }

@@ -32,6 +32,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// The socket file's default mode: read and write for the owner only.
+#define DEFAULT_SOCKET_MODE 384
+
 // `GstClockTime` NONE: a timestamp that is not set.
 #define QSOCK_CLOCK_TIME_NONE UINT64_MAX
 
@@ -72,6 +75,9 @@ typedef enum {
     QSOCK_INTERNAL_ERROR = 8,
     // The receiver closed the connection or died. Nothing outstanding will come back.
     QSOCK_RECEIVER_GONE = 9,
+    // A sender connected whose uid is not in the receiver's allowed uids: it was
+    // disconnected. The next receive goes on waiting for an allowed sender.
+    QSOCK_SENDER_REFUSED = 10,
 } qsock_status;
 
 // The kind of a buffer's memory blocks.
@@ -226,6 +232,20 @@ typedef struct {
     const char *xtraparams;
 } qsock_landmarks_meta;
 
+// How a receiver guards its socket. Fill it with `qsock_receiver_options_init` first,
+// then change what you need; the defaults are the restrictive choice.
+typedef struct {
+    // Permission bits of the socket file (at most 0777): connecting needs write
+    // permission on it. Default 0600: only this user (and root) may connect.
+    uint32_t socket_mode;
+    // If `n_allowed_uids` > 0: only senders whose process runs as one of these uids
+    // are accepted; others are disconnected at once (`QSOCK_SENDER_REFUSED`). The array
+    // is copied by `qsock_receiver_open_with_options`. Default: none, anyone who can
+    // open the socket.
+    const uint32_t *allowed_uids;
+    size_t n_allowed_uids;
+} qsock_receiver_options;
+
 // The receiver's counters, over its whole life.
 typedef struct {
     // Buffers received.
@@ -242,8 +262,14 @@ typedef struct {
     uint64_t protocol_errors;
     // Senders accepted so far.
     uint64_t senders_accepted;
+    // Senders disconnected at once because their uid is not in `allowed_uids`.
+    uint64_t senders_refused;
     // Whether a sender is connected now.
     bool connected;
+    // The connected sender's process id, uid and gid (SO_PEERCRED); -1 when none is.
+    int64_t peer_pid;
+    int64_t peer_uid;
+    int64_t peer_gid;
 } qsock_receiver_stats;
 
 // One memory block to send.
@@ -336,14 +362,22 @@ qsock_status qsock_buffer_get_class_meta(const qsock_buffer *buffer, size_t inde
 // Fills `*landmarks_out` with landmarks meta `index`, its keypoints and links.
 qsock_status qsock_buffer_get_landmarks_meta(const qsock_buffer *buffer, size_t index, qsock_landmarks_meta *landmarks_out);
 
+// Fills `*options` with the defaults: socket mode 0600, no uid allow-list.
+qsock_status qsock_receiver_options_init(qsock_receiver_options *options);
+
 // Creates the socket at `socket_path` and listens for one sender (the deployed
-// `qtisocketsink`, or a `qsock_sender`). A stale socket file at the path is replaced;
-// a regular file, directory or symlink there is refused (`QSOCK_BAD_SOCKET_PATH`) and
-// left untouched. Paths are at most 107 bytes.
+// `qtisocketsink`, or a `qsock_sender`), with the default options (socket mode 0600,
+// any uid). A stale socket file at the path is replaced; a regular file, directory or
+// symlink there is refused (`QSOCK_BAD_SOCKET_PATH`) and left untouched. Paths are at
+// most 107 bytes.
 //
 // On `QSOCK_OK`, `*receiver_out` is a new receiver, owned by the caller, who must free
 // it with `qsock_receiver_close`. On failure `*receiver_out` is left unchanged.
 qsock_status qsock_receiver_open(const char *socket_path, qsock_receiver **receiver_out);
+
+// `qsock_receiver_open` with `options` (see `qsock_receiver_options`); NULL options
+// are the defaults. A socket mode outside 0777 is `QSOCK_BAD_SOCKET_PATH`.
+qsock_status qsock_receiver_open_with_options(const char *socket_path, const qsock_receiver_options *options, qsock_receiver **receiver_out);
 
 // Waits up to `timeout_ms` milliseconds (negative: for ever; 0: just look) for the
 // next buffer, accepting a sender first if none is connected.
@@ -352,7 +386,8 @@ qsock_status qsock_receiver_open(const char *socket_path, qsock_receiver **recei
 // must hand it back with `qsock_receiver_release` (that returns it to the sender).
 // Any other status leaves `*buffer_out` NULL: `QSOCK_TIMEOUT`, `QSOCK_EOS`,
 // `QSOCK_SENDER_GONE` (call again to wait for the next sender), `QSOCK_PROTOCOL_ERROR`
-// (one message rejected; call again to go on), or an error.
+// (one message rejected; call again to go on), `QSOCK_SENDER_REFUSED` (a sender of a
+// uid not allowed was disconnected; call again to go on), or an error.
 qsock_status qsock_receiver_recv_buffer(qsock_receiver *receiver, int32_t timeout_ms, qsock_buffer **buffer_out);
 
 // Releases a buffer: its fds are closed (pooled ones stay cached for their next use)

@@ -13,7 +13,9 @@ mod fd_cache;
 mod ffi;
 mod elements;
 
-pub use receiver::{Event, Interrupter, ReceivedBuffer, Receiver, ReceiverStats};
+pub use receiver::{
+    Event, Interrupter, PeerCredentials, ReceivedBuffer, Receiver, ReceiverOptions, ReceiverStats, DEFAULT_SOCKET_MODE,
+};
 pub use sender::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent};
 
 use std::path::PathBuf;
@@ -33,6 +35,10 @@ pub enum Error {
     /// The peer broke the protocol; the message was rejected and its fds closed.
     #[error("protocol error: {0}")]
     Protocol(#[from] protocol::ProtocolError),
+    /// A sender connected whose uid is not in the allowed list; it was disconnected and
+    /// the receiver goes on listening.
+    #[error("refused a sender {}: its uid is not in the allowed uids {allowed_uids:?}", peer.map_or("of unknown credentials".into(), |p| format!("(pid {}, uid {}, gid {})", p.pid, p.uid, p.gid)))]
+    SenderRefused { peer: Option<receiver::PeerCredentials>, allowed_uids: Vec<u32> },
 }
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {

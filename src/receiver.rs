@@ -33,6 +33,40 @@ pub enum Event {
     Interrupted,
 }
 
+/// How a [`Receiver`] guards its socket. `Default` is the restrictive choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiverOptions {
+    /// Permission bits of the socket file (at most 0o777): connecting needs write
+    /// permission on it. Default [`DEFAULT_SOCKET_MODE`], only this user (and root).
+    pub socket_mode: u32,
+    /// When not empty, only senders whose process runs as one of these uids
+    /// (`SO_PEERCRED`) are accepted; others are disconnected at once.
+    pub allowed_uids: Vec<u32>,
+}
+
+/// The socket file's default mode: read and write for the owner only.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
+
+impl Default for ReceiverOptions {
+    fn default() -> ReceiverOptions {
+        ReceiverOptions { socket_mode: DEFAULT_SOCKET_MODE, allowed_uids: Vec::new() }
+    }
+}
+
+/// A sender's process, as the kernel saw it when it connected (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl From<rustix::net::UCred> for PeerCredentials {
+    fn from(c: rustix::net::UCred) -> PeerCredentials {
+        PeerCredentials { pid: c.pid.as_raw_nonzero().get(), uid: c.uid.as_raw(), gid: c.gid.as_raw() }
+    }
+}
+
 /// Counters over the receiver's whole life (all connections).
 #[derive(Debug, Default)]
 struct Counters {
@@ -42,6 +76,7 @@ struct Counters {
     returns_sent: AtomicU64,
     protocol_errors: AtomicU64,
     senders_accepted: AtomicU64,
+    senders_refused: AtomicU64,
 }
 
 /// A snapshot of the receiver's counters.
@@ -61,14 +96,18 @@ pub struct ReceiverStats {
     pub protocol_errors: u64,
     /// Senders accepted so far.
     pub senders_accepted: u64,
+    /// Senders disconnected at once because their uid is not in `allowed_uids`.
+    pub senders_refused: u64,
     /// Whether a sender is connected now.
     pub connected: bool,
+    /// The connected sender's credentials.
+    pub peer: Option<PeerCredentials>,
 }
 
 struct Active {
     connection: Arc<Connection>,
     cache: FdCache,
-    peer: Option<rustix::net::UCred>,
+    peer: Option<PeerCredentials>,
 }
 
 const TOKEN_LISTENER: u64 = 1;
@@ -90,13 +129,19 @@ pub struct Receiver {
     record: Box<[u8]>,
     reader: MessageReader,
     counters: Arc<Counters>,
+    allowed_uids: Vec<u32>,
 }
 
 impl Receiver {
     /// Binds at `path` (removing a stale socket file there; refusing anything else) and
-    /// listens for a sender.
+    /// listens for a sender, with the default [`ReceiverOptions`].
     pub fn bind(path: impl AsRef<Path>) -> Result<Receiver, Error> {
-        let listener = Listener::bind(path.as_ref())?;
+        Receiver::bind_with(path, &ReceiverOptions::default())
+    }
+
+    /// [`Receiver::bind`] with `options`.
+    pub fn bind_with(path: impl AsRef<Path>, options: &ReceiverOptions) -> Result<Receiver, Error> {
+        let listener = Listener::bind(path.as_ref(), options.socket_mode)?;
         let io = |what: &str| {
             let what = what.to_owned();
             move |e: rustix::io::Errno| Error::Io { what, source: e.into() }
@@ -118,6 +163,7 @@ impl Receiver {
             record: vec![0; MAX_RECORD_LEN + 1].into_boxed_slice(),
             reader: MessageReader::default(),
             counters: Arc::default(),
+            allowed_uids: options.allowed_uids.clone(),
         })
     }
 
@@ -172,7 +218,7 @@ impl Receiver {
     }
 
     /// The connected sender's process credentials (`SO_PEERCRED`).
-    pub fn peer_credentials(&self) -> Option<rustix::net::UCred> {
+    pub fn peer_credentials(&self) -> Option<PeerCredentials> {
         self.active.as_ref()?.peer
     }
 
@@ -186,7 +232,9 @@ impl Receiver {
             returns_sent: c.returns_sent.load(Relaxed),
             protocol_errors: c.protocol_errors.load(Relaxed),
             senders_accepted: c.senders_accepted.load(Relaxed),
+            senders_refused: c.senders_refused.load(Relaxed),
             connected: self.active.is_some(),
+            peer: self.peer_credentials(),
         }
     }
 
@@ -232,13 +280,18 @@ impl Receiver {
         let Some(connection) = self.listener.accept().map_err(|e| io("accepting a sender", e))? else {
             return Ok(false);
         };
+        let peer = connection.peer_credentials().ok().map(PeerCredentials::from);
+        if !self.allowed_uids.is_empty() && !peer.is_some_and(|p| self.allowed_uids.contains(&p.uid)) {
+            // Dropping the connection closes it: the sender sees a hang-up at once.
+            self.counters.senders_refused.fetch_add(1, Relaxed);
+            return Err(Error::SenderRefused { peer, allowed_uids: self.allowed_uids.clone() });
+        }
         // One sender at a time: others wait in the backlog until this one leaves. The
         // connection is watched before the listener stops being, so a failure here
         // leaves the receiver as it was.
         epoll::add(&self.poller, &connection, epoll::EventData::new_u64(TOKEN_CONNECTION), epoll::EventFlags::IN)
             .map_err(|e| io("updating the epoll fd", e.into()))?;
         epoll::delete(&self.poller, &self.listener).map_err(|e| io("updating the epoll fd", e.into()))?;
-        let peer = connection.peer_credentials().ok();
         self.active = Some(Active { connection: Arc::new(connection), cache: FdCache::default(), peer });
         self.reader = MessageReader::default();
         self.counters.senders_accepted.fetch_add(1, Relaxed);

@@ -82,15 +82,29 @@ pub struct Listener {
 
 impl Listener {
     /// Binds at `path` and listens for one sender. An existing socket file at the path
-    /// is removed; anything else there is refused and left untouched.
-    pub fn bind(path: &Path) -> Result<Listener, Error> {
+    /// is removed; anything else there is refused and left untouched. The socket file
+    /// gets the permission bits `mode` (at most 0o777): who may connect.
+    pub fn bind(path: &Path, mode: u32) -> Result<Listener, Error> {
+        if mode & !0o777 != 0 {
+            return Err(Error::SocketPath {
+                path: path.to_owned(),
+                reason: format!("socket mode {mode:#o} has bits outside 0o777"),
+            });
+        }
         check_socket_path(path)?;
         let io_error = |what: &str, e: io::Error| Error::Io { what: format!("{what} {}", path.display()), source: e };
         let fd = seqpacket_socket().map_err(|e| io_error("creating the socket for", e))?;
+        let mode = rustix::fs::Mode::from_raw_mode(mode);
+        // Linux creates the socket file with the socket inode's mode (less the umask):
+        // set before bind, the file is never more open than asked, not even briefly.
+        rustix::fs::fchmod(&fd, mode).map_err(|e| io_error("setting the mode of the socket for", e.into()))?;
         let addr = SocketAddrUnix::new(path).map_err(|e| io_error("building the address of", e.into()))?;
         rustix::net::bind(&fd, &addr).map_err(|e| io_error("binding", e.into()))?;
         let stat = rustix::fs::stat(path).map_err(|e| io_error("inspecting", e.into()))?;
         let listener = Listener { fd, path: path.to_owned(), file_id: (stat.st_dev, stat.st_ino) };
+        // The umask may have taken bits the caller asked for; nobody can connect before
+        // listen(), so setting them now opens no window.
+        rustix::fs::chmod(path, mode).map_err(|e| io_error("setting the mode of", e.into()))?;
         rustix::net::listen(&listener.fd, 1).map_err(|e| io_error("listening on", e.into()))?;
         Ok(listener)
     }

@@ -118,7 +118,7 @@ fn buf_ids_are_the_fds_sent(data: &gstqtisocket::protocol::DataMessage, fds: &[O
 /// A receiver that is only a socket: accepts one sender, reads raw records, answers
 /// every message with fds with a return at once, until EOS.
 fn raw_receiver(socket: &Path) -> mpsc::Receiver<Vec<RawMessage>> {
-    let listener = Listener::bind(socket).unwrap();
+    let listener = Listener::bind(socket, gstqtisocket::DEFAULT_SOCKET_MODE).unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let connection = loop {
@@ -644,6 +644,10 @@ fn index_receiver(socket: &Path) -> (gst::Pipeline, mpsc::Receiver<u64>) {
 
 #[test]
 fn a_new_pool_reusing_fd_numbers_gets_its_fds_sent_again() {
+    // It needs the fd numbers of the first pool free again for the second: alone.
+    if !alone_in_a_child_process("a_new_pool_reusing_fd_numbers_gets_its_fds_sent_again") {
+        return;
+    }
     let dir = TempDir::new("sink-new-pool");
     let socket = dir.path("s");
     let (receiver, indices) = index_receiver(&socket);

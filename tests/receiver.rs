@@ -197,6 +197,7 @@ fn socket_path_safety() {
     let link = dir.path("link");
     std::os::unix::fs::symlink(&file, &link).unwrap();
     refused(&link, "symbolic link");
+    assert_eq!(std::fs::read_link(&link).unwrap(), file, "the symlink was touched");
     refused(&dir.path(&"x".repeat(120)), "at most 107");
     // A stale socket left by a receiver that died is replaced.
     let stale = dir.path("stale");

@@ -220,7 +220,7 @@ fn disconnect_and_a_receiver_that_goes_away() {
 fn raw_records_of(send: impl FnOnce(&mut Sender)) -> Vec<(Vec<u8>, usize)> {
     use gstqtisocket::transport::{Listener, MessageIn, MessageReader};
     let dir = TempDir::new("raw");
-    let listener = Listener::bind(&dir.path("s")).unwrap();
+    let listener = Listener::bind(&dir.path("s"), gstqtisocket::DEFAULT_SOCKET_MODE).unwrap();
     let mut sender = Sender::connect(dir.path("s")).unwrap();
     let connection = listener.accept().unwrap().expect("the sender is in the backlog");
     send(&mut sender);

@@ -1,14 +1,15 @@
 //! qsock-replay: plays a capture of the deployed `qtisocketsink` (tests/data/*.jsonl)
 //! into a receiver, byte for byte, with real memfds in place of the original fds.
 //!
-//!     qsock-replay SOCKET CAPTURE.jsonl [--repeat N] [--hangup-after N] [--quiet]
+//!     qsock-replay SOCKET CAPTURE.jsonl [--repeat N] [--hangup-after N] [--connect-timeout-ms N] [--quiet]
 //!
 //! Like a real sender it connects with retries every 10 ms, holds every buffer it sent
 //! until its return arrives, and never sends a pooled `buf_id` again before that
 //! `buf_id` came back. Each memfd starts with the capture's `first8` (the buffer's
 //! index, little-endian u64) so a receiver can check it maps the right memory.
 //! `--repeat N` plays the data messages N times before the EOS; `--hangup-after N`
-//! closes the socket after N messages, without EOS, as a crashing sender would.
+//! closes the socket after N messages, without EOS, as a crashing sender would;
+//! `--connect-timeout-ms N` gives up connecting after N ms (default 10000).
 //! Records that do not parse (crafted lies, tests/data/crafted) are sent as they are.
 //! Exits 0 when every buffer sent was returned (or with --hangup-after), 1 otherwise.
 
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use gstqtisocket::protocol::{ReceiverMessage, SenderMessage, MAX_RECORD_LEN};
 use gstqtisocket::transport::{wait_readable, Connection, MessageIn, MessageReader};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 const RETURN_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct CapturedMessage {
@@ -56,12 +57,12 @@ fn memfd(size: u64, first8: &[u8]) -> std::io::Result<OwnedFd> {
     Ok(file.into())
 }
 
-fn connect(path: &Path) -> Result<Connection, String> {
+fn connect(path: &Path, timeout: Duration) -> Result<Connection, String> {
     let start = Instant::now();
     loop {
         match Connection::connect(path) {
             Ok(c) => return Ok(c),
-            Err(e) if start.elapsed() > CONNECT_TIMEOUT => return Err(format!("connecting to {}: {e}", path.display())),
+            Err(e) if start.elapsed() > timeout => return Err(format!("connecting to {}: {e}", path.display())),
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
@@ -146,15 +147,17 @@ impl Replayer {
 }
 
 fn run(args: &[String]) -> Result<bool, String> {
-    let usage = "usage: qsock-replay SOCKET CAPTURE.jsonl [--repeat N] [--hangup-after N] [--quiet]";
+    let usage = "usage: qsock-replay SOCKET CAPTURE.jsonl [--repeat N] [--hangup-after N] [--connect-timeout-ms N] [--quiet]";
     let [socket, capture, options @ ..] = args else { return Err(usage.into()) };
     let (mut repeat, mut hangup_after, mut quiet) = (1usize, None, false);
+    let mut connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
     let mut options = options.iter();
     while let Some(option) = options.next() {
         let mut number = || options.next().and_then(|n| n.parse().ok()).ok_or(usage);
         match option.as_str() {
             "--repeat" => repeat = number()?,
             "--hangup-after" => hangup_after = Some(number()?),
+            "--connect-timeout-ms" => connect_timeout_ms = number()? as u64,
             "--quiet" => quiet = true,
             _ => return Err(usage.into()),
         }
@@ -162,7 +165,7 @@ fn run(args: &[String]) -> Result<bool, String> {
     let messages = load(Path::new(capture))?;
     let (eos, data): (Vec<_>, Vec<_>) = messages.iter().partition(|m| m.record == [0, 0, 0, 0]);
     let mut replayer = Replayer {
-        connection: connect(Path::new(socket))?,
+        connection: connect(Path::new(socket), Duration::from_millis(connect_timeout_ms))?,
         reader: MessageReader::default(),
         buf: vec![0; MAX_RECORD_LEN + 1],
         outstanding: HashMap::new(),

@@ -40,6 +40,9 @@ pub enum qsock_status {
     QSOCK_INTERNAL_ERROR = 8,
     /// The receiver closed the connection or died. Nothing outstanding will come back.
     QSOCK_RECEIVER_GONE = 9,
+    /// A sender connected whose uid is not in the receiver's allowed uids: it was
+    /// disconnected. The next receive goes on waiting for an allowed sender.
+    QSOCK_SENDER_REFUSED = 10,
 }
 
 pub(crate) use qsock_status::*;
@@ -54,6 +57,7 @@ impl From<crate::Error> for Failure {
             crate::Error::Io { .. } => QSOCK_IO_ERROR,
             crate::Error::Protocol(_) => QSOCK_PROTOCOL_ERROR,
             crate::Error::InvalidBuffer(_) => QSOCK_INVALID_ARGUMENT,
+            crate::Error::SenderRefused { .. } => QSOCK_SENDER_REFUSED,
         };
         Failure(status, e.to_string())
     }
@@ -126,6 +130,7 @@ pub extern "C" fn qsock_status_name(status: qsock_status) -> *const c_char {
         QSOCK_IO_ERROR => c"QSOCK_IO_ERROR",
         QSOCK_INTERNAL_ERROR => c"QSOCK_INTERNAL_ERROR",
         QSOCK_RECEIVER_GONE => c"QSOCK_RECEIVER_GONE",
+        QSOCK_SENDER_REFUSED => c"QSOCK_SENDER_REFUSED",
     };
     name.as_ptr()
 }

@@ -112,3 +112,22 @@ pub fn assert_no_glib_warnings() {
 pub fn path_str(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+/// Whether this is the child process that runs `test` alone (with GLib criticals fatal);
+/// in the parent, runs that child and checks it passed.
+pub fn alone_in_a_child_process(test: &str) -> bool {
+    if std::env::var_os("QSOCK_ALONE_CHILD").is_some() {
+        return true;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("QSOCK_ALONE_CHILD", "1")
+        .env("G_DEBUG", "fatal-criticals")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+    false
+}

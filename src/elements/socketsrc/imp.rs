@@ -20,7 +20,7 @@ use gst_base::subclass::prelude::*;
 use super::TimestampMode;
 use crate::elements::meta;
 use crate::protocol::{DataMessage, FramePayload, MemoryBlock, TensorType, CLOCK_TIME_NONE};
-use crate::{Error, Event, Interrupter, ReceivedBuffer, Receiver, ReceiverStats};
+use crate::{Error, Event, Interrupter, ReceivedBuffer, Receiver, ReceiverOptions, ReceiverStats, DEFAULT_SOCKET_MODE};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -49,11 +49,15 @@ struct Settings {
     timeout_ms: u64,
     keep_listening: bool,
     timestamp_mode: TimestampMode,
+    socket_mode: u32,
+    allowed_uids: Vec<u32>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            socket_mode: DEFAULT_SOCKET_MODE,
+            allowed_uids: Vec::new(),
             socket: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             keep_listening: DEFAULT_KEEP_LISTENING,
@@ -103,6 +107,8 @@ pub struct QtiSocketSrc {
     memories_reused: AtomicU64,
     /// `senders_accepted` of the sender we sent DISCONNECT to: its hang-up is expected.
     disconnected_sender: Mutex<Option<u64>>,
+    /// `senders_accepted` when we last logged a sender's credentials.
+    senders_logged: AtomicU64,
 }
 
 #[glib::object_subclass]
@@ -156,14 +162,39 @@ impl ObjectImpl for QtiSocketSrc {
                     )
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("socket-mode")
+                    .nick("Socket file mode")
+                    .blurb(
+                        "Permission bits of the socket file (octal in gst-launch-1.0: socket-mode=0660): \
+                         a sender needs write permission on it to connect. The default, 0600, lets only \
+                         this user (and root) in; use 0660 and a shared group, or 0666, for senders \
+                         running as other users (e.g. in other containers).",
+                    )
+                    .maximum(0o777)
+                    .default_value(DEFAULT_SOCKET_MODE)
+                    .mutable_ready()
+                    .build(),
+                gst::ParamSpecArray::builder("allowed-uids")
+                    .nick("Allowed sender uids")
+                    .blurb(
+                        "If not empty, only senders whose process runs as one of these uids (checked with \
+                         SO_PEERCRED when they connect) are accepted; any other is disconnected at once, \
+                         with a warning naming its pid and uid, and the element waits for the next. \
+                         gst-launch-1.0: allowed-uids=\"<1000,1001>\". Empty (the default): any sender \
+                         that may open the socket file (see socket-mode).",
+                    )
+                    .element_spec(&glib::ParamSpecUInt::builder("uid").build())
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
                         "Read-only counters since the element started (the last run's once stopped): \
                          buffers, bytes-described (bytes that arrived without a copy), fds-received, \
                          fds-cached (pooled fds held now), returns-sent, protocol-errors (messages \
-                         rejected), senders-accepted, memories-reused (blocks served from a cached \
-                         GstMemory), connected.",
+                         rejected), senders-accepted, senders-refused (uid not allowed), memories-reused \
+                         (blocks served from a cached GstMemory), connected, peer-pid, peer-uid, peer-gid \
+                         (the connected sender's credentials; -1 when none is connected).",
                     )
                     .read_only()
                     .build(),
@@ -175,7 +206,7 @@ impl ObjectImpl for QtiSocketSrc {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let name = pspec.name();
         let state = self.obj().current_state();
-        let only_when_stopped = matches!(name, "socket" | "timestamp-mode");
+        let only_when_stopped = matches!(name, "socket" | "timestamp-mode" | "socket-mode" | "allowed-uids");
         if only_when_stopped && state > gst::State::Ready {
             gst::warning!(CAT, imp = self, "Property '{name}' can only be changed in NULL or READY, not {state:?}");
             return;
@@ -189,6 +220,12 @@ impl ObjectImpl for QtiSocketSrc {
             "timeout" => settings.timeout_ms = value.get().expect("type checked upstream"),
             "keep-listening" => settings.keep_listening = value.get().expect("type checked upstream"),
             "timestamp-mode" => settings.timestamp_mode = value.get().expect("type checked upstream"),
+            "socket-mode" => settings.socket_mode = value.get().expect("type checked upstream"),
+            "allowed-uids" => {
+                let uids = value.get::<gst::Array>().expect("type checked upstream");
+                settings.allowed_uids = uids.iter().filter_map(|uid| uid.get::<u32>().ok()).collect();
+                gst::info!(CAT, imp = self, "allowed uids: {:?}", settings.allowed_uids);
+            }
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -199,6 +236,8 @@ impl ObjectImpl for QtiSocketSrc {
             "timeout" => lock(&self.settings).timeout_ms.to_value(),
             "keep-listening" => lock(&self.settings).keep_listening.to_value(),
             "timestamp-mode" => lock(&self.settings).timestamp_mode.to_value(),
+            "socket-mode" => lock(&self.settings).socket_mode.to_value(),
+            "allowed-uids" => gst::Array::new(lock(&self.settings).allowed_uids.iter().copied()).to_value(),
             "stats" => self.stats().to_value(),
             other => unreachable!("unknown property {other}"),
         }
@@ -268,7 +307,11 @@ impl BaseSrcImpl for QtiSocketSrc {
                 ["Set the 'socket' property to the path the sender (qtisocketsink) connects to"]
             )
         })?;
-        let receiver = Receiver::bind(&socket).map_err(|e| {
+        let options = {
+            let settings = lock(&self.settings);
+            ReceiverOptions { socket_mode: settings.socket_mode, allowed_uids: settings.allowed_uids.clone() }
+        };
+        let receiver = Receiver::bind_with(&socket, &options).map_err(|e| {
             gst::error_msg!(gst::ResourceError::OpenRead, ("Cannot listen on socket {}: {}", socket, e))
         })?;
         gst::info!(
@@ -370,6 +413,12 @@ impl PushSrcImpl for QtiSocketSrc {
                 let received = receiver.recv(wait);
                 (received, receiver.stats())
             };
+            if stats.senders_accepted != self.senders_logged.swap(stats.senders_accepted, Ordering::Relaxed) {
+                match stats.peer {
+                    Some(p) => gst::info!(CAT, imp = self, "sender connected: pid {}, uid {}, gid {}", p.pid, p.uid, p.gid),
+                    None => gst::info!(CAT, imp = self, "sender connected; its credentials are unknown"),
+                }
+            }
             match received {
                 Ok(Event::Buffer(buffer)) => {
                     if let Some(buffer) = self.gst_buffer(buffer, &stats)? {
@@ -389,6 +438,14 @@ impl PushSrcImpl for QtiSocketSrc {
                         gst::StreamError::Decode,
                         ("The sender on socket {} sent a message that breaks the protocol: {}", self.socket(), e),
                         ["The message was rejected, its fds closed and its buffer returned; the stream goes on"]
+                    );
+                }
+                Err(e @ Error::SenderRefused { .. }) => {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::NotAuthorized,
+                        ("Socket {}: {}", self.socket(), e),
+                        ["Set 'allowed-uids' to accept it; the element waits for the next sender"]
                     );
                 }
                 Err(e) => {
@@ -432,8 +489,12 @@ impl QtiSocketSrc {
             .field("returns-sent", stats.returns_sent)
             .field("protocol-errors", stats.protocol_errors)
             .field("senders-accepted", stats.senders_accepted)
+            .field("senders-refused", stats.senders_refused)
             .field("memories-reused", self.memories_reused.load(Ordering::Relaxed))
             .field("connected", stats.connected)
+            .field("peer-pid", stats.peer.map_or(-1, |p| i64::from(p.pid)))
+            .field("peer-uid", stats.peer.map_or(-1, |p| i64::from(p.uid)))
+            .field("peer-gid", stats.peer.map_or(-1, |p| i64::from(p.gid)))
             .build()
     }
 
