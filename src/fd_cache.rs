@@ -9,11 +9,17 @@ use std::sync::Arc;
 
 use crate::protocol::{DataMessage, MemoryKind, ProtocolError};
 use crate::transport::object_size;
+use rustix::fs::SealFlags;
 
 struct CachedFd {
     fd: Arc<OwnedFd>,
-    /// The object's size when it was cached; checked again only when a message claims more.
+    /// The object's size when it was cached.
     object_size: u64,
+    /// Sealed against shrinking (`F_SEAL_SHRINK`, as our sender's memfds are): its size
+    /// can only grow, so a message claiming no more than `object_size` needs no look.
+    /// Any other object (an unsealed memfd) is measured again at every reuse, so that
+    /// a sender that shrank it since is caught before downstream maps past its end.
+    cannot_shrink: bool,
 }
 
 #[derive(Default)]
@@ -63,13 +69,14 @@ impl FdCache {
                 check_fits(block, buf_id, maxsize, object_size)?;
                 let fd = Arc::new(fd);
                 if pooled {
-                    to_cache.push((buf_id, CachedFd { fd: fd.clone(), object_size }));
+                    let cannot_shrink = rustix::fs::fcntl_get_seals(&*fd).is_ok_and(|s| s.contains(SealFlags::SHRINK));
+                    to_cache.push((buf_id, CachedFd { fd: fd.clone(), object_size, cannot_shrink }));
                 }
                 fd
             } else {
                 let cached = &self.by_buf_id[&buf_id];
-                if maxsize > cached.object_size {
-                    // The object may have grown since it was cached; look again before refusing.
+                if maxsize > cached.object_size || !cached.cannot_shrink {
+                    // It may have grown (then the claim may fit now) or, unsealed, shrunk.
                     let now = object_size(cached.fd.as_fd()).unwrap_or(0);
                     check_fits(block, buf_id, maxsize, now)?;
                 }

@@ -1054,9 +1054,6 @@ fn vendor_metas_are_attached_when_the_vendor_registered_them() {
 // ---------------------------------------------------------------------------------------
 // No leak
 
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
 
 fn memfd_mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps").unwrap().lines().filter(|l| l.contains("/memfd:")).count()

@@ -72,9 +72,6 @@ fn fd_targets() -> Vec<String> {
         .collect()
 }
 
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
 
 fn sender(socket: &Path) -> (gst::Pipeline, gst::Element) {
     let pipeline = gst::parse::launch(&format!(

@@ -29,7 +29,10 @@ pub enum ProtocolError {
     FdCountOutOfRange { n_fds: i32 },
     #[error("FD_COUNT announces {announced} fds but {received} arrived with the record")]
     FdCountMismatch { announced: usize, received: usize },
-    #[error("the kernel truncated the ancillary data (MSG_CTRUNC): more fds were sent than a message may carry")]
+    #[error(
+        "the kernel truncated the fds that came with the record (MSG_CTRUNC): more were sent than a message may \
+         carry, or this process is at its fd limit (RLIMIT_NOFILE)"
+    )]
     ControlTruncated,
     #[error("a data message needs 1..=10 memory blocks, got {count}")]
     BlockCountOutOfRange { count: usize },

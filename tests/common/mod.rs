@@ -57,6 +57,40 @@ pub fn first8(fd: BorrowedFd<'_>) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
+/// How many threads this process runs.
+pub fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Waits (up to 5 s) until this process runs no more than `limit` threads once GLib's
+/// idle pool threads (kept for reuse, named after their last task) are told to exit;
+/// false if it never does.
+pub fn threads_settle_to(limit: usize) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        glib::ThreadPool::stop_unused_threads();
+        if threads() <= limit {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The names of this process's threads, sorted.
+pub fn thread_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// How many fds this process has open.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count() - 1 // read_dir's own fd
