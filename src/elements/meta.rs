@@ -333,16 +333,27 @@ pub(crate) enum VendorMetas {
     Custom,
 }
 
+/// The vendor's classification meta, registered or from its loaded library: to attach one.
 fn classification_info() -> Option<MetaInfo> {
-    registered(c"GstVideoClassificationMeta")
+    registered_classification()
         .or_else(|| vendor_info(VIDEO_LIBRARIES, c"gst_video_classification_meta_get_info"))
         .filter(|info| info.size() >= std::mem::size_of::<VendorClassificationMeta>())
 }
 
 fn landmarks_info() -> Option<MetaInfo> {
-    registered(c"GstVideoLandmarksMeta")
+    registered_landmarks()
         .or_else(|| vendor_info(VIDEO_LIBRARIES, c"gst_video_landmarks_meta_get_info"))
         .filter(|info| info.size() >= std::mem::size_of::<VendorLandmarksMeta>())
+}
+
+// A meta found on a buffer is registered: reading one needs no look into libraries (a
+// `dlopen`, far too slow for every buffer).
+fn registered_classification() -> Option<MetaInfo> {
+    registered(c"GstVideoClassificationMeta").filter(|info| info.size() >= std::mem::size_of::<VendorClassificationMeta>())
+}
+
+fn registered_landmarks() -> Option<MetaInfo> {
+    registered(c"GstVideoLandmarksMeta").filter(|info| info.size() >= std::mem::size_of::<VendorLandmarksMeta>())
 }
 
 /// Which metas classification results get now (for the element's log).
@@ -601,7 +612,7 @@ pub(crate) fn sent_metas(buffer: &gst::BufferRef, video: bool) -> Metas {
             xtraparams: extra.map(|s| structure_string(s, "ROI xtraparams")),
         });
     }
-    let (class_info, landmarks_info) = (classification_info(), landmarks_info());
+    let (class_info, landmarks_info) = (registered_classification(), registered_landmarks());
     for meta in buffer.iter_meta::<gst::Meta>() {
         if is_meta_of(&meta, class_info) {
             // SAFETY: registered with the vendor's classification info, whose size was

@@ -1,0 +1,270 @@
+//! Element level, two processes: a sender pipeline (`appsrc ! qtisocketsink`, or
+//! `appsrc ! shmsink` for the baseline) fed NV12 frames from the buffer pool its sink
+//! proposes (so neither side copies unless its sink must), and a receiver pipeline
+//! (`qtisocketsrc ! fakesink`, or `shmsrc ! fakesink`) whose probe reads each frame's
+//! first 16 bytes: the sender's index (each must follow the last) and its send time.
+//! Each side reports its CPU time while streaming and its peak RSS.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::measure::{cpu_time, now_ns, open_fds, peak_rss_kib, percentiles_us, rss_kib};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transport {
+    Ours,
+    Shm,
+}
+
+impl Transport {
+    pub fn parse(s: &str) -> Transport {
+        match s {
+            "ours" => Transport::Ours,
+            "shm" => Transport::Shm,
+            other => panic!("unknown transport {other}"),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Ours => "ours",
+            Transport::Shm => "shm",
+        }
+    }
+}
+
+/// What a sender process reports.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct SendReport {
+    pub buffers: u64,
+    pub cpu_s: f64,
+    pub peak_rss_kib: u64,
+    /// (RSS KiB, open fds) after the first 10,000 buffers and at the end (soak).
+    pub rss_fds_early: (u64, usize),
+    pub rss_fds_end: (u64, usize),
+}
+
+/// What a receiver process reports.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct RecvReport {
+    pub buffers: u64,
+    /// From the first buffer to the last.
+    pub seconds: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub cpu_s: f64,
+    pub peak_rss_kib: u64,
+    /// Buffers whose index was not the one after the previous buffer's.
+    pub out_of_order: u64,
+    pub rss_fds_early: (u64, usize),
+    pub rss_fds_end: (u64, usize),
+}
+
+fn frame_bytes(width: u32, height: u32) -> usize {
+    (width * height * 3 / 2) as usize
+}
+
+fn caps(width: u32, height: u32) -> gst::Caps {
+    gst_video::VideoInfo::builder(gst_video::VideoFormat::Nv12, width, height)
+        .fps(gst::Fraction::new(30, 1))
+        .build()
+        .unwrap()
+        .to_caps()
+        .unwrap()
+}
+
+/// The pool the sink proposes for `caps`, or one of ours with the allocator it proposes.
+fn pool_from_sink(appsrc: &gst_app::AppSrc, caps: &gst::Caps, size: usize) -> gst::BufferPool {
+    let mut query = gst::query::Allocation::new(Some(caps), true);
+    assert!(appsrc.static_pad("src").unwrap().peer_query(&mut query), "the sink answers the allocation query");
+    let (pool, min, max) = match query.allocation_pools().next() {
+        Some((Some(pool), _, min, max)) => (pool, min, max),
+        _ => (gst_video::VideoBufferPool::new().upcast(), 2, 8),
+    };
+    let allocator = query.allocation_params().next();
+    let mut config = pool.config();
+    config.set_params(Some(caps), size as u32, min.max(2), if max == 0 { 16 } else { max });
+    config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_ref());
+    if let Some((allocator, params)) = allocator {
+        config.set_allocator(allocator.as_ref(), Some(&params));
+    }
+    pool.set_config(config).unwrap();
+    pool.set_active(true).unwrap();
+    pool
+}
+
+/// Sends frames for `duration` (or `count` frames), then EOS; prints a [`SendReport`].
+pub fn sender(transport: Transport, socket: &Path, width: u32, height: u32, duration: Duration, count: Option<u64>) {
+    gst::init().unwrap();
+    gstqtisocket::plugin_register_static().unwrap();
+    let size = frame_bytes(width, height);
+    let sink = match transport {
+        Transport::Ours => format!("qtisocketsink socket={} wait-for-receiver=true sync=false", socket.display()),
+        Transport::Shm => format!(
+            "shmsink socket-path={} wait-for-connection=true sync=false shm-size={}",
+            socket.display(),
+            size * 12 + (1 << 20)
+        ),
+    };
+    let caps = caps(width, height);
+    let pipeline = gst::parse::launch(&format!("appsrc name=src format=time ! {sink}")).unwrap();
+    let pipeline = pipeline.downcast::<gst::Pipeline>().unwrap();
+    let appsrc = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    appsrc.set_caps(Some(&caps));
+    appsrc.set_max_bytes(size as u64 * 2);
+    appsrc.set_block(true);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let pool = pool_from_sink(&appsrc, &caps, size);
+
+    let mut report = SendReport::default();
+    let mut cpu_start = None;
+    let started = Instant::now();
+    let mut index = 0u64;
+    while count.map_or(started.elapsed() < duration, |n| index < n) {
+        let mut buffer = pool.acquire_buffer(None).unwrap();
+        {
+            let buffer = buffer.get_mut().unwrap();
+            buffer.set_pts(gst::ClockTime::from_nseconds(index * 33_333_333));
+            let mut map = buffer.map_writable().unwrap();
+            map[..8].copy_from_slice(&index.to_le_bytes());
+            map[8..16].copy_from_slice(&now_ns().to_le_bytes());
+        }
+        if appsrc.push_buffer(buffer).is_err() {
+            break;
+        }
+        if index == 0 {
+            cpu_start = Some(cpu_time());
+        }
+        index += 1;
+        if index == 10_000 {
+            report.rss_fds_early = (rss_kib(), open_fds());
+        }
+    }
+    report.buffers = index;
+    report.cpu_s = (cpu_time() - cpu_start.unwrap_or_default()).as_secs_f64();
+    let _ = appsrc.end_of_stream();
+    let bus = pipeline.bus().unwrap();
+    if transport == Transport::Ours {
+        // Our sink's EOS waits for the receiver to return every buffer.
+        bus.timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Eos, gst::MessageType::Error]);
+    } else {
+        std::thread::sleep(Duration::from_millis(500)); // let shmsrc read the last frames
+    }
+    report.rss_fds_end = (rss_kib(), open_fds());
+    report.peak_rss_kib = peak_rss_kib();
+    pipeline.set_state(gst::State::Null).unwrap();
+    let _ = pool.set_active(false);
+    println!("{}", serde_json::to_string(&report).unwrap());
+}
+
+struct Probe {
+    first: Option<Instant>,
+    last: Option<Instant>,
+    latencies: Vec<u64>,
+    next_index: u64,
+    out_of_order: u64,
+    cpu_start: Duration,
+    buffers: u64,
+    early: (u64, usize),
+}
+
+/// Receives until no frame came for `idle` after the first; prints a [`RecvReport`].
+pub fn receiver(transport: Transport, socket: &Path, idle: Duration) {
+    gst::init().unwrap();
+    gstqtisocket::plugin_register_static().unwrap();
+    let src = match transport {
+        Transport::Ours => format!("qtisocketsrc socket={} socket-mode=0600", socket.display()),
+        Transport::Shm => format!("shmsrc socket-path={} is-live=true", socket.display()),
+    };
+    let pipeline = gst::parse::launch(&format!("{src} ! fakesink name=sink sync=false enable-last-sample=false")).unwrap();
+    let pipeline = pipeline.downcast::<gst::Pipeline>().unwrap();
+    let probe = Arc::new(Mutex::new(Probe {
+        first: None,
+        last: None,
+        latencies: Vec::with_capacity(1 << 20),
+        next_index: 0,
+        out_of_order: 0,
+        cpu_start: Duration::ZERO,
+        buffers: 0,
+        early: (0, 0),
+    }));
+    let state = probe.clone();
+    let sink_pad = pipeline.by_name("sink").unwrap().static_pad("sink").unwrap();
+    sink_pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+        let memory = buffer.peek_memory(0);
+        let Ok(map) = memory.map_readable() else { return gst::PadProbeReturn::Ok };
+        if map.len() < 16 {
+            return gst::PadProbeReturn::Ok;
+        }
+        let index = u64::from_le_bytes(map[..8].try_into().unwrap());
+        let sent = u64::from_le_bytes(map[8..16].try_into().unwrap());
+        let mut s = state.lock().unwrap();
+        let now = Instant::now();
+        if s.first.is_none() {
+            s.first = Some(now);
+            s.cpu_start = cpu_time();
+        }
+        s.last = Some(now);
+        s.latencies.push(now_ns().saturating_sub(sent));
+        if index != s.next_index {
+            s.out_of_order += 1;
+        }
+        s.next_index = index + 1;
+        s.buffers += 1;
+        if s.buffers == 10_000 {
+            s.early = (rss_kib(), open_fds());
+        }
+        gst::PadProbeReturn::Ok
+    });
+    if transport == Transport::Shm {
+        // shmsink makes the socket; shmsrc fails to start until it is there.
+        let started = Instant::now();
+        while !socket.exists() {
+            assert!(started.elapsed() < Duration::from_secs(10), "no shmsink at {}", socket.display());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    loop {
+        let message = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(50), &[gst::MessageType::Eos, gst::MessageType::Error]);
+        if let Some(message) = message {
+            if let gst::MessageView::Error(e) = message.view() {
+                // shmsrc reports its sender leaving as an error: that is its end of stream.
+                if transport == Transport::Ours {
+                    eprintln!("receiver error: {} {:?}", e.error(), e.debug());
+                }
+            }
+            break;
+        }
+        let s = probe.lock().unwrap();
+        if s.last.is_some_and(|last| last.elapsed() > idle) {
+            break;
+        }
+    }
+    let mut s = probe.lock().unwrap();
+    let cpu_s = (cpu_time() - s.cpu_start).as_secs_f64();
+    let seconds = match (s.first, s.last) {
+        (Some(first), Some(last)) => (last - first).as_secs_f64(),
+        _ => 0.0,
+    };
+    let (p50_us, p99_us) = percentiles_us(&mut s.latencies);
+    let report = RecvReport {
+        buffers: s.buffers,
+        seconds,
+        p50_us,
+        p99_us,
+        cpu_s,
+        peak_rss_kib: peak_rss_kib(),
+        out_of_order: s.out_of_order,
+        rss_fds_early: s.early,
+        rss_fds_end: (rss_kib(), open_fds()),
+    };
+    drop(s);
+    pipeline.set_state(gst::State::Null).unwrap();
+    println!("{}", serde_json::to_string(&report).unwrap());
+}

@@ -1,0 +1,348 @@
+//! The benchmarks of docs/performance.md, run by `scripts/bench` (`cargo bench --bench
+//! qsock`). Every figure is printed beside its baseline, measured in the same run:
+//!  1. API level: our Rust sender/receiver (and the C API, when `QSOCK_BENCH_C` names
+//!     the built `bench_api_c`) against the floor of bare sendmsg/recvmsg, at 1, 4 and
+//!     16 messages in flight;
+//!  2. element level: qtisocketsink → qtisocketsrc against shmsink → shmsrc, two
+//!     processes, at 320x240 to 7680x4320;
+//!  3. scale: 1, 4 and 16 pairs at once;
+//!  4. soak: 1,000,000 buffers (`QSOCK_BENCH_SOAK` to change), RSS and fds at the start
+//!     and the end.
+//! Writes target/bench/results.json and target/bench/report.md. Every process here is a
+//! child of this one (the same binary, `QSOCK_BENCH_ROLE` saying which part it plays).
+//! `QSOCK_BENCH_QUICK=1` shortens every run (a smoke check, not figures).
+
+mod api;
+mod elements;
+mod measure;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use elements::{RecvReport, SendReport, Transport};
+use serde::Serialize;
+
+const SIZES: [(u32, u32); 4] = [(320, 240), (1920, 1080), (3840, 2160), (7680, 4320)];
+const IN_FLIGHT: [usize; 3] = [1, 4, 16];
+const PAIRS: [usize; 3] = [1, 4, 16];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if let Ok(role) = std::env::var("QSOCK_BENCH_ROLE") {
+        return play(&role, &args);
+    }
+    let quick = std::env::var_os("QSOCK_BENCH_QUICK").is_some();
+    let run_for = Duration::from_millis(if quick { 300 } else { 2000 });
+    let soak_buffers: u64 =
+        std::env::var("QSOCK_BENCH_SOAK").ok().and_then(|n| n.parse().ok()).unwrap_or(if quick { 20_000 } else { 1_000_000 });
+    let dir = std::env::temp_dir().join(format!("qsock-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let mut results = Results { machine: machine(), ..Results::default() };
+    println!("machine: {}", results.machine);
+    println!("\n== API level: messages/s and round trip, two processes ==");
+    for in_flight in IN_FLIGHT {
+        let run = |role: &str, pooled: bool| {
+            let socket = dir.join(format!("api-{role}-{in_flight}-{pooled}"));
+            let child = spawn(role, &[socket.to_str().unwrap()]);
+            let result = match role {
+                "floor-recv" => api::floor_sender(&socket, in_flight, run_for),
+                "rust-recv" => api::rust_sender(&socket, in_flight, run_for, pooled),
+                _ => unreachable!(),
+            };
+            let _ = wait(child);
+            result
+        };
+        let floor = run("floor-recv", false);
+        let rust = run("rust-recv", false);
+        let pooled = run("rust-recv", true);
+        for r in [&floor, &rust, &pooled] {
+            println!(
+                "{:>2} in flight  {:<42} {:>9.0} msg/s ({:.2}x floor)  p50 {:>7.1} µs ({:.2}x)  p99 {:>7.1} µs",
+                in_flight,
+                r.who,
+                r.per_second,
+                r.per_second / floor.per_second,
+                r.p50_us,
+                r.p50_us / floor.p50_us,
+                r.p99_us
+            );
+            results.api.push(r.clone());
+        }
+        if let Some(c_bench) = std::env::var_os("QSOCK_BENCH_C") {
+            let socket = dir.join(format!("api-c-{in_flight}"));
+            let out = Command::new(&c_bench)
+                .args([socket.to_str().unwrap(), &in_flight.to_string(), &run_for.as_millis().to_string()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let line = String::from_utf8_lossy(&out.stdout);
+            let r: api::ApiResult = serde_json::from_str(line.trim().lines().last().unwrap()).unwrap();
+            println!(
+                "{:>2} in flight  {:<42} {:>9.0} msg/s ({:.2}x floor)  p50 {:>7.1} µs ({:.2}x)  p99 {:>7.1} µs",
+                in_flight,
+                r.who,
+                r.per_second,
+                r.per_second / floor.per_second,
+                r.p50_us,
+                r.p50_us / floor.p50_us,
+                r.p99_us
+            );
+            results.api.push(r);
+        }
+    }
+
+    println!("\n== Element level: sender and receiver pipelines in two processes ==");
+    for (width, height) in SIZES {
+        for transport in [Transport::Ours, Transport::Shm] {
+            let socket = dir.join(format!("elem-{}-{width}", transport.name()));
+            let run = pair(transport, &socket, width, height, run_for, None);
+            println!("{}", run.line());
+            results.elements.push(run);
+        }
+    }
+
+    println!("\n== Scale: pairs at once, 1920x1080, qtisocketsink → qtisocketsrc ==");
+    for pairs in PAIRS {
+        let children: Vec<_> = (0..pairs)
+            .map(|i| {
+                let socket = dir.join(format!("scale-{pairs}-{i}"));
+                start_pair(Transport::Ours, &socket, 1920, 1080, run_for, None)
+            })
+            .collect();
+        let runs: Vec<PairRun> = children.into_iter().map(|c| c.finish()).collect();
+        let buffers: u64 = runs.iter().map(|r| r.recv.buffers).sum();
+        let seconds = runs.iter().map(|r| r.recv.seconds).fold(0.0, f64::max);
+        let cpu: f64 = runs.iter().map(|r| r.recv.cpu_s + r.send.cpu_s).sum();
+        let scale = ScaleRun { pairs, buffers, per_second: buffers as f64 / seconds, cpu_us_per_buffer: cpu * 1e6 / buffers as f64 };
+        println!(
+            "{:>2} pairs: {:>9.0} buffers/s aggregate ({:.2}x 1 pair), {:.1} µs CPU per buffer (both sides)",
+            pairs,
+            scale.per_second,
+            scale.per_second / results.scale.first().map_or(scale.per_second, |s: &ScaleRun| s.per_second),
+            scale.cpu_us_per_buffer
+        );
+        results.scale.push(scale);
+    }
+
+    println!("\n== Soak: {soak_buffers} buffers, 320x240, qtisocketsink → qtisocketsrc ==");
+    let socket = dir.join("soak");
+    let soak = pair(Transport::Ours, &socket, 320, 240, run_for, Some(soak_buffers));
+    println!(
+        "received {} of {} in {:.1} s; receiver (RSS KiB, fds) after 10,000 {:?}, at the end {:?}; sender {:?} → {:?}",
+        soak.recv.buffers, soak.send.buffers, soak.recv.seconds, soak.recv.rss_fds_early, soak.recv.rss_fds_end,
+        soak.send.rss_fds_early, soak.send.rss_fds_end
+    );
+    results.soak = Some(soak);
+
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results).unwrap()).unwrap();
+    std::fs::write(out.join("report.md"), results.markdown()).unwrap();
+    println!("\nwrote {0}/results.json and {0}/report.md", out.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// This process plays one part, for the parent.
+fn play(role: &str, args: &[String]) {
+    let socket = Path::new(&args[0]);
+    match role {
+        "floor-recv" => api::floor_receiver(socket),
+        "rust-recv" => api::rust_receiver(socket),
+        "elem-recv" => elements::receiver(Transport::parse(&args[1]), socket, Duration::from_millis(1500)),
+        "elem-send" => {
+            let number = |i: usize| args[i].parse::<u64>().unwrap();
+            let count = (number(5) > 0).then(|| number(5));
+            elements::sender(
+                Transport::parse(&args[1]),
+                socket,
+                number(2) as u32,
+                number(3) as u32,
+                Duration::from_millis(number(4)),
+                count,
+            )
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn spawn(role: &str, args: &[&str]) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(args)
+        .env("QSOCK_BENCH_ROLE", role)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a child and returns its last line of output.
+fn wait(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "a benchmark process failed");
+    String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned()
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct PairRun {
+    transport: Transport,
+    width: u32,
+    height: u32,
+    send: SendReport,
+    recv: RecvReport,
+}
+
+impl PairRun {
+    fn per_second(&self) -> f64 {
+        self.recv.buffers as f64 / self.recv.seconds
+    }
+    fn line(&self) -> String {
+        format!(
+            "{:>9} {:<4} {:>8.0} buffers/s  p50 {:>8.1} µs  p99 {:>8.1} µs  CPU/buffer send {:>6.1} µs recv {:>6.1} µs  \
+             peak RSS send {:>7} KiB recv {:>7} KiB  ({} sent, {} received, {} out of order)",
+            format!("{}x{}", self.width, self.height),
+            self.transport.name(),
+            self.per_second(),
+            self.recv.p50_us,
+            self.recv.p99_us,
+            self.send.cpu_s * 1e6 / self.send.buffers.max(1) as f64,
+            self.recv.cpu_s * 1e6 / self.recv.buffers.max(1) as f64,
+            self.send.peak_rss_kib,
+            self.recv.peak_rss_kib,
+            self.send.buffers,
+            self.recv.buffers,
+            self.recv.out_of_order
+        )
+    }
+}
+
+struct StartedPair {
+    transport: Transport,
+    width: u32,
+    height: u32,
+    receiver: Child,
+    sender: Child,
+}
+
+impl StartedPair {
+    fn finish(self) -> PairRun {
+        let send: SendReport = serde_json::from_str(&wait(self.sender)).unwrap();
+        let recv: RecvReport = serde_json::from_str(&wait(self.receiver)).unwrap();
+        PairRun { transport: self.transport, width: self.width, height: self.height, send, recv }
+    }
+}
+
+fn start_pair(transport: Transport, socket: &Path, width: u32, height: u32, run_for: Duration, count: Option<u64>) -> StartedPair {
+    let socket = socket.to_str().unwrap();
+    let receiver = spawn("elem-recv", &[socket, transport.name()]);
+    let args = [
+        socket.to_owned(),
+        transport.name().to_owned(),
+        width.to_string(),
+        height.to_string(),
+        run_for.as_millis().to_string(),
+        count.unwrap_or(0).to_string(),
+    ];
+    let sender = spawn("elem-send", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    StartedPair { transport, width, height, receiver, sender }
+}
+
+fn pair(transport: Transport, socket: &Path, width: u32, height: u32, run_for: Duration, count: Option<u64>) -> PairRun {
+    start_pair(transport, socket, width, height, run_for, count).finish()
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ScaleRun {
+    pairs: usize,
+    buffers: u64,
+    per_second: f64,
+    cpu_us_per_buffer: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Results {
+    machine: String,
+    api: Vec<api::ApiResult>,
+    elements: Vec<PairRun>,
+    scale: Vec<ScaleRun>,
+    soak: Option<PairRun>,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown CPU")
+        .trim()
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}, {}", kernel.trim(), std::env::consts::ARCH)
+}
+
+impl Results {
+    fn markdown(&self) -> String {
+        let mut md = format!("Machine: {}\n\n", self.machine);
+        md += "### API level (two processes, one 168-byte record and one fd per message)\n\n";
+        md += "| in flight | who | messages/s | × floor | p50 round trip (µs) | × floor | p99 (µs) |\n|---|---|---|---|---|---|---|\n";
+        for in_flight in IN_FLIGHT {
+            let rows: Vec<_> = self.api.iter().filter(|r| r.in_flight == in_flight).collect();
+            let floor = rows.iter().find(|r| r.who.starts_with("floor")).unwrap();
+            for r in rows.iter() {
+                md += &format!(
+                    "| {} | {} | {:.0} | {:.2} | {:.1} | {:.2} | {:.1} |\n",
+                    in_flight, r.who, r.per_second, r.per_second / floor.per_second, r.p50_us, r.p50_us / floor.p50_us, r.p99_us
+                );
+            }
+        }
+        md += "\n### Element level (two processes, NV12 frames from the sink's proposed pool)\n\n";
+        md += "| frame | transport | buffers/s | p50 latency (µs) | p99 (µs) | CPU/buffer sender (µs) | CPU/buffer receiver (µs) | peak RSS sender (MiB) | peak RSS receiver (MiB) |\n|---|---|---|---|---|---|---|---|---|\n";
+        for r in &self.elements {
+            md += &format!(
+                "| {}x{} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                r.width,
+                r.height,
+                if r.transport == Transport::Ours { "qtisocketsink → qtisocketsrc" } else { "shmsink → shmsrc" },
+                r.per_second(),
+                r.recv.p50_us,
+                r.recv.p99_us,
+                r.send.cpu_s * 1e6 / r.send.buffers.max(1) as f64,
+                r.recv.cpu_s * 1e6 / r.recv.buffers.max(1) as f64,
+                r.send.peak_rss_kib as f64 / 1024.0,
+                r.recv.peak_rss_kib as f64 / 1024.0
+            );
+        }
+        md += "\n### Scale (1920x1080, pairs at once)\n\n| pairs | buffers/s aggregate | × 1 pair | CPU per buffer, both sides (µs) |\n|---|---|---|---|\n";
+        for s in &self.scale {
+            md += &format!(
+                "| {} | {:.0} | {:.2} | {:.1} |\n",
+                s.pairs,
+                s.per_second,
+                s.per_second / self.scale[0].per_second,
+                s.cpu_us_per_buffer
+            );
+        }
+        if let Some(soak) = &self.soak {
+            md += &format!(
+                "\n### Soak ({} buffers, 320x240)\n\n| process | RSS after 10,000 (KiB) | RSS at the end (KiB) | fds after 10,000 | fds at the end |\n|---|---|---|---|---|\n\
+                 | receiver | {} | {} | {} | {} |\n| sender | {} | {} | {} | {} |\n\nReceived {} of {} buffers, {} out of order, in {:.1} s.\n",
+                soak.send.buffers,
+                soak.recv.rss_fds_early.0,
+                soak.recv.rss_fds_end.0,
+                soak.recv.rss_fds_early.1,
+                soak.recv.rss_fds_end.1,
+                soak.send.rss_fds_early.0,
+                soak.send.rss_fds_end.0,
+                soak.send.rss_fds_early.1,
+                soak.send.rss_fds_end.1,
+                soak.recv.buffers,
+                soak.send.buffers,
+                soak.recv.out_of_order,
+                soak.recv.seconds
+            );
+        }
+        md
+    }
+}
