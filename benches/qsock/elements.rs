@@ -17,7 +17,11 @@ use crate::measure::{cpu_time, now_ns, open_fds, peak_rss_kib, percentiles_us, r
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Transport {
     Ours,
+    /// shmsink → shmsrc, upstream writing into the shared memory shmsink offers.
     Shm,
+    /// shmsink → shmsrc, frames from the producer's own pool (a camera's or decoder's
+    /// memory): shmsink copies each into its shared memory.
+    ShmCopy,
 }
 
 impl Transport {
@@ -25,6 +29,7 @@ impl Transport {
         match s {
             "ours" => Transport::Ours,
             "shm" => Transport::Shm,
+            "shm-copy" => Transport::ShmCopy,
             other => panic!("unknown transport {other}"),
         }
     }
@@ -32,6 +37,7 @@ impl Transport {
         match self {
             Transport::Ours => "ours",
             Transport::Shm => "shm",
+            Transport::ShmCopy => "shm-copy",
         }
     }
 }
@@ -96,6 +102,16 @@ fn pool_from_sink(appsrc: &gst_app::AppSrc, caps: &gst::Caps, size: usize) -> gs
     pool
 }
 
+/// A pool of system-memory frames, as a producer with memory of its own has.
+fn own_pool(caps: &gst::Caps, size: usize) -> gst::BufferPool {
+    let pool: gst::BufferPool = gst_video::VideoBufferPool::new().upcast();
+    let mut config = pool.config();
+    config.set_params(Some(caps), size as u32, 2, 16);
+    pool.set_config(config).unwrap();
+    pool.set_active(true).unwrap();
+    pool
+}
+
 /// Sends frames for `duration` (or `count` frames), then EOS; prints a [`SendReport`].
 pub fn sender(transport: Transport, socket: &Path, width: u32, height: u32, duration: Duration, count: Option<u64>) {
     gst::init().unwrap();
@@ -103,7 +119,7 @@ pub fn sender(transport: Transport, socket: &Path, width: u32, height: u32, dura
     let size = frame_bytes(width, height);
     let sink = match transport {
         Transport::Ours => format!("qtisocketsink socket={} wait-for-receiver=true sync=false", socket.display()),
-        Transport::Shm => format!(
+        Transport::Shm | Transport::ShmCopy => format!(
             "shmsink socket-path={} wait-for-connection=true sync=false shm-size={}",
             socket.display(),
             size * 12 + (1 << 20)
@@ -117,7 +133,7 @@ pub fn sender(transport: Transport, socket: &Path, width: u32, height: u32, dura
     appsrc.set_max_bytes(size as u64 * 2);
     appsrc.set_block(true);
     pipeline.set_state(gst::State::Playing).unwrap();
-    let pool = pool_from_sink(&appsrc, &caps, size);
+    let pool = if transport == Transport::ShmCopy { own_pool(&caps, size) } else { pool_from_sink(&appsrc, &caps, size) };
 
     let mut report = SendReport::default();
     let mut cpu_start = None;
@@ -177,7 +193,7 @@ pub fn receiver(transport: Transport, socket: &Path, idle: Duration) {
     gstqtisocket::plugin_register_static().unwrap();
     let src = match transport {
         Transport::Ours => format!("qtisocketsrc socket={} socket-mode=0600", socket.display()),
-        Transport::Shm => format!("shmsrc socket-path={} is-live=true", socket.display()),
+        Transport::Shm | Transport::ShmCopy => format!("shmsrc socket-path={} is-live=true", socket.display()),
     };
     let pipeline = gst::parse::launch(&format!("{src} ! fakesink name=sink sync=false enable-last-sample=false")).unwrap();
     let pipeline = pipeline.downcast::<gst::Pipeline>().unwrap();
@@ -220,7 +236,7 @@ pub fn receiver(transport: Transport, socket: &Path, idle: Duration) {
         }
         gst::PadProbeReturn::Ok
     });
-    if transport == Transport::Shm {
+    if transport != Transport::Ours {
         // shmsink makes the socket; shmsrc fails to start until it is there.
         let started = Instant::now();
         while !socket.exists() {

@@ -4,7 +4,8 @@
 //!     the built `bench_api_c`) against the floor of bare sendmsg/recvmsg, at 1, 4 and
 //!     16 messages in flight;
 //!  2. element level: qtisocketsink → qtisocketsrc against shmsink → shmsrc, two
-//!     processes, at 320x240 to 7680x4320;
+//!     processes, at 320x240 to 7680x4320; shm twice: with upstream writing straight
+//!     into shmsink's memory, and with frames from the producer's own pool (copied);
 //!  3. scale: 1, 4 and 16 pairs at once;
 //!  4. soak: 1,000,000 buffers (`QSOCK_BENCH_SOAK` to change), RSS and fds at the start
 //!     and the end.
@@ -95,7 +96,7 @@ fn main() {
 
     println!("\n== Element level: sender and receiver pipelines in two processes ==");
     for (width, height) in SIZES {
-        for transport in [Transport::Ours, Transport::Shm] {
+        for transport in [Transport::Ours, Transport::Shm, Transport::ShmCopy] {
             let socket = dir.join(format!("elem-{}-{width}", transport.name()));
             let run = pair(transport, &socket, width, height, run_for, None);
             println!("{}", run.line());
@@ -304,7 +305,11 @@ impl Results {
                 "| {}x{} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
                 r.width,
                 r.height,
-                if r.transport == Transport::Ours { "qtisocketsink → qtisocketsrc" } else { "shmsink → shmsrc" },
+                match r.transport {
+                    Transport::Ours => "qtisocketsink → qtisocketsrc",
+                    Transport::Shm => "shmsink → shmsrc, upstream in shmsink's memory",
+                    Transport::ShmCopy => "shmsink → shmsrc, frames copied in",
+                },
                 r.per_second(),
                 r.recv.p50_us,
                 r.recv.p99_us,
