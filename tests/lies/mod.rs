@@ -169,6 +169,12 @@ macro_rules! for_each_lie {
                 expect: |e| matches!(e, LengthRecordSize { got: 3 }),
                 says: &["exactly 4 bytes", "got 3"],
             },
+            empty_record: Lie {
+                // A record of 0 bytes where a length record belongs.
+                build: || vec![Raw(vec![], vec![])],
+                expect: |e| matches!(e, LengthRecordSize { got: 0 }),
+                says: &["exactly 4 bytes", "got 0"],
+            },
             length_record_announcing_0: Lie {
                 build: || vec![Raw(encode_length_record(0).to_vec(), vec![])],
                 expect: |e| matches!(e, RecordLengthOutOfRange { announced: 0, .. }),
@@ -356,6 +362,11 @@ macro_rules! for_each_lie {
             },
 
             // --- video, text, tensor fields
+            zero_sized_frame: Lie {
+                build: || message(video_with(7, false, nv12(0, 0), Metas::default()), 1),
+                expect: |e| matches!(e, PlaneOffsetOutsideSize { plane: 0, offset: 0, size: 0 }),
+                says: &["plane 0 offset 0", "size 0"],
+            },
             five_planes: Lie {
                 build: || message(video_with(7, false, FramePayload { n_planes: 5, ..nv12(FRAME_BYTES, FRAME_BYTES) }, Metas::default()), 1),
                 expect: |e| matches!(e, PlaneCountOutOfRange { n_planes: 5 }),
