@@ -198,11 +198,16 @@ fn stat(src: &gst::Element, field: &str) -> u64 {
 fn run(lies: &[(&str, Lie)]) {
     let _serial = serial();
     init();
-    // GStreamer's once-per-process fds (its clock, its thread pools) before counting.
+    // GStreamer's once-per-process fds before counting: the system clock's (a socket
+    // pair, made when a pipeline first reaches PLAYING, after its first buffer).
     static WARM_UP: OnceLock<()> = OnceLock::new();
     WARM_UP.get_or_init(|| {
         let dir = TempDir::new("hostile-warm-up");
-        drop(Scene::start(&dir));
+        let scene = Scene::start(&dir);
+        let fd = memfd(FRAME_BYTES, FIRST_VALID_INDEX);
+        scene.sender.send_message(&video(VALID_BUF_ID), &[fd.as_fd()]).unwrap();
+        scene.wait_seen("warm-up", FIRST_VALID_INDEX);
+        assert_eq!(scene.pipeline.state(gst::ClockTime::from_seconds(5)).1, gst::State::Playing);
     });
     let before = open_fds();
     {
