@@ -19,7 +19,7 @@ mod common;
 mod lies;
 
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -32,26 +32,8 @@ const WAIT: Duration = Duration::from_secs(5);
 const LIE_INDICES: std::ops::Range<u64> = 900..1000;
 const FIRST_VALID_INDEX: u64 = 1000;
 
-static SERIAL: Mutex<()> = Mutex::new(());
 
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Each lie is a test of its own; `LIES` lists them all, in order.
-macro_rules! lies {
-    ($($name:ident: $lie:expr,)*) => {
-        const LIES: &[(&str, Lie)] = &[$((stringify!($name), $lie)),*];
-        $(
-            #[test]
-            fn $name() {
-                run(&[(stringify!($name), $lie)]);
-            }
-        )*
-    };
-}
-
-for_each_lie!(lies);
+for_each_lie!(lie_tests);
 
 /// A playing `qtisocketsrc ! fakesink` pipeline and a sender connected to it.
 struct Scene {

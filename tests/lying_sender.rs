@@ -22,7 +22,6 @@ mod common;
 mod lies;
 
 use std::os::fd::AsFd;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use common::*;
@@ -33,28 +32,8 @@ use gstqtisocket::{Error, Event, Receiver};
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(5));
 
-static SERIAL: Mutex<()> = Mutex::new(());
 
-/// One test at a time: fd counts mean nothing while another test opens or closes fds.
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Each lie is a test of its own; `LIES` lists them all, in order.
-macro_rules! lies {
-    ($($name:ident: $lie:expr,)*) => {
-        /// Every lie, in the order `every_lie_in_a_row_on_one_connection` tells them.
-        const LIES: &[(&str, Lie)] = &[$((stringify!($name), $lie)),*];
-        $(
-            #[test]
-            fn $name() {
-                run(&[(stringify!($name), $lie)]);
-            }
-        )*
-    };
-}
-
-for_each_lie!(lies);
+for_each_lie!(lie_tests);
 
 // ---------------------------------------------------------------------------------------
 // Telling lies

@@ -59,16 +59,7 @@ fn main() {
         let rust = run("rust-recv", false);
         let pooled = run("rust-recv", true);
         for r in [&floor, &rust, &pooled] {
-            println!(
-                "{:>2} in flight  {:<42} {:>9.0} msg/s ({:.2}x floor)  p50 {:>7.1} µs ({:.2}x)  p99 {:>7.1} µs",
-                in_flight,
-                r.who,
-                r.per_second,
-                r.per_second / floor.per_second,
-                r.p50_us,
-                r.p50_us / floor.p50_us,
-                r.p99_us
-            );
+            print_api(r, &floor);
             results.api.push(r.clone());
         }
         if let Some(c_bench) = std::env::var_os("QSOCK_BENCH_C") {
@@ -80,16 +71,7 @@ fn main() {
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let line = String::from_utf8_lossy(&out.stdout);
             let r: api::ApiResult = serde_json::from_str(line.trim().lines().last().unwrap()).unwrap();
-            println!(
-                "{:>2} in flight  {:<42} {:>9.0} msg/s ({:.2}x floor)  p50 {:>7.1} µs ({:.2}x)  p99 {:>7.1} µs",
-                in_flight,
-                r.who,
-                r.per_second,
-                r.per_second / floor.per_second,
-                r.p50_us,
-                r.p50_us / floor.p50_us,
-                r.p99_us
-            );
+            print_api(&r, &floor);
             results.api.push(r);
         }
     }
@@ -143,6 +125,19 @@ fn main() {
     std::fs::write(out.join("report.md"), results.markdown()).unwrap();
     println!("\nwrote {0}/results.json and {0}/report.md", out.display());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn print_api(r: &api::ApiResult, floor: &api::ApiResult) {
+    println!(
+        "{:>2} in flight  {:<42} {:>9.0} msg/s ({:.2}x floor)  p50 {:>7.1} µs ({:.2}x)  p99 {:>7.1} µs",
+        r.in_flight,
+        r.who,
+        r.per_second,
+        r.per_second / floor.per_second,
+        r.p50_us,
+        r.p50_us / floor.p50_us,
+        r.p99_us
+    );
 }
 
 /// This process plays one part, for the parent.

@@ -452,6 +452,28 @@ macro_rules! for_each_lie {
 }
 pub(crate) use for_each_lie;
 
+/// With [`for_each_lie`]: `LIES`, every lie in order, and a test per lie that calls
+/// the expanding file's `run(&[(name, lie)])`.
+macro_rules! lie_tests {
+    ($($name:ident: $lie:expr,)*) => {
+        const LIES: &[(&str, Lie)] = &[$((stringify!($name), $lie)),*];
+        $(
+            #[test]
+            fn $name() {
+                run(&[(stringify!($name), $lie)]);
+            }
+        )*
+    };
+}
+pub(crate) use lie_tests;
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One test at a time: fd counts mean nothing while another test opens or closes fds.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Sends one record alone. `send_raw_record` has room for only a few fds more than a
 /// message may carry; a record with more goes through a `sendmsg` of our own.
 pub fn send_raw(sender: &Connection, record: &[u8], fds: &[OwnedFd]) -> std::io::Result<()> {
