@@ -750,8 +750,12 @@ fn frame_rate(duration_ns: u64) -> gst::Fraction {
 /// The `GstVideoFormat` named by a FRAME's `format`, if this GStreamer knows it as raw video.
 fn video_format(value: u32) -> Result<gst_video::VideoFormat, String> {
     use gst::glib::translate::IntoGlib;
-    gst_video::VideoFormat::iter_raw()
-        .find(|f| f.into_glib() as i64 == value as i64)
+    // Asked for every frame: GStreamer's list is walked once.
+    static RAW: LazyLock<Vec<(u32, gst_video::VideoFormat)>> = LazyLock::new(|| {
+        gst_video::VideoFormat::iter_raw().map(|f| (f.into_glib() as u32, f)).collect()
+    });
+    RAW.iter()
+        .find_map(|&(raw, format)| (raw == value).then_some(format))
         .ok_or_else(|| format!("FRAME.format {value} is not a raw video format this GStreamer knows"))
 }
 
