@@ -8,18 +8,16 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::protocol::{DataMessage, MemoryKind, ProtocolError};
-use crate::transport::object_size;
-use rustix::fs::SealFlags;
+use crate::transport::{object_can_shrink, object_size};
 
 struct CachedFd {
     fd: Arc<OwnedFd>,
     /// The object's size when it was cached.
     object_size: u64,
-    /// Sealed against shrinking (`F_SEAL_SHRINK`, as our sender's memfds are): its size
-    /// can only grow, so a message claiming no more than `object_size` needs no look.
-    /// Any other object (an unsealed memfd) is measured again at every reuse, so that
-    /// a sender that shrank it since is caught before downstream maps past its end.
-    cannot_shrink: bool,
+    /// An unsealed memfd or file: measured again at every reuse, so that a sender that
+    /// shrank it since is caught before downstream maps past its end. A DMA-BUF or a
+    /// memfd sealed against shrinking (ours) needs that only when a message claims more.
+    can_shrink: bool,
 }
 
 #[derive(Default)]
@@ -69,13 +67,13 @@ impl FdCache {
                 check_fits(block, buf_id, maxsize, object_size)?;
                 let fd = Arc::new(fd);
                 if pooled {
-                    let cannot_shrink = rustix::fs::fcntl_get_seals(&*fd).is_ok_and(|s| s.contains(SealFlags::SHRINK));
-                    to_cache.push((buf_id, CachedFd { fd: fd.clone(), object_size, cannot_shrink }));
+                    let can_shrink = object_can_shrink(fd.as_fd());
+                    to_cache.push((buf_id, CachedFd { fd: fd.clone(), object_size, can_shrink }));
                 }
                 fd
             } else {
                 let cached = &self.by_buf_id[&buf_id];
-                if maxsize > cached.object_size || !cached.cannot_shrink {
+                if maxsize > cached.object_size || cached.can_shrink {
                     // It may have grown (then the claim may fit now) or, unsealed, shrunk.
                     let now = object_size(cached.fd.as_fd()).unwrap_or(0);
                     check_fits(block, buf_id, maxsize, now)?;

@@ -323,6 +323,15 @@ pub fn object_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(rustix::fs::seek(fd, rustix::fs::SeekFrom::End(0))?)
 }
 
+/// Whether the object behind a memory fd can get smaller under a reader: a regular file
+/// (a memfd, a tmpfs or shm file) unless sealed with `F_SEAL_SHRINK`. A DMA-BUF's size
+/// is fixed when it is exported.
+pub fn object_can_shrink(fd: BorrowedFd<'_>) -> bool {
+    let regular = rustix::fs::fstat(fd)
+        .is_ok_and(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile);
+    regular && !rustix::fs::fcntl_get_seals(fd).is_ok_and(|seals| seals.contains(rustix::fs::SealFlags::SHRINK))
+}
+
 /// A whole message read from a connection.
 #[derive(Debug)]
 pub enum MessageIn {

@@ -5,9 +5,10 @@
 //! the connection and lets go of buffers as the receiver returns them.
 
 use std::path::PathBuf;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use crate::elements::lock;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -33,10 +34,6 @@ const EOS_RETURN_TIMEOUT: Duration = Duration::from_secs(2);
 const POOL_MAX_BUFFERS: u32 = 16;
 const POOL_MIN_BUFFERS: u32 = 2;
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not make every later call panic too.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 #[derive(Debug, Clone)]
 struct Settings {

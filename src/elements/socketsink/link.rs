@@ -9,10 +9,11 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::elements::lock;
 use gst::glib;
 use gst::prelude::*;
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
@@ -23,10 +24,6 @@ use crate::{Error, Sender, SenderEvent};
 /// How often the deployed sink retries `connect()`; ours too.
 const CONNECT_RETRY: Duration = Duration::from_millis(10);
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not make every later call panic too.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// What the `stats` property shows.
 #[derive(Debug, Clone, Default)]

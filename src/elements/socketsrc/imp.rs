@@ -7,9 +7,10 @@
 //! from whatever thread releases it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::elements::lock;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -38,10 +39,6 @@ pub(crate) const TIMEOUT_MESSAGE: &str = "GstQtiSocketSrcTimeout";
 /// Name of the element message posted when a sender hangs up and the element keeps going.
 pub(crate) const SENDER_GONE_MESSAGE: &str = "GstQtiSocketSrcSenderGone";
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not make every later state change panic too.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -223,7 +220,16 @@ impl ObjectImpl for QtiSocketSrc {
             "socket-mode" => settings.socket_mode = value.get().expect("type checked upstream"),
             "allowed-uids" => {
                 let uids = value.get::<gst::Array>().expect("type checked upstream");
-                settings.allowed_uids = uids.iter().filter_map(|uid| uid.get::<u32>().ok()).collect();
+                // Fail closed: an entry that is no uid must not leave an empty list (anyone).
+                settings.allowed_uids = uids
+                    .iter()
+                    .map(|uid| {
+                        uid.get::<u32>().unwrap_or_else(|_| {
+                            gst::warning!(CAT, imp = self, "allowed-uids: {uid:?} is not a uid (guint); it matches nobody");
+                            u32::MAX // (uid_t)-1: no process runs as it
+                        })
+                    })
+                    .collect();
                 gst::info!(CAT, imp = self, "allowed uids: {:?}", settings.allowed_uids);
             }
             other => unreachable!("unknown property {other}"),
