@@ -7,10 +7,10 @@ mod common;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::str::FromStr;
 use std::sync::{mpsc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use gst::prelude::*;
@@ -56,13 +56,6 @@ fn wait_end(pipeline: &gst::Pipeline) -> Option<String> {
     }
 }
 
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// Asks `sink` what it offers upstream for `caps`: (pool, allocator).
 fn offered(sink: &gst::Element, caps: &str) -> (Option<gst::BufferPool>, gst::Allocator) {
@@ -307,25 +300,7 @@ fn tensors_and_text_match_the_deployed_sinks_bytes() {
 // ---------------------------------------------------------------------------------------
 // Ours → ours, the receiver in another process (gst-launch-1.0)
 
-fn plugin_dir() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_qsock-replay")).parent().unwrap()
-}
 
-/// `gst-launch-1.0 -e PIPELINE` (SOCKET replaced) in a child process, with the plugin
-/// from the build output and criticals fatal.
-fn launch(dir: &TempDir, pipeline: &str) -> Child {
-    assert!(plugin_dir().join("libgstqtisocket.so").exists(), "run `cargo build` first");
-    Command::new("gst-launch-1.0")
-        .arg("-e")
-        .args(pipeline.replace("SOCKET", path_str(&dir.path("s"))).split_whitespace())
-        .env("GST_PLUGIN_PATH", plugin_dir())
-        .env("GST_REGISTRY", dir.path("registry.bin"))
-        .env("G_DEBUG", "fatal-criticals")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
 
 fn finish(child: Child) -> String {
     let out = child.wait_with_output().unwrap();
@@ -364,7 +339,7 @@ fn videotestsrc_frames_reach_a_receiver_process_without_a_copy() {
     init();
     let dir = TempDir::new("sink-zero-copy");
     let out = dir.path("frames.raw");
-    let receiver = launch(
+    let receiver = gst_launch_child(
         &dir,
         &format!("qtisocketsrc socket=SOCKET ! {NV12_320X240} ! filesink buffer-mode=unbuffered location={}", path_str(&out)),
     );
@@ -407,7 +382,7 @@ fn videotestsrc_frames_reach_a_receiver_process_without_a_copy() {
 fn system_memory_frames_are_copied_once_into_memfds_and_counted() {
     let dir = TempDir::new("sink-copies");
     let out = dir.path("frames.raw");
-    let receiver = launch(
+    let receiver = gst_launch_child(
         &dir,
         &format!("qtisocketsrc socket=SOCKET ! {NV12_64X48} ! filesink buffer-mode=unbuffered location={}", path_str(&out)),
     );

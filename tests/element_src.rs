@@ -7,7 +7,7 @@ mod common;
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -784,24 +784,11 @@ fn null_while_waiting_for_a_sender_or_a_message_returns_within_100_ms() {
 // ---------------------------------------------------------------------------------------
 // gst-launch-1.0, with the plugin loaded from the build output
 
-fn plugin_dir() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_qsock-replay")).parent().unwrap()
-}
 
 /// Runs `gst-launch-1.0 ARGS` against a replay of `capture`; both must succeed.
 fn gst_launch(dir: &TempDir, capture: &str, pipeline: &str) -> String {
-    assert!(plugin_dir().join("libgstqtisocket.so").exists(), "run `cargo build` first");
     let socket = dir.path("s");
-    let launch = Command::new("gst-launch-1.0")
-        .arg("-e")
-        .args(pipeline.replace("SOCKET", path_str(&socket)).split_whitespace())
-        .env("GST_PLUGIN_PATH", plugin_dir())
-        .env("GST_REGISTRY", dir.path("registry.bin"))
-        .env("G_DEBUG", "fatal-criticals")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let launch = gst_launch_child(dir, pipeline);
     let child = spawn_replay(&socket, capture, &[]);
     let out = launch.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);

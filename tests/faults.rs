@@ -5,6 +5,7 @@
 //! process of its own.
 
 mod common;
+mod lies;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -13,54 +14,22 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gst::prelude::*;
-use gstqtisocket::protocol::{
-    BufferInfo, DataMessage, FramePayload, MemoryBlock, Metas, ProtocolError, SenderMessage, CLOCK_TIME_NONE,
-    MAX_MEMORY_BLOCKS,
-};
+use lies::{data, info, nv12, MemoryBlock, Metas, ProtocolError, FRAME_BYTES};
 use gstqtisocket::protocol::MAX_RECORD_LEN;
 use gstqtisocket::transport::{wait_readable, Connection, Listener, MessageIn, MessageReader};
 use gstqtisocket::{Error, Event, Receiver, DEFAULT_SOCKET_MODE};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 fn stat<T: for<'a> gst::glib::value::FromValue<'a> + 'static>(element: &gst::Element, field: &str) -> T {
     let stats = element.property::<gst::Structure>("stats");
     stats.get::<T>(field).unwrap_or_else(|_| panic!("no {field} in {stats}"))
 }
 
-/// A pipeline set to NULL when dropped, also when an assertion failed.
-struct Running(gst::Pipeline);
-
-impl Running {
-    fn launch(description: &str) -> Running {
-        init();
-        let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
-        pipeline.set_state(gst::State::Playing).unwrap();
-        Running(pipeline)
-    }
-
-    fn element(&self, name: &str) -> gst::Element {
-        self.0.by_name(name).unwrap()
-    }
-
-    /// The next message of one of `types`, or None after `WAIT`.
-    fn next(&self, types: &[gst::MessageType]) -> Option<gst::Message> {
-        self.0.bus().unwrap().timed_pop_filtered(gst::ClockTime::from_seconds(WAIT.as_secs()), types)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.set_state(gst::State::Null);
-    }
+/// The next message of one of `types` on `running`'s bus, or None after `WAIT`.
+fn next(running: &Running, types: &[gst::MessageType]) -> Option<gst::Message> {
+    running.0.bus().unwrap().timed_pop_filtered(gst::ClockTime::from_seconds(WAIT.as_secs()), types)
 }
 
 fn counting_probe(element: &gst::Element) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
@@ -114,7 +83,7 @@ fn senders_killed_then_a_good_one(socket: &Path) {
         let sender = spawn_replay(&socket, "video-pool.jsonl", &["--repeat", "100000", "--quiet"]);
         wait_until("20 buffers arrived", || buffers.load(std::sync::atomic::Ordering::SeqCst) >= 20);
         kill(sender);
-        let message = running.next(&[gst::MessageType::Error]).expect("an error after the sender died");
+        let message = next(&running, &[gst::MessageType::Error]).expect("an error after the sender died");
         let gst::MessageView::Error(error) = message.view() else { unreachable!() };
         let text = format!("{} {:?}", error.error(), error.debug());
         assert!(text.contains(path_str(&socket)) && text.contains("hung up"), "{text}");
@@ -133,14 +102,14 @@ fn senders_killed_then_a_good_one(socket: &Path) {
             let at_least = buffers.load(std::sync::atomic::Ordering::SeqCst) + 20;
             wait_until("20 more buffers", || buffers.load(std::sync::atomic::Ordering::SeqCst) >= at_least);
             kill(sender);
-            let gone = running.next(&[gst::MessageType::Element, gst::MessageType::Error]).unwrap();
+            let gone = next(&running, &[gst::MessageType::Element, gst::MessageType::Error]).unwrap();
             assert!(gone.structure().is_some_and(|s| s.name() == "GstQtiSocketSrcSenderGone"), "{gone:?}");
             wait_until("the dead sender's cached fds are closed", || stat::<u64>(&src, "fds-cached") == 0);
             assert_eq!(stat::<u64>(&src, "senders-accepted"), round);
         }
         let (ok, output) = finish_replay(spawn_replay(&socket, "video-nopool.jsonl", &[]));
         assert!(ok, "the next sender got every buffer back: {output}");
-        running.next(&[gst::MessageType::Eos]).expect("the next sender's EOS");
+        next(&running, &[gst::MessageType::Eos]).expect("the next sender's EOS");
         assert_eq!(stat::<u64>(&src, "protocol-errors"), 0);
     }
 }
@@ -214,25 +183,10 @@ fn a_receiver_that_never_returns_holds_the_sender_to_its_pool_and_nothing_leaks(
 // ---------------------------------------------------------------------------------------
 // fd exhaustion and shrinking memfds, against the Rust receiver
 
-const FRAME_BYTES: u64 = 64 * 48 * 3 / 2;
-
+/// NV12 64x48 frames (the lie table's), one block per buf_id.
 fn nv12_message(buf_ids: &[i32], n_fds: usize, pooled: bool) -> Vec<u8> {
-    let mut ids = [-1; MAX_MEMORY_BLOCKS];
-    ids[..buf_ids.len()].copy_from_slice(buf_ids);
-    let frame = FramePayload {
-        width: 64,
-        height: 48,
-        format: 23,
-        n_planes: 2,
-        offsets: [0, 64 * 48, 0, 0],
-        strides: [64, 64, 0, 0],
-        flags: 0,
-        size: FRAME_BYTES,
-        maxsize: FRAME_BYTES,
-    };
-    let info = BufferInfo { buf_ids: ids, pts: 0, dts: CLOCK_TIME_NONE, duration: 0, use_buffer_pool: pooled };
-    let blocks = vec![MemoryBlock::Frame(frame); buf_ids.len()];
-    SenderMessage::Data(DataMessage { n_fds: Some(n_fds), info, blocks, metas: Metas::default() }).encode()
+    let frames = vec![MemoryBlock::Frame(nv12(FRAME_BYTES, FRAME_BYTES)); buf_ids.len()];
+    data(Some(n_fds), info(buf_ids, pooled), frames, Metas::default())
 }
 
 fn connected_pair(dir: &TempDir) -> (Receiver, Connection) {

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,33 +15,9 @@ use gst::prelude::*;
 const CAPS: &str = "video/x-raw,format=NV12,width=320,height=240,framerate=30/1";
 const FRAME_SIZE: usize = 320 * 240 * 3 / 2;
 
-fn plugin_dir() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_qsock-replay"))
-        .parent()
-        .unwrap()
-}
 
 fn receiver_process(dir: &TempDir, tail: &str) -> Child {
-    assert!(
-        plugin_dir().join("libgstqtisocket.so").exists(),
-        "run `cargo build` first"
-    );
-    Command::new("gst-launch-1.0")
-        .arg("-e")
-        .args(
-            format!(
-                "qtisocketsrc socket={} ! {CAPS} ! {tail}",
-                dir.path("s").display()
-            )
-            .split_whitespace(),
-        )
-        .env("GST_PLUGIN_PATH", plugin_dir())
-        .env("GST_REGISTRY", dir.path("registry.bin"))
-        .env("G_DEBUG", "fatal-criticals")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    gst_launch_child(dir, &format!("qtisocketsrc socket=SOCKET ! {CAPS} ! {tail}"))
 }
 
 fn stat(sink: &gst::Element, name: &str) -> u64 {
@@ -56,13 +32,6 @@ fn connected(sink: &gst::Element) -> bool {
         .unwrap()
 }
 
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn fd_targets() -> Vec<String> {
     std::fs::read_dir("/proc/self/fd")

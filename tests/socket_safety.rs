@@ -139,14 +139,6 @@ fn allowed_uids_turn_other_senders_away_and_the_receiver_goes_on() {
     assert!(finish_replay(child).0);
 }
 
-/// A pipeline set to NULL when dropped, also when an assertion failed.
-struct Playing(gst::Element);
-
-impl Drop for Playing {
-    fn drop(&mut self) {
-        let _ = self.0.set_state(gst::State::Null);
-    }
-}
 
 #[test]
 fn qtisocketsrc_takes_mode_and_allowed_uids_from_gst_launch_syntax_and_warns_on_refusal() {
@@ -155,18 +147,15 @@ fn qtisocketsrc_takes_mode_and_allowed_uids_from_gst_launch_syntax_and_warns_on_
     let dir = TempDir::new("src-uids");
     let socket = dir.path("s");
     let allowed = sender_uid() + 1;
-    let pipeline = gst::parse::launch(&format!(
+    let running = Running::launch(&format!(
         "qtisocketsrc name=src socket={} socket-mode=0666 allowed-uids=\"<{allowed}>\" ! fakesink",
         path_str(&socket)
-    ))
-    .unwrap();
-    let pipeline = Playing(pipeline);
-    let pipeline = &pipeline.0;
-    let src = pipeline.downcast_ref::<gst::Bin>().unwrap().by_name("src").unwrap();
+    ));
+    let pipeline = &running.0;
+    let src = running.element("src");
     assert_eq!(src.property::<u32>("socket-mode"), 0o666);
     let uids: Vec<u32> = src.property::<gst::Array>("allowed-uids").iter().map(|v| v.get().unwrap()).collect();
     assert_eq!(uids, [allowed]);
-    pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
     let child = sender(&socket, 5000);
     let pid = child.id();
@@ -197,14 +186,12 @@ fn qtisocketsrc_reports_the_connected_senders_credentials() {
     init();
     let dir = TempDir::new("src-peer");
     let socket = dir.path("s");
-    let pipeline = gst::parse::launch(&format!(
+    let running = Running::launch(&format!(
         "qtisocketsrc name=src socket={} socket-mode=0666 ! fakesink enable-last-sample=false",
         path_str(&socket)
-    ))
-    .unwrap();
-    let pipeline = Playing(pipeline);
-    let pipeline = &pipeline.0;
-    let src = pipeline.downcast_ref::<gst::Bin>().unwrap().by_name("src").unwrap();
+    ));
+    let pipeline = &running.0;
+    let src = running.element("src");
     let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
     let (probe_seen, probe_src) = (seen.clone(), src.clone());
     src.static_pad("src").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, _| {
@@ -212,7 +199,6 @@ fn qtisocketsrc_reports_the_connected_senders_credentials() {
         *probe_seen.lock().unwrap() = Some((stats.get::<i64>("peer-pid").unwrap(), stats.get::<i64>("peer-uid").unwrap()));
         gst::PadProbeReturn::Ok
     });
-    pipeline.set_state(gst::State::Playing).unwrap();
     let child = sender(&socket, 5000);
     let pid = child.id();
     let bus = pipeline.bus().unwrap();

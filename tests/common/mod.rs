@@ -165,3 +165,59 @@ pub fn alone_in_a_child_process(test: &str) -> bool {
     assert!(text.contains("1 passed"), "{text}");
     false
 }
+
+/// Polls `condition` until it holds, failing the test after 20 s.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Where cargo built the plugin (libgstqtisocket.so), next to the binaries.
+pub fn plugin_dir() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_qsock-replay")).parent().unwrap()
+}
+
+/// `gst-launch-1.0 -e PIPELINE` in a child process, `SOCKET` replaced by `dir`'s socket
+/// path, with the plugin from the build output and GLib criticals fatal.
+pub fn gst_launch_child(dir: &TempDir, pipeline: &str) -> Child {
+    assert!(plugin_dir().join("libgstqtisocket.so").exists(), "run `cargo build` first");
+    Command::new("gst-launch-1.0")
+        .arg("-e")
+        .args(pipeline.replace("SOCKET", path_str(&dir.path("s"))).split_whitespace())
+        .env("GST_PLUGIN_PATH", plugin_dir())
+        .env("GST_REGISTRY", dir.path("registry.bin"))
+        .env("G_DEBUG", "fatal-criticals")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A pipeline set to NULL when dropped, also when an assertion failed on the way.
+pub struct Running(pub gst::Pipeline);
+
+impl Running {
+    /// Parses `description` and sets it PLAYING.
+    pub fn launch(description: &str) -> Running {
+        use gst::prelude::*;
+        init();
+        let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        Running(pipeline)
+    }
+
+    pub fn element(&self, name: &str) -> gst::Element {
+        use gst::prelude::*;
+        self.0.by_name(name).unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        use gst::prelude::*;
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}

@@ -3,7 +3,7 @@
 //! must be rejected as, and the words that error's text must hold. Shared by
 //! `lying_sender.rs` (against a `Receiver`) and `hostile_src.rs` (against `qtisocketsrc`
 //! in a pipeline): each expands [`for_each_lie`] into tests of its own.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports, unused_macros)] // each test file uses a part
 
 use std::ffi::CString;
 use std::io::IoSlice;
