@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::buffer::qsock_buffer;
 use super::*;
@@ -134,16 +134,21 @@ pub extern "C" fn qsock_receiver_recv_buffer(
     guard(|| {
         let receiver = arg_mut(receiver, "receiver")?;
         write_out(buffer_out, "buffer_out", std::ptr::null_mut())?;
-        let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
-        Ok(match receiver.receiver.recv(timeout)? {
-            Event::Buffer(buffer) => {
-                write_out(buffer_out, "buffer_out", qsock_buffer::new(buffer))?;
-                QSOCK_OK
-            }
-            Event::Eos => QSOCK_EOS,
-            Event::SenderGone => QSOCK_SENDER_GONE,
-            Event::Timeout | Event::Interrupted => QSOCK_TIMEOUT,
-        })
+        let deadline = u64::try_from(timeout_ms).ok().map(|ms| Instant::now() + Duration::from_millis(ms));
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            return Ok(match receiver.receiver.recv(left)? {
+                Event::Buffer(buffer) => {
+                    write_out(buffer_out, "buffer_out", qsock_buffer::new(buffer))?;
+                    QSOCK_OK
+                }
+                // The credentials are in qsock_receiver_get_stats; wait on for a buffer.
+                Event::SenderConnected(_) => continue,
+                Event::Eos => QSOCK_EOS,
+                Event::SenderGone => QSOCK_SENDER_GONE,
+                Event::Timeout | Event::Interrupted => QSOCK_TIMEOUT,
+            });
+        }
     })
 }
 
