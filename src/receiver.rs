@@ -273,6 +273,27 @@ impl Receiver {
         self.handle().stats()
     }
 
+    /// Hangs up on a sender that was told to DISCONNECT and is still connected, after
+    /// answering what it queued with returns; returns whether there was one. A sender
+    /// waits for all its buffers before it leaves, and a buffer that downstream keeps
+    /// across a pause (a video sink's last frame) would keep it waiting for ever: the
+    /// hang-up lets it start over, as it does when a receiver goes away. Its buffers
+    /// still held here stay valid (their fds are ours), but a pooled one may be reused by
+    /// the sender from then on.
+    pub fn drop_disconnected_sender(&mut self) -> bool {
+        if self.active.is_none() || !self.shared.disconnecting.load(Relaxed) {
+            return false;
+        }
+        self.answer_queued_messages();
+        if let Some(active) = &self.active {
+            // Both ways: the buffers still held keep the socket open, and the sender must
+            // see the hang-up now, not when the last of them goes.
+            active.connection.shutdown();
+        }
+        self.end_connection();
+        true
+    }
+
     /// Closes the receiver; the same as dropping it, spelled out.
     pub fn close(self) {}
 

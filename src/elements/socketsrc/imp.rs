@@ -182,7 +182,7 @@ impl ObjectImpl for QtiSocketSrc {
                         "rebased (default): the sender's PTS/DTS moved onto this pipeline's running time, \
                          so frames keep the sender's spacing and play at its pace in a sync=true sink (the \
                          offset is taken at the first buffer, after each new sender or DISCONT, and again \
-                         when a timestamp lands more than 250 ms from the buffer's arrival); sender: \
+                         when a timestamp would land more than 250 ms in the past); sender: \
                          PTS/DTS as the sender stamped them, in its pipeline's running time (the deployed \
                          element's behaviour; use with sync=false); arrival: PTS = DTS = this pipeline's \
                          running time when the message arrived. Duration: the sender's, in every mode.",
@@ -482,7 +482,11 @@ impl QtiSocketSrc {
                 Ok(Event::Buffer(buffer)) => {
                     stream.last_message = Instant::now();
                     if let Some(buffer) = self.gst_buffer(stream, buffer)? {
-                        return Ok(buffer);
+                        if self.is_playing() {
+                            return Ok(buffer);
+                        }
+                        // Pausing: GstBaseSrc would push it after the resume, stale by then.
+                        gst::debug!(CAT, imp = self, "pausing: buffer returned unpushed");
                     }
                 }
                 Ok(Event::SenderConnected(peer)) => {
@@ -544,10 +548,19 @@ impl QtiSocketSrc {
             // FLUSHING when the element stops or flushes meanwhile.
             self.obj().wait_playing()?;
             stream.last_message = Instant::now();
+            if stream.receiver.drop_disconnected_sender() {
+                // It was waiting for buffers downstream kept through the pause.
+                gst::info!(CAT, imp = self, "hung up on the sender told to DISCONNECT: it had not left; it connects again");
+                self.on_sender_gone(stream, true)?;
+            }
         } else if flushing {
             return Err(gst::FlowError::Flushing);
         }
         Ok(())
+    }
+
+    fn is_playing(&self) -> bool {
+        matches!(&*lock(&self.state), State::Started(started) if started.playing)
     }
 
     fn stats(&self) -> gst::Structure {
@@ -810,12 +823,14 @@ impl QtiSocketSrc {
 /// `timestamp-mode=rebased`: the offset from the sender's timestamps to this pipeline's
 /// running time, taken at `sender_time`'s arrival `now` at a new start of the stream, and
 /// taken again when the kept one would put `sender_time` more than [`REBASE_TOLERANCE`]
-/// away from `now` (the sender paused or restarted; arrival jitter stays well inside).
+/// in the past (the sender paused; arrival jitter stays well inside). It only ever grows
+/// within a stream, so timestamps never go backwards; a sender ahead of real time (not
+/// live) keeps its lead, which a synchronising sink turns into the sender's pace.
 fn rebase_offset(offset: &mut Option<i128>, discont: bool, sender_time: Option<gst::ClockTime>, now: gst::ClockTime) -> i128 {
     let now = i128::from(now.nseconds());
     let Some(sender) = sender_time.map(|t| i128::from(t.nseconds())) else { return offset.unwrap_or(0) };
     let fresh = now - sender;
-    let keep = offset.filter(|&o| !discont && (sender + o - now).abs() <= REBASE_TOLERANCE.as_nanos() as i128);
+    let keep = offset.filter(|&o| !discont && sender + o >= now - REBASE_TOLERANCE.as_nanos() as i128);
     *offset.insert(keep.unwrap_or(fresh))
 }
 
