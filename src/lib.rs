@@ -10,6 +10,7 @@ pub mod transport;
 pub mod receiver;
 pub mod sender;
 mod fd_cache;
+mod socket_owner;
 mod ffi;
 mod elements;
 
