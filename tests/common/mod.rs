@@ -57,9 +57,13 @@ pub fn first8(fd: BorrowedFd<'_>) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// How many threads this process runs.
+/// How many threads this process runs: the kernel's count (`Threads:` in
+/// /proc/self/status), exact at one instant, where listing /proc/self/task can miss a
+/// thread while another exits.
 pub fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap();
+    line["Threads:".len()..].trim().parse().unwrap()
 }
 
 /// Waits (up to 5 s) until this process runs no more than `limit` threads once GLib's
