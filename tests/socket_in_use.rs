@@ -158,8 +158,7 @@ fn a_second_qtisocketsrc_fails_its_state_change_naming_the_path_and_the_first_ke
         &[gst::MessageType::Eos, gst::MessageType::Error],
     );
     assert!(matches!(end.as_ref().map(|m| m.view()), Some(gst::MessageView::Eos(_))), "{end:?}");
-    let buffers = first.element("src").property::<gst::Structure>("stats").get::<u64>("buffers").unwrap();
-    assert_eq!(buffers, 5, "the first qtisocketsrc received every buffer");
+    assert_eq!(stat::<u64>(&first.element("src"), "buffers"), 5, "the first qtisocketsrc received every buffer");
     drop(first);
     let (ok, output) = finish_replay(child);
     assert!(ok, "the sender did not get every buffer back: {output}");
