@@ -10,6 +10,7 @@ pub mod transport;
 pub mod receiver;
 pub mod sender;
 mod fd_cache;
+mod socket_owner;
 mod ffi;
 mod elements;
 
@@ -54,6 +55,7 @@ gst::plugin_define!(
     "MPL",
     env!("CARGO_PKG_NAME"),
     env!("CARGO_PKG_NAME"),
-    "https://example.invalid/qtisocket",
-    "2026-11-25"
+    // Where it comes from, and when: the HEAD commit's date (build.rs).
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("QTISOCKET_RELEASE_DATE")
 );

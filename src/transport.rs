@@ -5,6 +5,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use rustix::net::{
 };
 
 use crate::protocol::{encode_length_record, parse_length_record, ProtocolError, MAX_MEMORY_BLOCKS};
+use crate::socket_owner;
 use crate::Error;
 
 /// `sun_path` holds 108 bytes, the terminating NUL included.
@@ -44,9 +46,19 @@ fn check_socket_path(path: &Path) -> Result<(), Error> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(path_error(format!("cannot inspect it: {e}"))),
-        // A stale socket from a receiver that died: safe to replace.
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
-            .map_err(|e| path_error(format!("cannot remove the stale socket there: {e}"))),
+        // A socket somebody listens on is theirs (asked of the kernel: a probing connect
+        // would be taken for a sender). One nobody listens on is stale: replaced.
+        Ok(meta) if meta.file_type().is_socket() => match socket_owner::listening_on(path, meta.dev(), meta.ino()) {
+            Ok(None) => std::fs::remove_file(path)
+                .map_err(|e| path_error(format!("cannot remove the stale socket there: {e}"))),
+            Ok(Some(listening)) => Err(path_error(format!(
+                "another receiver is listening on it ({}); stop that one or choose another path",
+                listening.describe()
+            ))),
+            Err(e) => Err(path_error(format!(
+                "a socket is there and whether a receiver listens on it cannot be told ({e}); remove it if none does"
+            ))),
+        },
         Ok(meta) => {
             let what = if meta.is_dir() {
                 "a directory"
@@ -81,9 +93,10 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds at `path` and listens for one sender. An existing socket file at the path
-    /// is removed; anything else there is refused and left untouched. The socket file
-    /// gets the permission bits `mode` (at most 0o777): who may connect.
+    /// Binds at `path` and listens for one sender. A stale socket file at the path (one
+    /// nobody listens on) is removed; a live one, or anything else there, is refused and
+    /// left untouched. The socket file gets the permission bits `mode` (at most 0o777):
+    /// who may connect.
     pub fn bind(path: &Path, mode: u32) -> Result<Listener, Error> {
         if mode & !0o777 != 0 {
             return Err(Error::SocketPath {

@@ -24,10 +24,6 @@ fn stats(element: &gst::Element) -> gst::Structure {
     element.property::<gst::Structure>("stats")
 }
 
-fn stat(s: &gst::Structure, name: &str) -> u64 {
-    s.get::<u64>(name).unwrap_or_else(|_| panic!("no {name} in {s}"))
-}
-
 /// `appsrc ! qtisocketsink` (both named), PLAYING.
 fn sender_pipeline(socket: &Path, caps: &str, sink_properties: &str) -> (gst::Pipeline, gst_app::AppSrc, gst::Element) {
     init();
@@ -359,12 +355,16 @@ fn videotestsrc_frames_reach_a_receiver_process_without_a_copy() {
     finish(receiver);
 
     let frame_size = 320 * 240 * 3 / 2;
-    assert_eq!(stat(&s, "copies"), 0, "{s}");
-    assert_eq!(stat(&s, "bytes-copied"), 0, "{s}");
-    assert_eq!(stat(&s, "buffers-sent"), 60, "{s}");
-    assert_eq!(stat(&s, "bytes-described"), 60 * frame_size as u64, "{s}");
-    assert!(stat(&s, "fds-sent") <= 16, "pooled frames cross as fds once per pool buffer: {s}");
-    assert_eq!((stat(&s, "returns"), stat(&s, "in-flight")), (60, 0), "every frame came back by EOS: {s}");
+    assert_eq!(stat::<u64>(&s, "copies"), 0, "{s}");
+    assert_eq!(stat::<u64>(&s, "bytes-copied"), 0, "{s}");
+    assert_eq!(stat::<u64>(&s, "buffers-sent"), 60, "{s}");
+    assert_eq!(stat::<u64>(&s, "bytes-described"), 60 * frame_size as u64, "{s}");
+    assert!(stat::<u64>(&s, "fds-sent") <= 16, "pooled frames cross as fds once per pool buffer: {s}");
+    assert_eq!(
+        (stat::<u64>(&s, "returns"), stat::<u64>(&s, "in-flight")),
+        (60, 0),
+        "every frame came back by EOS: {s}"
+    );
     let expected = smpte_frame(NV12_320X240);
     let received = frames(&out, frame_size);
     assert_eq!(received.len(), 60);
@@ -401,10 +401,10 @@ fn system_memory_frames_are_copied_once_into_memfds_and_counted() {
     pipeline.set_state(gst::State::Null).unwrap();
     finish(receiver);
 
-    assert_eq!((stat(&s, "copies"), stat(&s, "bytes-copied")), (20, 20 * 4608), "{s}");
-    assert_eq!(stat(&s, "buffers-sent"), 20, "{s}");
-    assert!(stat(&s, "fds-sent") <= 16, "copies come from a pool: {s}");
-    assert_eq!(stat(&s, "in-flight"), 0, "{s}");
+    assert_eq!((stat::<u64>(&s, "copies"), stat::<u64>(&s, "bytes-copied")), (20, 20 * 4608), "{s}");
+    assert_eq!(stat::<u64>(&s, "buffers-sent"), 20, "{s}");
+    assert!(stat::<u64>(&s, "fds-sent") <= 16, "copies come from a pool: {s}");
+    assert_eq!(stat::<u64>(&s, "in-flight"), 0, "{s}");
     let received = frames(&out, 4608);
     assert_eq!(received, (0..20).map(frame).collect::<Vec<_>>());
     assert_no_glib_warnings();
@@ -512,7 +512,7 @@ fn tensors_and_text_go_through_ours_to_ours() {
     assert_eq!(u64::from_le_bytes(received.peek_memory(0).map_readable().unwrap()[..8].try_into().unwrap()), 11);
     assert_eq!(received.peek_memory(1).map_readable().unwrap().as_slice(), [1, 2, 3, 4]);
     drop(sample);
-    assert_eq!(stat(&stats(&sink), "copies"), 1);
+    assert_eq!(stat::<u64>(&sink, "copies"), 1);
     src.end_of_stream().unwrap();
     assert_eq!(wait_end(&pipeline), None);
     pipeline.set_state(gst::State::Null).unwrap();
@@ -545,8 +545,8 @@ fn without_a_receiver_buffers_are_dropped_or_wait_as_configured() {
     for i in 0..5 {
         src.push_buffer(gst::Buffer::from_slice(format!("early {i}").into_bytes())).unwrap();
     }
-    wait_until("5 buffers were dropped", || stat(&stats(&sink), "dropped") == 5);
-    assert_eq!(stat(&stats(&sink), "buffers-sent"), 0);
+    wait_until("5 buffers were dropped", || stat::<u64>(&sink, "dropped") == 5);
+    assert_eq!(stat::<u64>(&sink, "buffers-sent"), 0);
     pipeline.set_state(gst::State::Null).unwrap();
 
     let (pipeline, src, sink) = sender_pipeline(&socket, "text/x-raw,format=utf8", "wait-for-receiver=true");
@@ -560,7 +560,7 @@ fn without_a_receiver_buffers_are_dropped_or_wait_as_configured() {
         assert_eq!(sample.buffer().unwrap().map_readable().unwrap().as_slice(), format!("kept {i}").as_bytes());
     }
     let s = stats(&sink);
-    assert_eq!((stat(&s, "dropped"), stat(&s, "buffers-sent")), (0, 5), "{s}");
+    assert_eq!((stat::<u64>(&s, "dropped"), stat::<u64>(&s, "buffers-sent")), (0, 5), "{s}");
     pipeline.set_state(gst::State::Null).unwrap();
     receiver.set_state(gst::State::Null).unwrap();
     assert_no_glib_warnings();
@@ -645,13 +645,13 @@ fn a_new_pool_reusing_fd_numbers_gets_its_fds_sent_again() {
         }
         // Every buffer back in the pool, then the pool and its memfds are gone: the next
         // pool's memfds get the same fd numbers.
-        wait_until("every buffer came back", || stat(&stats(&sink), "in-flight") == 0);
+        wait_until("every buffer came back", || stat::<u64>(&sink, "in-flight") == 0);
         pool.set_active(false).unwrap();
     }
     let (first, second) = fd_numbers.split_at(4);
     assert!(second.iter().any(|fd| first.contains(fd)), "the test needs reused fd numbers: {fd_numbers:?}");
     // Each pool's 2 memfds crossed the socket once: 4 in all, though the numbers repeat.
-    assert_eq!(stat(&stats(&sink), "fds-sent"), 4);
+    assert_eq!(stat::<u64>(&sink, "fds-sent"), 4);
     src.end_of_stream().unwrap();
     assert_eq!(wait_end(&pipeline), None);
     pipeline.set_state(gst::State::Null).unwrap();

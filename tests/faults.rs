@@ -22,11 +22,6 @@ use gstqtisocket::{Error, Event, Receiver, DEFAULT_SOCKET_MODE};
 const WAIT: Duration = Duration::from_secs(10);
 
 
-fn stat<T: for<'a> gst::glib::value::FromValue<'a> + 'static>(element: &gst::Element, field: &str) -> T {
-    let stats = element.property::<gst::Structure>("stats");
-    stats.get::<T>(field).unwrap_or_else(|_| panic!("no {field} in {stats}"))
-}
-
 /// The next message of one of `types` on `running`'s bus, or None after `WAIT`.
 fn next(running: &Running, types: &[gst::MessageType]) -> Option<gst::Message> {
     running.0.bus().unwrap().timed_pop_filtered(gst::ClockTime::from_seconds(WAIT.as_secs()), types)

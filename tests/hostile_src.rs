@@ -172,10 +172,6 @@ fn tell(name: &str, lie: &Lie, scene: &Scene, valid_index: u64, expected: &mut V
     assert_eq!(*scene.seen.lock().unwrap(), *expected, "{name}: the sink got other buffers than the valid ones");
 }
 
-fn stat(src: &gst::Element, field: &str) -> u64 {
-    src.property::<gst::Structure>("stats").get(field).unwrap()
-}
-
 /// Tells `lies`, in order, to one `qtisocketsrc` pipeline from one sender.
 fn run(lies: &[(&str, Lie)]) {
     let _serial = serial();
@@ -199,8 +195,8 @@ fn run(lies: &[(&str, Lie)]) {
         for (i, (name, lie)) in lies.iter().enumerate() {
             tell(name, lie, &scene, FIRST_VALID_INDEX + i as u64, &mut expected);
         }
-        assert_eq!(stat(&scene.src, "protocol-errors"), lies.len() as u64);
-        assert_eq!(stat(&scene.src, "buffers"), expected.len() as u64);
+        assert_eq!(stat::<u64>(&scene.src, "protocol-errors"), lies.len() as u64);
+        assert_eq!(stat::<u64>(&scene.src, "buffers"), expected.len() as u64);
     }
     let names: Vec<&str> = lies.iter().map(|(name, _)| *name).collect();
     assert_eq!(open_test_memfds(), Vec::<u64>::new(), "sender memfds outlived the pipeline: {names:?}");

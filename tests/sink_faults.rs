@@ -20,18 +20,6 @@ fn receiver_process(dir: &TempDir, tail: &str) -> Child {
     gst_launch_child(dir, &format!("qtisocketsrc socket=SOCKET ! {CAPS} ! {tail}"))
 }
 
-fn stat(sink: &gst::Element, name: &str) -> u64 {
-    let s = sink.property::<gst::Structure>("stats");
-    s.get::<u64>(name)
-        .unwrap_or_else(|_| panic!("no {name} in {s}"))
-}
-
-fn connected(sink: &gst::Element) -> bool {
-    sink.property::<gst::Structure>("stats")
-        .get::<bool>("connected")
-        .unwrap()
-}
-
 
 fn fd_targets() -> Vec<String> {
     std::fs::read_dir("/proc/self/fd")
@@ -80,18 +68,18 @@ fn receiver_killed_and_restarted_three_times_the_stream_resumes_and_nothing_is_h
     pipeline.set_state(gst::State::Playing).unwrap();
     for round in 0..3 {
         let receiver = receiver_process(&dir, "fakesink");
-        let sent = stat(&sink, "buffers-sent");
+        let sent = stat::<u64>(&sink, "buffers-sent");
         wait_until(&format!("round {round}: the stream resumed"), || {
-            stat(&sink, "buffers-sent") >= sent + 15
+            stat::<u64>(&sink, "buffers-sent") >= sent + 15
         });
         let mut receiver = receiver;
         receiver.kill().unwrap(); // SIGKILL
         receiver.wait().unwrap();
         wait_until(&format!("round {round}: the sender noticed"), || {
-            !connected(&sink)
+            !stat::<bool>(&sink, "connected")
         });
         assert_eq!(
-            stat(&sink, "in-flight"),
+            stat::<u64>(&sink, "in-flight"),
             0,
             "round {round}: buffers held for a dead receiver"
         );
@@ -103,9 +91,9 @@ fn receiver_killed_and_restarted_three_times_the_stream_resumes_and_nothing_is_h
         &dir,
         &format!("filesink buffer-mode=unbuffered location={}", out.display()),
     );
-    let sent = stat(&sink, "buffers-sent");
+    let sent = stat::<u64>(&sink, "buffers-sent");
     wait_until("the stream resumed a fourth time", || {
-        stat(&sink, "buffers-sent") >= sent + 15
+        stat::<u64>(&sink, "buffers-sent") >= sent + 15
     });
     pipeline.send_event(gst::event::Eos::new());
     let bus = pipeline.bus().unwrap();
@@ -116,8 +104,8 @@ fn receiver_killed_and_restarted_three_times_the_stream_resumes_and_nothing_is_h
         )
         .expect("EOS");
     assert!(matches!(end.view(), gst::MessageView::Eos(_)), "{end:?}");
-    assert_eq!(stat(&sink, "in-flight"), 0, "buffers still held after EOS");
-    assert_eq!(stat(&sink, "reconnects"), 3);
+    assert_eq!(stat::<u64>(&sink, "in-flight"), 0, "buffers still held after EOS");
+    assert_eq!(stat::<u64>(&sink, "reconnects"), 3);
     let output = receiver.wait_with_output().unwrap();
     assert!(
         output.status.success(),

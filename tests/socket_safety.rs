@@ -170,9 +170,9 @@ fn qtisocketsrc_takes_mode_and_allowed_uids_from_gst_launch_syntax_and_warns_on_
     assert_eq!(mode_of(&socket), 0o666);
     assert!(!finish_replay(child).0);
     let stats = src.property::<gst::Structure>("stats");
-    assert_eq!(stats.get::<u64>("senders-refused").unwrap(), 1);
-    assert_eq!(stats.get::<u64>("buffers").unwrap(), 0);
-    assert_eq!(stats.get::<i64>("peer-uid").unwrap(), -1);
+    assert_eq!(stat::<u64>(&stats, "senders-refused"), 1);
+    assert_eq!(stat::<u64>(&stats, "buffers"), 0);
+    assert_eq!(stat::<i64>(&stats, "peer-uid"), -1);
     // Still playing, still listening.
     assert_eq!(src.current_state(), gst::State::Playing);
     assert!(socket.exists());
@@ -196,7 +196,7 @@ fn qtisocketsrc_reports_the_connected_senders_credentials() {
     let (probe_seen, probe_src) = (seen.clone(), src.clone());
     src.static_pad("src").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, _| {
         let stats = probe_src.property::<gst::Structure>("stats");
-        *probe_seen.lock().unwrap() = Some((stats.get::<i64>("peer-pid").unwrap(), stats.get::<i64>("peer-uid").unwrap()));
+        *probe_seen.lock().unwrap() = Some((stat::<i64>(&stats, "peer-pid"), stat::<i64>(&stats, "peer-uid")));
         gst::PadProbeReturn::Ok
     });
     let child = sender(&socket, 5000);

@@ -57,9 +57,13 @@ pub fn first8(fd: BorrowedFd<'_>) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// How many threads this process runs.
+/// How many threads this process runs: the kernel's count (`Threads:` in
+/// /proc/self/status), exact at one instant, where listing /proc/self/task can miss a
+/// thread while another exits.
 pub fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap();
+    line["Threads:".len()..].trim().parse().unwrap()
 }
 
 /// Waits (up to 5 s) until this process runs no more than `limit` threads once GLib's
@@ -96,6 +100,32 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count() - 1 // read_dir's own fd
 }
 
+/// What a `stats` structure is read from: an element (its `stats` property, read now) or
+/// a structure read before.
+pub trait HasStats {
+    fn stats_structure(&self) -> gst::Structure;
+}
+
+impl HasStats for gst::Element {
+    fn stats_structure(&self) -> gst::Structure {
+        use gst::prelude::*;
+        self.property("stats")
+    }
+}
+
+impl HasStats for gst::Structure {
+    fn stats_structure(&self) -> gst::Structure {
+        self.clone()
+    }
+}
+
+/// Field `field` of the stats, as a `T`: `stat::<u64>(&src, "buffers")`,
+/// `stat::<bool>(&sink, "connected")`. Fails the test, naming the field and showing the
+/// structure, if there is no such field of that type.
+pub fn stat<T: for<'a> glib::value::FromValue<'a> + 'static>(from: &impl HasStats, field: &str) -> T {
+    let stats = from.stats_structure();
+    stats.get::<T>(field).unwrap_or_else(|e| panic!("no {field} in {stats}: {e}"))
+}
 
 /// The bundled replay sender, playing `capture` into `socket` in a child process.
 pub fn spawn_replay(socket: &Path, capture_name: &str, extra: &[&str]) -> Child {
