@@ -1,6 +1,7 @@
 //! The GStreamer elements, built on the receiver and sender: memories, metas, caps,
 //! properties, state changes. No socket code here.
 
+mod caps;
 mod meta;
 mod socketsink;
 mod socketsrc;
