@@ -2,7 +2,7 @@
 //! properties, state changes. No socket code here.
 
 mod caps;
-mod meta;
+pub(crate) mod meta;
 mod socketsink;
 mod socketsrc;
 
