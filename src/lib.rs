@@ -19,6 +19,12 @@ pub use receiver::{
     DEFAULT_SOCKET_MODE,
 };
 pub use sender::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent};
+/// The vendor's meta layouts (`GstMLTensorMeta`, `GstVideoClassificationMeta`,
+/// `GstVideoLandmarksMeta` and their array elements) as the elements read and write them:
+/// for the tests, which register and read those metas as the vendor's libraries do. Not a
+/// stable API.
+#[doc(hidden)]
+pub use elements::meta::vendor as vendor_meta;
 
 use std::path::PathBuf;
 

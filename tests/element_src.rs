@@ -20,6 +20,9 @@ use gstqtisocket::protocol::{
     ClassLabel, ClassMeta, FramePayload, Keypoint, LandmarksMeta, Link, MemoryBlock, Metas, ProtectionMeta,
     CLOCK_TIME_NONE,
 };
+use gstqtisocket::vendor_meta::{
+    TensorMeta, VendorClassLabel, VendorClassificationMeta, VendorKeypoint, VendorKeypointLink, VendorLandmarksMeta,
+};
 use gstqtisocket::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -245,19 +248,6 @@ fn unpooled_video_with_open_caps_derives_them_from_the_messages() {
         [5, 5, 5, 0]
     );
     assert_no_glib_warnings();
-}
-
-/// The tensor meta layout of the spec (`GstMLTensorMeta`).
-#[repr(C)]
-struct TensorMeta {
-    meta: gst::ffi::GstMeta,
-    id: u32,
-    name: u32,
-    tensor_type: u32,
-    n_dimensions: u32,
-    dimensions: [u32; 8],
-    qscale: f32,
-    qoffset: f32,
 }
 
 fn tensor_metas(b: &gst::BufferRef) -> Vec<(u32, u32, Vec<u32>, f32)> {
@@ -844,43 +834,6 @@ fn gst_launch_receives_video_and_text_from_another_process() {
 // Alone in a process
 
 
-// The vendor's layouts (gst-plugins-imsdk), as a test double registers them.
-#[repr(C)]
-struct VendorClassLabel {
-    name: u32,
-    confidence: f64,
-    color: u32,
-    xtraparams: *mut gst::ffi::GstStructure,
-}
-
-#[repr(C)]
-struct VendorClassificationMeta {
-    meta: gst::ffi::GstMeta,
-    id: u32,
-    parent_id: i32,
-    labels: *mut glib::ffi::GArray,
-}
-
-#[repr(C)]
-struct VendorKeypoint {
-    name: u32,
-    confidence: f64,
-    color: u32,
-    x: i32,
-    y: i32,
-}
-
-#[repr(C)]
-struct VendorLandmarksMeta {
-    meta: gst::ffi::GstMeta,
-    id: u32,
-    parent_id: i32,
-    confidence: f64,
-    keypoints: *mut glib::ffi::GArray,
-    links: *mut glib::ffi::GArray,
-    xtraparams: *mut gst::ffi::GstStructure,
-}
-
 unsafe extern "C" fn vendor_init(
     meta: *mut gst::ffi::GstMeta,
     _: glib::ffi::gpointer,
@@ -891,7 +844,8 @@ unsafe extern "C" fn vendor_init(
     unsafe {
         let info = (*meta).info;
         let size = (*info).size;
-        std::ptr::write_bytes((meta as *mut u8).add(16), 0, size - 16);
+        let header = std::mem::size_of::<gst::ffi::GstMeta>();
+        std::ptr::write_bytes((meta as *mut u8).add(header), 0, size - header);
         if size == std::mem::size_of::<TensorMeta>() {
             (*(meta as *mut TensorMeta)).qscale = 2.0;
         }
@@ -921,8 +875,18 @@ fn register_vendor_metas() {
     type Free = unsafe extern "C" fn(*mut gst::ffi::GstMeta, *mut gst::ffi::GstBuffer);
     let metas: [(&std::ffi::CStr, &std::ffi::CStr, usize, Option<Free>); 3] = [
         (c"GstMLTensorMetaAPI", c"GstMLTensorMeta", std::mem::size_of::<TensorMeta>(), None),
-        (c"GstVideoClassificationMetaAPI", c"GstVideoClassificationMeta", 32, Some(vendor_class_free)),
-        (c"GstVideoLandmarksMetaAPI", c"GstVideoLandmarksMeta", 56, Some(vendor_landmarks_free)),
+        (
+            c"GstVideoClassificationMetaAPI",
+            c"GstVideoClassificationMeta",
+            std::mem::size_of::<VendorClassificationMeta>(),
+            Some(vendor_class_free),
+        ),
+        (
+            c"GstVideoLandmarksMetaAPI",
+            c"GstVideoLandmarksMeta",
+            std::mem::size_of::<VendorLandmarksMeta>(),
+            Some(vendor_landmarks_free),
+        ),
     ];
     for (api, implementation, size, free) in metas {
         // SAFETY: NUL-terminated names and tags, functions matching the sizes.
@@ -1024,7 +988,8 @@ fn vendor_metas_are_attached_when_the_vendor_registered_them() {
         keypoints.iter().map(|k| (quark_name(k.name), k.x, k.y)).collect::<Vec<_>>(),
         [("nose".into(), 10, 11), ("eye".into(), 12, 13)]
     );
-    assert_eq!(g_array::<[u32; 2]>(landmarks.links), [[0, 1]]);
+    let links = g_array::<VendorKeypointLink>(landmarks.links);
+    assert_eq!(links.iter().map(|l| (l.s_kp_idx, l.d_kp_idx)).collect::<Vec<_>>(), [(0, 1)]);
     // SAFETY: a structure owned by the meta.
     assert_eq!(unsafe { gst::StructureRef::from_glib_borrow(landmarks.xtraparams) }.name(), "Pose");
     drop(video);

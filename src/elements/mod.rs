@@ -1,7 +1,8 @@
 //! The GStreamer elements, built on the receiver and sender: memories, metas, caps,
 //! properties, state changes. No socket code here.
 
-mod meta;
+mod caps;
+pub(crate) mod meta;
 mod socketsink;
 mod socketsrc;
 

@@ -16,7 +16,8 @@ use gst_base::subclass::prelude::*;
 
 use super::link::{Counters, Link, Sent};
 use super::memfd_allocator::MemfdAllocator;
-use super::outgoing::{self, CopyPools, Format, Refusal};
+use super::outgoing::{self, CopyPools, Refusal};
+use crate::elements::caps::Format;
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(

@@ -7,87 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use gst::prelude::*;
-use gst::glib::translate::IntoGlib;
 
 use super::memfd_allocator::MemfdAllocator;
+use crate::elements::caps::{frame_from, Format};
 use crate::elements::meta;
-use crate::protocol::{
-    FramePayload, MemoryBlock, Metas, TensorPayload, TensorType, TextPayload, MAX_MEMORY_BLOCKS, MAX_PLANES,
-    MAX_TENSOR_DIMENSIONS, MAX_TEXT_LEN,
-};
+use crate::protocol::{MemoryBlock, Metas, TensorPayload, TextPayload, MAX_PLANES, MAX_TENSOR_DIMENSIONS, MAX_TEXT_LEN};
 use crate::{OutgoingBlock, OutgoingBuffer};
 
 /// Buffers each copy pool may have out at once: a receiver that keeps more makes
 /// `render` wait (memory stays bounded).
 const COPY_POOL_MAX_BUFFERS: u32 = 16;
-
-/// What the negotiated caps say the buffers hold.
-#[derive(Debug, Clone)]
-pub(super) enum Format {
-    Video(gst_video::VideoInfo),
-    Tensors { tensor_type: TensorType, dimensions: Vec<Vec<u32>> },
-    Text,
-}
-
-impl Format {
-    pub(super) fn from_caps(caps: &gst::CapsRef) -> Result<Format, String> {
-        let s = caps.structure(0).ok_or("empty caps")?;
-        match s.name().as_str() {
-            "video/x-raw" => gst_video::VideoInfo::from_caps(caps)
-                .map(Format::Video)
-                .map_err(|e| format!("video caps {caps} do not describe a frame: {e}")),
-            "text/x-raw" => Ok(Format::Text),
-            "neural-network/tensors" => tensor_caps(s).map_err(|e| format!("tensor caps {caps}: {e}")),
-            other => Err(format!("media type {other} is not video/x-raw, neural-network/tensors or text/x-raw")),
-        }
-    }
-
-    /// The size of block `index` when the caps say it (video frame, tensor).
-    fn block_size(&self, index: usize) -> Option<usize> {
-        match self {
-            Format::Video(info) => Some(info.size()),
-            Format::Tensors { tensor_type, dimensions } => {
-                let elements: usize = dimensions.get(index)?.iter().map(|&d| d as usize).product();
-                Some(elements * element_size(*tensor_type))
-            }
-            Format::Text => None,
-        }
-    }
-}
-
-fn element_size(tensor_type: TensorType) -> usize {
-    use TensorType::*;
-    match tensor_type {
-        Unknown | Int8 | Uint8 => 1,
-        Int16 | Uint16 | Float16 => 2,
-        Int32 | Uint32 | Float32 => 4,
-        Int64 | Uint64 => 8,
-    }
-}
-
-fn tensor_caps(s: &gst::StructureRef) -> Result<Format, String> {
-    let name = s.get::<&str>("type").map_err(|_| "no string field 'type'")?;
-    let tensor_type = (0..=10)
-        .filter_map(TensorType::from_u32)
-        .find(|t| t.name() == name)
-        .ok_or_else(|| format!("unknown tensor type {name}"))?;
-    let arrays = s.get::<gst::Array>("dimensions").map_err(|_| "no array field 'dimensions'")?;
-    let mut dimensions = Vec::new();
-    for inner in arrays.iter() {
-        let inner = inner.get::<gst::Array>().map_err(|_| "'dimensions' is not an array of arrays")?;
-        let dims: Result<Vec<u32>, _> =
-            inner.iter().map(|d| d.get::<i32>().ok().and_then(|d| u32::try_from(d).ok())).map(|d| d.ok_or(())).collect();
-        let dims = dims.map_err(|_| "a dimension is not a non-negative integer")?;
-        if dims.len() > MAX_TENSOR_DIMENSIONS {
-            return Err(format!("a tensor has {} dimensions; the protocol carries at most 8", dims.len()));
-        }
-        dimensions.push(dims);
-    }
-    if !(1..=MAX_MEMORY_BLOCKS).contains(&dimensions.len()) {
-        return Err(format!("{} tensors; the protocol carries 1..=10 per buffer", dimensions.len()));
-    }
-    Ok(Format::Tensors { tensor_type, dimensions })
-}
 
 /// Pools of memfd-backed buffers to copy memory without an fd into, one per block index.
 #[derive(Default)]
@@ -314,34 +243,6 @@ fn prepare_video(
         }
     }
     Ok(())
-}
-
-fn frame_from(
-    format: gst_video::VideoFormat,
-    width: u32,
-    height: u32,
-    offsets: &[usize],
-    strides: &[i32],
-    flags: u32,
-) -> FramePayload {
-    let n_planes = gst_video::VideoFormatInfo::from_format(format).n_planes();
-    let mut frame = FramePayload {
-        width,
-        height,
-        format: format.into_glib() as u32,
-        n_planes,
-        offsets: [0; MAX_PLANES],
-        strides: [0; MAX_PLANES],
-        flags,
-        size: 0,
-        maxsize: 0,
-    };
-    let n = (n_planes as usize).min(MAX_PLANES).min(offsets.len()).min(strides.len());
-    for i in 0..n {
-        frame.offsets[i] = offsets[i] as u64;
-        frame.strides[i] = strides[i];
-    }
-    frame
 }
 
 fn prepare_tensors(

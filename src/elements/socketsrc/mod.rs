@@ -6,6 +6,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod memory;
 
 glib::wrapper! {
     /// The `qtisocketsrc` element.
