@@ -14,12 +14,12 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use super::link::{Counters, Link, Sent};
+use super::link::{Counters, Link, LinkEvent, Sent};
 use super::memfd_allocator::MemfdAllocator;
 use super::outgoing::{self, CopyPools, Refusal};
 use crate::elements::caps::Format;
 
-pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "qtisocketsink",
         gst::DebugColorFlags::empty(),
@@ -172,7 +172,15 @@ impl BaseSinkImpl for QtiSocketSink {
                 ["Set the 'socket' property to the path a qtisocketsrc listens on"]
             )
         })?;
-        let link = Link::start(PathBuf::from(&socket), &self.obj()).map_err(|e| {
+        let element = self.obj().downgrade();
+        let path = socket.clone();
+        // Weak: the element owns the link, and the link this callback.
+        let report = Box::new(move |event: LinkEvent| {
+            if let Some(element) = element.upgrade() {
+                log_link_event(&element, &path, event);
+            }
+        });
+        let link = Link::start(PathBuf::from(&socket), report).map_err(|e| {
             gst::error_msg!(gst::ResourceError::Failed, ("Cannot start the connection thread for {}: {}", socket, e))
         })?;
         *lock(&self.link) = Some(Arc::new(link));
@@ -278,6 +286,34 @@ impl BaseSinkImpl for QtiSocketSink {
         }
         self.copy_pools.set_flushing(false);
         Ok(())
+    }
+}
+
+/// Logs what the link reports. `socket`: the path it connects to.
+fn log_link_event(element: &super::QtiSocketSink, socket: &str, event: LinkEvent) {
+    match event {
+        LinkEvent::Connected => gst::info!(CAT, obj = element, "connected to the receiver at {socket}"),
+        LinkEvent::Disconnect { still_out, again: false } => gst::debug!(
+            CAT,
+            obj = element,
+            "the receiver disconnected; connecting again once its {still_out} buffers are back"
+        ),
+        LinkEvent::Disconnect { still_out, again: true } => gst::debug!(
+            CAT,
+            obj = element,
+            "the receiver disconnected again while {still_out} buffers are still out; still draining"
+        ),
+        LinkEvent::SendFailed(e) => gst::warning!(CAT, obj = element, "sending failed, the receiver is gone: {e}"),
+        LinkEvent::EosFailed(e) => gst::warning!(CAT, obj = element, "cannot send EOS: {e}"),
+        LinkEvent::ReceiverGone => {
+            gst::info!(CAT, obj = element, "the receiver closed the connection; connecting again")
+        }
+        LinkEvent::ReceiverFailed(e) => {
+            gst::warning!(CAT, obj = element, "the receiver broke the protocol: {e}; connecting again")
+        }
+        LinkEvent::Drained => {
+            gst::info!(CAT, obj = element, "the receiver disconnected and has every buffer back; connecting again")
+        }
     }
 }
 

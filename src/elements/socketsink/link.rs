@@ -5,6 +5,9 @@
 //!
 //! Only the thread changes the connection (connects, closes); `render` only marks it
 //! broken. The thread polls a duplicate of the socket fd, so it waits without the lock.
+//!
+//! The link knows no element: it tells the element what happened through a
+//! [`LinkEvent`] callback, called outside the lock, and the element logs it.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
@@ -14,8 +17,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::elements::lock;
-use gst::glib;
-use gst::prelude::*;
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 
 use super::outgoing::Prepared;
@@ -23,7 +24,6 @@ use crate::{Error, Sender, SenderEvent};
 
 /// How often the deployed sink retries `connect()`; ours too.
 const CONNECT_RETRY: Duration = Duration::from_millis(10);
-
 
 /// What the `stats` property shows.
 #[derive(Debug, Clone, Default)]
@@ -53,11 +53,57 @@ pub(super) enum Sent {
     Invalid(String),
 }
 
+/// What happened on the link, for the element to report.
+#[derive(Debug)]
+pub(super) enum LinkEvent {
+    /// A receiver took the connection.
+    Connected,
+    /// The receiver said `DISCONNECT` (it paused): nothing more is sent, and the link
+    /// connects again once the `still_out` buffers are back. `again`: the link was
+    /// already draining (a receiver that paused twice), which changes nothing.
+    Disconnect { still_out: usize, again: bool },
+    /// Sending a buffer failed: the connection is given up (drained, then closed).
+    SendFailed(Error),
+    /// Sending EOS failed.
+    EosFailed(Error),
+    /// The receiver hung up; the link connects again.
+    ReceiverGone,
+    /// The receiver broke the protocol (or its socket failed); the link hung up and
+    /// connects again.
+    ReceiverFailed(Error),
+    /// Every buffer came back after a `DISCONNECT` or a failed send; the link hung up
+    /// and connects again.
+    Drained,
+}
+
+/// How the link tells the element what happened. Called from the link's thread and
+/// from `send`/`send_eos`, never with the link's lock held: it may read the counters.
+pub(super) type Report = Box<dyn Fn(LinkEvent) + Send + Sync>;
+
 enum Phase {
     Connecting,
     Connected(Sender),
     /// After `DISCONNECT` or a failed send: sends nothing more, closes once nothing is out.
     Draining(Sender),
+}
+
+impl Phase {
+    /// Stops sending on the connection. The peer may say `DISCONNECT` again before the
+    /// first is drained (a receiver that pauses twice while it keeps its last buffer),
+    /// and a send may fail while draining: a phase that is not `Connected` stays as it
+    /// is. Returns whether it was draining (or closed) already.
+    fn start_draining(&mut self) -> bool {
+        match std::mem::replace(self, Phase::Connecting) {
+            Phase::Connected(sender) => {
+                *self = Phase::Draining(sender);
+                false
+            }
+            other => {
+                *self = other;
+                true
+            }
+        }
+    }
 }
 
 /// A sent buffer awaiting its return: the GstBuffers that own its fds, and the buf_ids
@@ -105,7 +151,7 @@ struct Shared {
     changed: Condvar,
     /// Wakes the thread from its poll (stop, or a send that failed).
     wake: OwnedFd,
-    element: glib::WeakRef<super::QtiSocketSink>,
+    report: Report,
 }
 
 impl Shared {
@@ -122,7 +168,8 @@ pub(super) struct Link {
 }
 
 impl Link {
-    pub(super) fn start(socket: PathBuf, element: &super::QtiSocketSink) -> std::io::Result<Link> {
+    /// Starts the thread that connects to `socket`; what happens is told to `report`.
+    pub(super) fn start(socket: PathBuf, report: Report) -> std::io::Result<Link> {
         let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         let shared = Arc::new(Shared {
             socket,
@@ -136,7 +183,7 @@ impl Link {
             }),
             changed: Condvar::new(),
             wake,
-            element: element.downgrade(),
+            report,
         });
         let thread = std::thread::Builder::new().name("qtisocketsink".into()).spawn({
             let shared = shared.clone();
@@ -187,14 +234,10 @@ impl Link {
             }
             Err(Error::InvalidBuffer(reason)) => Sent::Invalid(reason),
             Err(e) => {
-                if let Some(element) = self.shared.element.upgrade() {
-                    gst::warning!(super::imp::CAT, obj = element, "sending failed, the receiver is gone: {e}");
-                }
-                if let Phase::Connected(sender) = std::mem::replace(&mut state.phase, Phase::Connecting) {
-                    state.phase = Phase::Draining(sender);
-                }
+                state.phase.start_draining();
                 state.counters.dropped += 1;
                 drop(state);
+                (self.shared.report)(LinkEvent::SendFailed(e));
                 self.shared.wake_thread();
                 Sent::Dropped
             }
@@ -206,12 +249,14 @@ impl Link {
     pub(super) fn send_eos(&self, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         let mut state = lock(&self.shared.state);
-        if let Phase::Connected(sender) = &mut state.phase {
-            if let Err(e) = sender.send_eos() {
-                if let Some(element) = self.shared.element.upgrade() {
-                    gst::warning!(super::imp::CAT, obj = element, "cannot send EOS: {e}");
-                }
-            }
+        let failed = match &mut state.phase {
+            Phase::Connected(sender) => sender.send_eos().err(),
+            _ => None,
+        };
+        if let Some(e) = failed {
+            drop(state);
+            (self.shared.report)(LinkEvent::EosFailed(e));
+            state = lock(&self.shared.state);
         }
         while !state.held.is_empty() && !state.flushing {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -286,53 +331,49 @@ fn try_connect(shared: &Shared) -> Option<OwnedFd> {
     state.phase = Phase::Connected(sender);
     drop(state);
     shared.changed.notify_all();
-    if let Some(element) = shared.element.upgrade() {
-        gst::info!(super::imp::CAT, obj = element, "connected to the receiver at {}", shared.socket.display());
-    }
+    (shared.report)(LinkEvent::Connected);
     Some(fd)
 }
 
 /// Handles everything the receiver has said. False once the connection is closed.
 fn serve(shared: &Shared) -> bool {
     let mut released = Vec::new();
+    let mut events = Vec::new();
     let mut state = lock(&shared.state);
-    let mut gone = None;
+    let mut ended = None;
     loop {
         let sender = match &mut state.phase {
             Phase::Connected(sender) | Phase::Draining(sender) => sender,
-            Phase::Connecting => unreachable!("only this thread closes"),
+            // Only this thread closes, so never; were it so, there is nothing to read.
+            Phase::Connecting => break,
         };
         match sender.next_event(Some(Duration::ZERO)) {
             Ok(None) => break,
             Ok(Some(SenderEvent::Returned(ids))) => state.on_returned(&ids, &mut released),
             Ok(Some(SenderEvent::Disconnect)) => {
-                if let Phase::Connected(sender) = std::mem::replace(&mut state.phase, Phase::Connecting) {
-                    state.phase = Phase::Draining(sender);
-                }
+                let again = state.phase.start_draining();
+                events.push(LinkEvent::Disconnect { still_out: state.held.len(), again });
             }
             Ok(Some(SenderEvent::ReceiverGone)) => {
-                gone = Some("the receiver closed the connection".to_string());
+                ended = Some(LinkEvent::ReceiverGone);
                 break;
             }
             Err(e) => {
-                gone = Some(format!("the receiver broke the protocol: {e}"));
+                ended = Some(LinkEvent::ReceiverFailed(e));
                 break;
             }
         }
     }
     let drained = matches!(&state.phase, Phase::Draining(sender) if sender.in_flight() == 0);
-    let closing = gone.is_some() || drained || state.stopping;
+    let closing = ended.is_some() || drained || state.stopping || matches!(state.phase, Phase::Connecting);
     if closing {
         state.close(&mut released);
     }
     drop(state);
     shared.changed.notify_all();
-    if let Some(element) = shared.element.upgrade() {
-        if let Some(reason) = &gone {
-            gst::info!(super::imp::CAT, obj = element, "{reason}; connecting again");
-        } else if drained {
-            gst::info!(super::imp::CAT, obj = element, "the receiver disconnected and has every buffer back; connecting again");
-        }
+    events.extend(ended.or(drained.then_some(LinkEvent::Drained)));
+    for event in events {
+        (shared.report)(event);
     }
     // Pooled buffers go back to their pools outside the lock.
     drop(released);
