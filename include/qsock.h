@@ -105,7 +105,7 @@ typedef struct qsock_buffer qsock_buffer;
 
 // A receiver: the listening socket, the connected sender and its cached fds. Opaque.
 // Receive from one thread at a time; buffers it gives out may be released from any
-// thread.
+// thread, and its fd, counters and DISCONNECT are reachable from any thread too.
 typedef struct qsock_receiver qsock_receiver;
 
 // A connection to a receiver. Opaque. Use it from one thread at a time.
@@ -414,10 +414,13 @@ int qsock_receiver_get_fd(const qsock_receiver *receiver);
 
 // Sends DISCONNECT to the sender, as the deployed receiver does when it pauses: the
 // sender stops sending, waits for its buffers to come back, and reconnects later.
-// `QSOCK_SENDER_GONE` if no sender is connected.
+// `QSOCK_SENDER_GONE` if no sender is connected. Safe from any thread, also while
+// another waits in `qsock_receiver_recv_buffer`.
 qsock_status qsock_receiver_send_disconnect(qsock_receiver *receiver);
 
-// Fills `*stats_out` with the receiver's counters.
+// Fills `*stats_out` with the receiver's counters. Safe from any thread, also while
+// another waits in `qsock_receiver_recv_buffer`: it never waits for that call, nor slows
+// it down.
 qsock_status qsock_receiver_get_stats(const qsock_receiver *receiver, qsock_receiver_stats *stats_out);
 
 // Connects to a receiver listening at `socket_path` (one attempt). `QSOCK_IO_ERROR`

@@ -14,7 +14,8 @@ mod ffi;
 mod elements;
 
 pub use receiver::{
-    Event, Interrupter, PeerCredentials, ReceivedBuffer, Receiver, ReceiverOptions, ReceiverStats, DEFAULT_SOCKET_MODE,
+    Event, Interrupter, PeerCredentials, ReceivedBuffer, Receiver, ReceiverHandle, ReceiverOptions, ReceiverStats,
+    DEFAULT_SOCKET_MODE,
 };
 pub use sender::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent};
 

@@ -3,8 +3,8 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
@@ -14,12 +14,15 @@ use crate::protocol::{
     DataMessage, MemoryKind, ReceiverMessage, ReturnMessage, SenderMessage,
     MAX_RECORD_LEN,
 };
-use crate::transport::{wait_readable, Connection, Listener, MessageIn, MessageReader};
+use crate::transport::{Connection, Listener, MessageIn, MessageReader};
 use crate::Error;
 
 /// What [`Receiver::recv`] brought.
 #[derive(Debug)]
 pub enum Event {
+    /// A sender connected (and passed the `allowed_uids` check), with its process
+    /// credentials (`SO_PEERCRED`) when the kernel gave them.
+    SenderConnected(Option<PeerCredentials>),
     /// A buffer; dropping it sends its return to the sender.
     Buffer(ReceivedBuffer),
     /// The sender ended its stream. It may still send more after this.
@@ -29,7 +32,7 @@ pub enum Event {
     SenderGone,
     /// Nothing arrived in time.
     Timeout,
-    /// [`Interrupter::interrupt`] was called.
+    /// [`Interrupter::interrupt`] (or [`ReceiverHandle::interrupt`]) was called.
     Interrupted,
 }
 
@@ -77,6 +80,10 @@ struct Counters {
     protocol_errors: AtomicU64,
     senders_accepted: AtomicU64,
     senders_refused: AtomicU64,
+    /// The current connection's cache size, stored after each message.
+    fds_cached: AtomicU64,
+    /// Times the socket file was found gone and bound again.
+    socket_rebinds: AtomicU64,
 }
 
 /// A snapshot of the receiver's counters.
@@ -98,6 +105,9 @@ pub struct ReceiverStats {
     pub senders_accepted: u64,
     /// Senders disconnected at once because their uid is not in `allowed_uids`.
     pub senders_refused: u64,
+    /// Times the socket file was found removed (the deployed sender unlinks it when it
+    /// handles DISCONNECT) and was bound again at the same path.
+    pub socket_rebinds: u64,
     /// Whether a sender is connected now.
     pub connected: bool,
     /// The connected sender's credentials.
@@ -107,29 +117,60 @@ pub struct ReceiverStats {
 struct Active {
     connection: Arc<Connection>,
     cache: FdCache,
+}
+
+/// What a [`Receiver`] shares with its [`ReceiverHandle`]s and its buffers' returns.
+/// `current` is locked only when a sender comes or goes and by other threads' reads:
+/// never on the per-buffer path.
+struct Shared {
+    counters: Counters,
+    wake: OwnedFd,
+    current: Mutex<Option<Current>>,
+    /// DISCONNECT went to the current sender: what it still sends is answered with a
+    /// return, not delivered (it was sent before the sender stopped: stale by now).
+    disconnecting: AtomicBool,
+}
+
+/// The connected sender, as other threads see it.
+struct Current {
+    connection: Arc<Connection>,
     peer: Option<PeerCredentials>,
+}
+
+impl Shared {
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
+        // Only plain assignments happen under this lock: a poisoned one is still consistent.
+        self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_CONNECTION: u64 = 2;
 const TOKEN_WAKE: u64 = 3;
+const TOKEN_PATH: u64 = 4;
 
 /// The receiving end: binds the socket path and receives buffers.
 ///
 /// Dropping it (or [`Receiver::close`]) answers every message still queued on the
 /// socket with a return, stops reading, closes every cached fd that no buffer still
-/// uses and removes the socket file. Buffers still held stay valid; their returns are
-/// still sent when they are dropped.
+/// uses and removes the socket file (if it is still ours). Buffers still held stay
+/// valid; their returns are still sent when they are dropped.
+///
+/// The socket file is watched (inotify on its directory): when it is removed, as the
+/// deployed sender does when it handles DISCONNECT, the receiver binds the path again
+/// the next time it waits, so that senders can reach it. A file that somebody else put
+/// there is left alone.
 pub struct Receiver {
     listener: Listener,
+    options: ReceiverOptions,
     /// Readable whenever `recv` has something to do: the app's event-loop fd.
     poller: OwnedFd,
-    wake: Arc<OwnedFd>,
+    /// inotify on the socket file's directory; `None` where it cannot be watched.
+    path_watch: Option<OwnedFd>,
+    shared: Arc<Shared>,
     active: Option<Active>,
     record: Box<[u8]>,
     reader: MessageReader,
-    counters: Arc<Counters>,
-    allowed_uids: Vec<u32>,
 }
 
 impl Receiver {
@@ -142,10 +183,6 @@ impl Receiver {
     /// [`Receiver::bind`] with `options`.
     pub fn bind_with(path: impl AsRef<Path>, options: &ReceiverOptions) -> Result<Receiver, Error> {
         let listener = Listener::bind(path.as_ref(), options.socket_mode)?;
-        let io = |what: &str| {
-            let what = what.to_owned();
-            move |e: rustix::io::Errno| Error::Io { what, source: e.into() }
-        };
         let poller = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io("creating the receiver's epoll fd"))?;
         let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
             .map_err(io("creating the receiver's wake-up eventfd"))?;
@@ -155,15 +192,24 @@ impl Receiver {
         };
         register(listener.as_fd(), TOKEN_LISTENER)?;
         register(wake.as_fd(), TOKEN_WAKE)?;
+        let path_watch = watch_directory_of(path.as_ref());
+        if let Some(watch) = &path_watch {
+            register(watch.as_fd(), TOKEN_PATH)?;
+        }
         Ok(Receiver {
             listener,
+            options: options.clone(),
             poller,
-            wake: Arc::new(wake),
+            path_watch,
+            shared: Arc::new(Shared {
+                counters: Counters::default(),
+                wake,
+                current: Mutex::new(None),
+                disconnecting: AtomicBool::new(false),
+            }),
             active: None,
             record: vec![0; MAX_RECORD_LEN + 1].into_boxed_slice(),
             reader: MessageReader::default(),
-            counters: Arc::default(),
-            allowed_uids: options.allowed_uids.clone(),
         })
     }
 
@@ -191,26 +237,27 @@ impl Receiver {
             if left == Some(Duration::ZERO) {
                 return Ok(Event::Timeout);
             }
-            wait_readable(self.poller.as_fd(), left)
-                .map_err(|source| Error::Io { what: "waiting on the receiver's socket".into(), source })?;
+            if self.wait(left)? {
+                self.on_path_event();
+            }
         }
     }
 
     /// A handle that makes a blocked [`Receiver::recv`] return [`Event::Interrupted`], from
     /// any thread (a `recv` that finds a message ready returns it first).
     pub fn interrupter(&self) -> Interrupter {
-        Interrupter(self.wake.clone())
+        Interrupter(self.shared.clone())
     }
 
-    /// Tells the sender to stop sending (`DISCONNECT`), as the deployed receiver does
-    /// when it pauses. Returns whether a sender was connected to be told.
+    /// A handle for other threads: stats, DISCONNECT and interrupt, none of which waits
+    /// for this receiver (or for a thread blocked in [`Receiver::recv`]).
+    pub fn handle(&self) -> ReceiverHandle {
+        ReceiverHandle(self.shared.clone())
+    }
+
+    /// Tells the sender to stop sending (`DISCONNECT`): [`ReceiverHandle::send_disconnect`].
     pub fn send_disconnect(&self) -> Result<bool, Error> {
-        let Some(active) = &self.active else { return Ok(false) };
-        active
-            .connection
-            .send_message(&ReceiverMessage::Disconnect.encode(), &[])
-            .map_err(|source| Error::Io { what: "sending DISCONNECT".into(), source })?;
-        Ok(true)
+        self.handle().send_disconnect()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -219,23 +266,11 @@ impl Receiver {
 
     /// The connected sender's process credentials (`SO_PEERCRED`).
     pub fn peer_credentials(&self) -> Option<PeerCredentials> {
-        self.active.as_ref()?.peer
+        self.shared.current().as_ref()?.peer
     }
 
     pub fn stats(&self) -> ReceiverStats {
-        let c = &self.counters;
-        ReceiverStats {
-            buffers: c.buffers.load(Relaxed),
-            bytes_described: c.bytes_described.load(Relaxed),
-            fds_received: c.fds_received.load(Relaxed),
-            fds_cached: self.active.as_ref().map_or(0, |a| a.cache.len() as u64),
-            returns_sent: c.returns_sent.load(Relaxed),
-            protocol_errors: c.protocol_errors.load(Relaxed),
-            senders_accepted: c.senders_accepted.load(Relaxed),
-            senders_refused: c.senders_refused.load(Relaxed),
-            connected: self.active.is_some(),
-            peer: self.peer_credentials(),
-        }
+        self.handle().stats()
     }
 
     /// Closes the receiver; the same as dropping it, spelled out.
@@ -243,15 +278,52 @@ impl Receiver {
 
     fn take_wake_up(&self) -> bool {
         let mut count = [0u8; 8];
-        rustix::io::read(&*self.wake, &mut count).is_ok()
+        rustix::io::read(&self.shared.wake, &mut count).is_ok()
+    }
+
+    /// Waits until something is ready; returns whether the socket's directory changed.
+    fn wait(&self, timeout: Option<Duration>) -> Result<bool, Error> {
+        // epoll_wait takes at most i32::MAX ms before Linux 5.11: wait a day at most, and again.
+        let timeout = timeout.map(|t| t.min(Duration::from_secs(86_400)));
+        let timeout = timeout.map(|t| rustix::event::Timespec::try_from(t).expect("a day fits"));
+        let mut events = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 4];
+        match epoll::wait(&self.poller, &mut events, timeout.as_ref()) {
+            Ok((ready, _)) => Ok(ready.iter().any(|e| e.data.u64() == TOKEN_PATH)),
+            Err(rustix::io::Errno::INTR) => Ok(false),
+            Err(e) => Err(Error::Io { what: "waiting on the receiver's socket".into(), source: e.into() }),
+        }
+    }
+
+    /// The socket file's directory changed: if our file is gone, bind the path again.
+    fn on_path_event(&mut self) {
+        let Some(watch) = &self.path_watch else { return };
+        // Drain the events: only the state of the path matters, not their history.
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut reader = rustix::fs::inotify::Reader::new(watch, &mut buf);
+        while reader.next().is_ok() {}
+        if self.listener.is_path_ours() || rustix::fs::lstat(self.listener.path()).is_ok() {
+            // Still ours, or somebody else's file now: never replaced.
+            return;
+        }
+        let Ok(listener) = Listener::bind(self.listener.path(), self.options.socket_mode) else { return };
+        if self.active.is_none() {
+            let _ = epoll::delete(&self.poller, &self.listener);
+            if epoll::add(&self.poller, &listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN)
+                .is_err()
+            {
+                return;
+            }
+        }
+        // Senders that had connected to the old socket stay in its backlog until it goes.
+        self.listener = listener;
+        self.shared.counters.socket_rebinds.fetch_add(1, Relaxed);
     }
 
     /// One step without blocking: accept a sender, or read one message.
     fn try_recv(&mut self) -> Result<Option<Event>, Error> {
-        if self.active.is_none() && !self.accept()? {
-            return Ok(None);
-        }
-        let active = self.active.as_ref().expect("accepted above");
+        let Some(active) = self.active.as_ref() else {
+            return self.accept();
+        };
         match self.reader.read(&active.connection, &mut self.record) {
             Ok(MessageIn::WouldBlock) => Ok(None),
             Ok(MessageIn::Hangup) => {
@@ -259,8 +331,8 @@ impl Receiver {
                 Ok(Some(Event::SenderGone))
             }
             Ok(MessageIn::Message { len, fds }) => {
-                self.counters.fds_received.fetch_add(fds.len() as u64, Relaxed);
-                self.on_message(len, fds).map(Some)
+                self.shared.counters.fds_received.fetch_add(fds.len() as u64, Relaxed);
+                self.on_message(len, fds)
             }
             Err(e @ Error::Protocol(_)) => Err(e),
             Err(e) => {
@@ -270,21 +342,22 @@ impl Receiver {
         }
         .inspect_err(|e| {
             if matches!(e, Error::Protocol(_)) {
-                self.counters.protocol_errors.fetch_add(1, Relaxed);
+                self.shared.counters.protocol_errors.fetch_add(1, Relaxed);
             }
         })
     }
 
-    fn accept(&mut self) -> Result<bool, Error> {
+    fn accept(&mut self) -> Result<Option<Event>, Error> {
         let io = |what: &str, source| Error::Io { what: what.into(), source };
         let Some(connection) = self.listener.accept().map_err(|e| io("accepting a sender", e))? else {
-            return Ok(false);
+            return Ok(None);
         };
         let peer = connection.peer_credentials().ok().map(PeerCredentials::from);
-        if !self.allowed_uids.is_empty() && !peer.is_some_and(|p| self.allowed_uids.contains(&p.uid)) {
+        let allowed = &self.options.allowed_uids;
+        if !allowed.is_empty() && !peer.is_some_and(|p| allowed.contains(&p.uid)) {
             // Dropping the connection closes it: the sender sees a hang-up at once.
-            self.counters.senders_refused.fetch_add(1, Relaxed);
-            return Err(Error::SenderRefused { peer, allowed_uids: self.allowed_uids.clone() });
+            self.shared.counters.senders_refused.fetch_add(1, Relaxed);
+            return Err(Error::SenderRefused { peer, allowed_uids: allowed.clone() });
         }
         // One sender at a time: others wait in the backlog until this one leaves. The
         // connection is watched before the listener stops being, so a failure here
@@ -292,38 +365,54 @@ impl Receiver {
         epoll::add(&self.poller, &connection, epoll::EventData::new_u64(TOKEN_CONNECTION), epoll::EventFlags::IN)
             .map_err(|e| io("updating the epoll fd", e.into()))?;
         epoll::delete(&self.poller, &self.listener).map_err(|e| io("updating the epoll fd", e.into()))?;
-        self.active = Some(Active { connection: Arc::new(connection), cache: FdCache::default(), peer });
+        let connection = Arc::new(connection);
+        let mut current = self.shared.current();
+        *current = Some(Current { connection: connection.clone(), peer });
+        self.shared.disconnecting.store(false, Relaxed);
+        drop(current);
+        self.active = Some(Active { connection, cache: FdCache::default() });
         self.reader = MessageReader::default();
-        self.counters.senders_accepted.fetch_add(1, Relaxed);
-        Ok(true)
+        self.shared.counters.senders_accepted.fetch_add(1, Relaxed);
+        Ok(Some(Event::SenderConnected(peer)))
     }
 
     /// Forgets the current sender: cached fds close (once no buffer uses them), and the
     /// listener is watched again for the next one.
     fn end_connection(&mut self) {
         if let Some(active) = self.active.take() {
+            *self.shared.current() = None;
+            self.shared.counters.fds_cached.store(0, Relaxed);
             let _ = epoll::delete(&self.poller, &*active.connection);
             active.connection.shutdown_read();
         }
         let _ = epoll::add(&self.poller, &self.listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN);
     }
 
-    fn on_message(&mut self, len: usize, fds: Vec<OwnedFd>) -> Result<Event, Error> {
+    fn on_message(&mut self, len: usize, fds: Vec<OwnedFd>) -> Result<Option<Event>, Error> {
         let message = match SenderMessage::parse(&self.record[..len], fds.len())? {
-            SenderMessage::Eos => return Ok(Event::Eos),
+            SenderMessage::Eos => return Ok(Some(Event::Eos)),
             SenderMessage::Data(message) => message,
         };
         let active = self.active.as_mut().expect("a record came from a connection");
-        let returner = (message.kind() != MemoryKind::Text).then(|| Returner {
-            connection: active.connection.clone(),
-            counters: self.counters.clone(),
-        });
-        match active.cache.assign(&message, fds) {
+        let returner = (message.kind() != MemoryKind::Text)
+            .then(|| Returner { connection: active.connection.clone(), shared: self.shared.clone() });
+        if self.shared.disconnecting.load(Relaxed) {
+            // Still cached, so that a later message reusing these buf_ids stays valid.
+            let _ = active.cache.assign(&message, fds);
+            if let Some(returner) = returner {
+                returner.send_return(message.buf_ids());
+            }
+            return Ok(None);
+        }
+        let assigned = active.cache.assign(&message, fds);
+        let counters = &self.shared.counters;
+        counters.fds_cached.store(active.cache.len() as u64, Relaxed);
+        match assigned {
             Ok(fds) => {
-                self.counters.buffers.fetch_add(1, Relaxed);
+                counters.buffers.fetch_add(1, Relaxed);
                 let described: u64 = message.blocks.iter().map(|b| b.size()).sum();
-                self.counters.bytes_described.fetch_add(described, Relaxed);
-                Ok(Event::Buffer(ReceivedBuffer { message, fds, returner }))
+                counters.bytes_described.fetch_add(described, Relaxed);
+                Ok(Some(Event::Buffer(ReceivedBuffer { message, fds, returner })))
             }
             Err(error) => {
                 // The sender holds this buffer until it is returned; give it back.
@@ -339,7 +428,7 @@ impl Receiver {
     /// on its way to READY, so the sender gets all its buffers back.
     fn answer_queued_messages(&mut self) {
         let Some(active) = &self.active else { return };
-        let returner = Returner { connection: active.connection.clone(), counters: self.counters.clone() };
+        let returner = Returner { connection: active.connection.clone(), shared: self.shared.clone() };
         while let Ok(MessageIn::Message { len, fds }) = self.reader.read(&active.connection, &mut self.record) {
             if let Ok(SenderMessage::Data(message)) = SenderMessage::parse(&self.record[..len], fds.len()) {
                 if message.kind() != MemoryKind::Text {
@@ -350,10 +439,30 @@ impl Receiver {
     }
 }
 
+/// An `Error::Io` maker for a syscall's `Errno`.
+fn io(what: &str) -> impl FnOnce(rustix::io::Errno) -> Error {
+    let what = what.to_owned();
+    move |e| Error::Io { what, source: e.into() }
+}
+
+/// An inotify fd that reports removals and renames in `path`'s directory, or `None`
+/// where the directory cannot be watched (the receiver then cannot bind again by itself).
+fn watch_directory_of(path: &Path) -> Option<OwnedFd> {
+    use rustix::fs::inotify;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let watch = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).ok()?;
+    let events = inotify::WatchFlags::DELETE | inotify::WatchFlags::MOVED_FROM | inotify::WatchFlags::ONLYDIR;
+    inotify::add_watch(&watch, dir, events).ok()?;
+    Some(watch)
+}
+
 impl AsFd for Receiver {
     /// An fd that polls readable whenever [`Receiver::recv`] has something to do (a
-    /// sender to accept, a record to read, an interrupt). It stays the same fd for the
-    /// receiver's whole life, across senders.
+    /// sender to accept, a record to read, an interrupt, the socket file removed). It
+    /// stays the same fd for the receiver's whole life, across senders.
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.poller.as_fd()
     }
@@ -369,19 +478,66 @@ impl Drop for Receiver {
 /// Makes a blocked [`Receiver::recv`] return [`Event::Interrupted`]. Cheap to clone,
 /// usable from any thread.
 #[derive(Clone)]
-pub struct Interrupter(Arc<OwnedFd>);
+pub struct Interrupter(Arc<Shared>);
 
 impl Interrupter {
     pub fn interrupt(&self) {
         // An eventfd write only fails when the counter would overflow: already woken.
-        let _ = rustix::io::write(&*self.0, &1u64.to_ne_bytes());
+        let _ = rustix::io::write(&self.0.wake, &1u64.to_ne_bytes());
+    }
+}
+
+/// A receiver's control handle for other threads: reads its counters, tells its sender
+/// to stop (DISCONNECT), interrupts a blocked `recv`. Cheap to clone; no call waits for
+/// the receiver or for the thread that receives.
+#[derive(Clone)]
+pub struct ReceiverHandle(Arc<Shared>);
+
+impl ReceiverHandle {
+    pub fn stats(&self) -> ReceiverStats {
+        let c = &self.0.counters;
+        let peer = self.0.current().as_ref().map(|current| current.peer);
+        ReceiverStats {
+            buffers: c.buffers.load(Relaxed),
+            bytes_described: c.bytes_described.load(Relaxed),
+            fds_received: c.fds_received.load(Relaxed),
+            fds_cached: c.fds_cached.load(Relaxed),
+            returns_sent: c.returns_sent.load(Relaxed),
+            protocol_errors: c.protocol_errors.load(Relaxed),
+            senders_accepted: c.senders_accepted.load(Relaxed),
+            senders_refused: c.senders_refused.load(Relaxed),
+            socket_rebinds: c.socket_rebinds.load(Relaxed),
+            connected: peer.is_some(),
+            peer: peer.flatten(),
+        }
+    }
+
+    /// Tells the sender to stop sending (`DISCONNECT`), as the deployed receiver does
+    /// when it pauses. Returns whether a sender was connected to be told. Buffers that
+    /// sender still sends (they were on their way) are returned to it at once instead of
+    /// being delivered; the next sender's are delivered again.
+    pub fn send_disconnect(&self) -> Result<bool, Error> {
+        let current = self.0.current();
+        let Some(connection) = current.as_ref().map(|c| c.connection.clone()) else { return Ok(false) };
+        // Set under the lock, so that a sender accepted meanwhile is not affected.
+        self.0.disconnecting.store(true, Relaxed);
+        drop(current);
+        connection
+            .send_message(&ReceiverMessage::Disconnect.encode(), &[])
+            .map_err(|source| Error::Io { what: "sending DISCONNECT".into(), source })?;
+        Ok(true)
+    }
+
+    /// Makes a blocked [`Receiver::recv`] return [`Event::Interrupted`].
+    pub fn interrupt(&self) {
+        Interrupter(self.0.clone()).interrupt()
     }
 }
 
 /// Sends a buffer's return on the connection it came from, from whatever thread.
 struct Returner {
     connection: Arc<Connection>,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 }
 
 impl Returner {
@@ -389,7 +545,7 @@ impl Returner {
         let Some(ret) = ReturnMessage::new(buf_ids) else { return };
         // A failure means the sender is gone: nobody is left to give the buffer back to.
         if self.connection.send_message(&ReceiverMessage::Return(ret).encode(), &[]).is_ok() {
-            self.counters.returns_sent.fetch_add(1, Relaxed);
+            self.shared.counters.returns_sent.fetch_add(1, Relaxed);
         }
     }
 }

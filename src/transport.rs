@@ -113,6 +113,11 @@ impl Listener {
         &self.path
     }
 
+    /// Whether the file at the path is still the socket file this listener created.
+    pub fn is_path_ours(&self) -> bool {
+        rustix::fs::lstat(&self.path).is_ok_and(|s| (s.st_dev, s.st_ino) == self.file_id)
+    }
+
     /// Accepts a waiting sender, if there is one.
     pub fn accept(&self) -> io::Result<Option<Connection>> {
         match rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
@@ -131,8 +136,7 @@ impl AsFd for Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        let ours = rustix::fs::lstat(&self.path).is_ok_and(|s| (s.st_dev, s.st_ino) == self.file_id);
-        if ours {
+        if self.is_path_ours() {
             let _ = std::fs::remove_file(&self.path);
         }
     }

@@ -192,7 +192,7 @@ fn nv12_message(buf_ids: &[i32], n_fds: usize, pooled: bool) -> Vec<u8> {
 fn connected_pair(dir: &TempDir) -> (Receiver, Connection) {
     let mut receiver = Receiver::bind(dir.path("s")).unwrap();
     let sender = Connection::connect(&dir.path("s")).unwrap();
-    assert!(matches!(receiver.recv(Some(Duration::from_millis(50))), Ok(Event::Timeout)));
+    assert!(matches!(recv_after_connect(&mut receiver, Some(Duration::from_millis(50))), Ok(Event::Timeout)));
     assert!(receiver.stats().connected);
     (receiver, sender)
 }
@@ -233,7 +233,7 @@ fn fd_exhaustion_rejects_the_message_clearly_and_the_stream_goes_on() {
     drop(fds); // in flight now, in no fd table
     let before = open_fds();
     let fillers = leave_room_for_one_fd();
-    let refused = receiver.recv(Some(WAIT));
+    let refused = recv_after_connect(&mut receiver, Some(WAIT));
     drop(fillers);
     set_fd_limit(4096);
     match refused {
@@ -247,7 +247,7 @@ fn fd_exhaustion_rejects_the_message_clearly_and_the_stream_goes_on() {
     // With room again, the same sender's next message arrives whole.
     let fd = memfd(FRAME_BYTES, 701);
     sender.send_message(&nv12_message(&[5], 1, false), &[fd.as_fd()]).unwrap();
-    match receiver.recv(Some(WAIT)) {
+    match recv_after_connect(&mut receiver, Some(WAIT)) {
         Ok(Event::Buffer(buffer)) => assert_eq!(first8(buffer.fd(0).unwrap()), 701),
         other => panic!("expected the next buffer, got {other:?}"),
     }
@@ -271,11 +271,11 @@ fn a_pooled_memfd_shrunk_after_it_was_sent_is_caught_at_its_next_use() {
         OwnedFd::from(file)
     };
     sender.send_message(&nv12_message(&[9], 1, true), &[object.as_fd()]).unwrap();
-    drop(receiver.recv(Some(WAIT)).unwrap());
+    drop(recv_after_connect(&mut receiver, Some(WAIT)).unwrap());
     // The sender shrinks the object it sent, then names its buf_id again (no fd).
     rustix::fs::ftruncate(&object, 16).unwrap();
     sender.send_message(&nv12_message(&[9], 0, true), &[]).unwrap();
-    match receiver.recv(Some(WAIT)) {
+    match recv_after_connect(&mut receiver, Some(WAIT)) {
         Err(Error::Protocol(e @ ProtocolError::MaxsizePastObject { buf_id: 9, object_size: 16, .. })) => {
             assert!(e.to_string().contains("16 bytes"), "{e}");
         }
@@ -300,7 +300,7 @@ fn qtisocketsink_memfds_are_sealed_so_no_receiver_can_be_made_to_fault() {
         path_str(&dir.path("s"))
     ));
     let mut checked = 0;
-    while let Ok(Event::Buffer(buffer)) = receiver.recv(Some(WAIT)) {
+    while let Ok(Event::Buffer(buffer)) = recv_after_connect(&mut receiver, Some(WAIT)) {
         let fd = buffer.fd(0).unwrap();
         let seals = rustix::fs::fcntl_get_seals(fd).unwrap();
         use rustix::fs::SealFlags;

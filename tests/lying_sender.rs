@@ -40,7 +40,7 @@ for_each_lie!(lie_tests);
 
 /// The next event must be a buffer whose first block's memory holds `index`.
 fn expect_buffer(name: &str, receiver: &mut Receiver, index: u64) {
-    match receiver.recv(WAIT) {
+    match recv_after_connect(receiver, WAIT) {
         Ok(Event::Buffer(buffer)) => {
             let fd = buffer.fd(0).unwrap_or_else(|| panic!("{name}: a video buffer without an fd"));
             assert_eq!(first8(fd), index, "{name}: the buffer maps the wrong memory");
@@ -75,7 +75,7 @@ fn tell(name: &str, lie: &Lie, receiver: &mut Receiver, sender: &Connection, exp
     let baseline = open_fds();
 
     // (a) rejected for the rule it breaks, in words a user can act on.
-    let error = match receiver.recv(WAIT) {
+    let error = match recv_after_connect(receiver, WAIT) {
         Err(Error::Protocol(e)) => e,
         other => panic!("{name}: expected a protocol error, got {other:?}"),
     };
@@ -113,7 +113,7 @@ fn run(lies: &[(&str, Lie)]) {
         let mut receiver = Receiver::bind(dir.path("s")).unwrap();
         let sender = Connection::connect(&dir.path("s")).unwrap();
         // Let the receiver accept, so its end of the connection is in every baseline.
-        assert!(matches!(receiver.recv(Some(Duration::from_millis(20))), Ok(Event::Timeout)));
+        assert!(matches!(recv_after_connect(&mut receiver, Some(Duration::from_millis(20))), Ok(Event::Timeout)));
         assert!(receiver.stats().connected);
         let mut expected = Expected::default();
         for (i, (name, lie)) in lies.iter().enumerate() {

@@ -17,12 +17,12 @@ fn ten_thousand_messages_leave_no_fd_behind() {
     for (capture, repeat, per_round) in [("video-pool.jsonl", 1250, 8), ("video-nopool.jsonl", 2000, 5)] {
         let child = spawn_replay(&dir.path("s"), capture, &["--repeat", &repeat.to_string(), "--quiet"]);
         let mut buffers = 0;
-        while let Event::Buffer(_) = receiver.recv(WAIT).unwrap() {
+        while let Event::Buffer(_) = recv_after_connect(&mut receiver, WAIT).unwrap() {
             buffers += 1;
         }
         assert_eq!(buffers, repeat * per_round, "{capture}");
         assert!(finish_replay(child).0, "{capture}: returns missing");
-        assert!(matches!(receiver.recv(WAIT).unwrap(), Event::SenderGone));
+        assert!(matches!(recv_after_connect(&mut receiver, WAIT).unwrap(), Event::SenderGone));
     }
     let stats = receiver.stats();
     assert_eq!((stats.buffers, stats.returns_sent, stats.protocol_errors), (20_000, 20_000, 0));

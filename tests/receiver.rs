@@ -31,7 +31,7 @@ fn receive_capture(name: &str) -> Seen {
     let child = spawn_replay(&socket, name, &[]);
     let mut seen = Seen { kinds: vec![], indices: vec![], buf_ids: vec![], texts: vec![], roi_labels: vec![] };
     loop {
-        match receiver.recv(WAIT).unwrap() {
+        match recv_after_connect(&mut receiver, WAIT).unwrap() {
             Event::Buffer(buffer) => {
                 let m = buffer.message();
                 seen.kinds.push(m.kind());
@@ -48,7 +48,7 @@ fn receive_capture(name: &str) -> Seen {
     }
     let (ok, output) = finish_replay(child);
     assert!(ok, "{name}: the sender did not get every buffer back: {output}");
-    assert!(matches!(receiver.recv(WAIT).unwrap(), Event::SenderGone));
+    assert!(matches!(recv_after_connect(&mut receiver, WAIT).unwrap(), Event::SenderGone));
     seen
 }
 
@@ -89,7 +89,7 @@ fn a_sender_that_hangs_up_is_reported_and_the_next_one_is_served() {
     let child = spawn_replay(&dir.path("s"), "video-pool.jsonl", &["--hangup-after", "2"]);
     let mut events = vec![];
     loop {
-        match receiver.recv(WAIT).unwrap() {
+        match recv_after_connect(&mut receiver, WAIT).unwrap() {
             Event::Buffer(_) => events.push("buffer"),
             Event::SenderGone => break,
             other => panic!("unexpected {other:?}"),
@@ -101,7 +101,7 @@ fn a_sender_that_hangs_up_is_reported_and_the_next_one_is_served() {
     // A restarted sender picks up on the same socket.
     let child = spawn_replay(&dir.path("s"), "text.jsonl", &[]);
     let mut texts = 0;
-    while let Event::Buffer(_) = receiver.recv(WAIT).unwrap() {
+    while let Event::Buffer(_) = recv_after_connect(&mut receiver, WAIT).unwrap() {
         texts += 1;
     }
     assert_eq!(texts, 4);
@@ -112,13 +112,13 @@ fn a_sender_that_hangs_up_is_reported_and_the_next_one_is_served() {
 fn timeout_interrupt_and_pollable_fd() {
     let dir = TempDir::new("timeout");
     let mut receiver = Receiver::bind(dir.path("s")).unwrap();
-    assert!(matches!(receiver.recv(Some(Duration::from_millis(30))).unwrap(), Event::Timeout));
+    assert!(matches!(recv_after_connect(&mut receiver, Some(Duration::from_millis(30))).unwrap(), Event::Timeout));
     let interrupter = receiver.interrupter();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
         interrupter.interrupt();
     });
-    assert!(matches!(receiver.recv(None).unwrap(), Event::Interrupted));
+    assert!(matches!(recv_after_connect(&mut receiver, None).unwrap(), Event::Interrupted));
     t.join().unwrap();
     // The event-loop fd turns readable when a sender connects.
     assert!(!wait_readable(receiver.as_fd(), Some(Duration::ZERO)).unwrap());
@@ -155,7 +155,7 @@ fn closing_returns_queued_and_held_buffers_and_removes_the_socket() {
     for (i, record) in captured.iter().take(3).enumerate() {
         sender.send_message(record, &[memfd(4608, i as u64).as_fd()]).unwrap();
     }
-    let Event::Buffer(held) = receiver.recv(WAIT).unwrap() else { panic!("no buffer") };
+    let Event::Buffer(held) = recv_after_connect(&mut receiver, WAIT).unwrap() else { panic!("no buffer") };
     assert!(receiver.send_disconnect().unwrap());
     drop(receiver); // two messages still queued
     assert!(!socket.exists(), "socket file left behind");
@@ -215,7 +215,7 @@ fn each_pooled_buffer_keeps_its_own_object_across_reuse() {
     let mut receiver = Receiver::bind(dir.path("s")).unwrap();
     let child = spawn_replay(&dir.path("s"), "video-pool.jsonl", &[]);
     let mut by_buf_id: HashMap<i32, usize> = HashMap::new();
-    while let Event::Buffer(b) = receiver.recv(WAIT).unwrap() {
+    while let Event::Buffer(b) = recv_after_connect(&mut receiver, WAIT).unwrap() {
         let ptr = std::sync::Arc::as_ptr(b.shared_fd(0).unwrap()) as usize;
         assert_eq!(*by_buf_id.entry(b.message().buf_ids()[0]).or_insert(ptr), ptr, "a pooled buffer must reuse its fd");
     }

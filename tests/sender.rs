@@ -38,7 +38,7 @@ fn video<'a>(fd: &'a OwnedFd, pooled: bool, pts: u64) -> OutgoingBuffer<'a> {
 }
 
 fn expect_buffer(receiver: &mut Receiver) -> gstqtisocket::ReceivedBuffer {
-    match receiver.recv(WAIT).unwrap() {
+    match recv_after_connect(receiver, WAIT).unwrap() {
         Event::Buffer(b) => b,
         other => panic!("expected a buffer, got {other:?}"),
     }
@@ -172,7 +172,7 @@ fn every_meta_and_kind_survives_the_trip() {
     assert_eq!(expect_buffer(&mut receiver).message().blocks, [MemoryBlock::Text(text)]);
     assert_eq!(sender.in_flight(), 0, "text holds no memory of the sender's");
     sender.send_eos().unwrap();
-    assert!(matches!(receiver.recv(WAIT).unwrap(), Event::Eos));
+    assert!(matches!(recv_after_connect(&mut receiver, WAIT).unwrap(), Event::Eos));
 }
 
 #[test]

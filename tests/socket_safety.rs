@@ -85,7 +85,7 @@ fn a_sender_the_mode_leaves_out_cannot_connect_and_one_it_lets_in_can() {
     let mut receiver = Receiver::bind_with(&socket, &ReceiverOptions { socket_mode: closed, ..Default::default() }).unwrap();
     let (ok, output) = finish_replay(sender(&socket, 300));
     assert!(!ok && output.contains("Permission denied"), "{output}");
-    assert!(matches!(receiver.recv(Some(Duration::ZERO)), Ok(Event::Timeout)));
+    assert!(matches!(recv_after_connect(&mut receiver, Some(Duration::ZERO)), Ok(Event::Timeout)));
     assert_eq!(receiver.stats().senders_accepted, 0);
     drop(receiver);
 
@@ -93,7 +93,7 @@ fn a_sender_the_mode_leaves_out_cannot_connect_and_one_it_lets_in_can() {
     let child = sender(&socket, 5000);
     let pid = child.id() as i32;
     let mut buffers = 0;
-    while let Event::Buffer(_) = receiver.recv(WAIT).unwrap() {
+    while let Event::Buffer(_) = recv_after_connect(&mut receiver, WAIT).unwrap() {
         let peer = receiver.stats().peer.expect("a connected sender's credentials");
         assert_eq!((peer.pid, peer.uid), (pid, sender_uid()));
         buffers += 1;
@@ -114,7 +114,7 @@ fn allowed_uids_turn_other_senders_away_and_the_receiver_goes_on() {
     for attempt in 1..=3 {
         let child = sender(&socket, 5000);
         let pid = child.id();
-        match receiver.recv(WAIT) {
+        match recv_after_connect(&mut receiver, WAIT) {
             Err(e @ Error::SenderRefused { .. }) => {
                 let text = e.to_string();
                 for word in [format!("pid {pid}"), format!("uid {}", sender_uid()), format!("[{allowed}]")] {
@@ -134,8 +134,8 @@ fn allowed_uids_turn_other_senders_away_and_the_receiver_goes_on() {
     let options = ReceiverOptions { socket_mode: 0o666, allowed_uids: vec![allowed, sender_uid()] };
     let mut receiver = Receiver::bind_with(&socket, &options).unwrap();
     let child = sender(&socket, 5000);
-    assert!(matches!(receiver.recv(WAIT), Ok(Event::Buffer(_))));
-    while let Ok(Event::Buffer(_)) = receiver.recv(WAIT) {}
+    assert!(matches!(recv_after_connect(&mut receiver, WAIT), Ok(Event::Buffer(_))));
+    while let Ok(Event::Buffer(_)) = recv_after_connect(&mut receiver, WAIT) {}
     assert!(finish_replay(child).0);
 }
 

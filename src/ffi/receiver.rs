@@ -3,26 +3,29 @@
 use std::ffi::{c_char, c_int};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::buffer::qsock_buffer;
 use super::*;
-use crate::{Event, Receiver, ReceiverOptions, ReceiverStats, DEFAULT_SOCKET_MODE};
+use crate::{Event, Receiver, ReceiverHandle, ReceiverOptions, DEFAULT_SOCKET_MODE};
 
 /// A receiver: the listening socket, the connected sender and its cached fds. Opaque.
 /// Receive from one thread at a time; buffers it gives out may be released from any
-/// thread.
+/// thread, and its fd, counters and DISCONNECT are reachable from any thread too.
 pub struct qsock_receiver {
-    /// Locked by `qsock_receiver_recv_buffer` for as long as it waits; the functions that
-    /// may run beside it (`get_fd`, and `get_stats` once it reads through the receiver's
-    /// handle) never lock it.
+    /// Locked by `qsock_receiver_recv_buffer` for as long as it waits, and by nothing
+    /// else: two threads receiving on one receiver take turns.
     receiver: Mutex<Receiver>,
+    /// Counters and DISCONNECT without the receiver: `get_stats` and `send_disconnect`
+    /// never wait for a `recv_buffer` in progress.
+    handle: ReceiverHandle,
     /// The receiver's event-loop fd: the same for its whole life, so read without the lock.
     poll_fd: c_int,
 }
 
 impl Handle for qsock_receiver {}
-// get_fd and get_stats may run on other threads than recv_buffer, on the same receiver.
+// get_fd, get_stats and send_disconnect may run on other threads than recv_buffer, on
+// the same receiver.
 const _: fn() = || {
     fn sync<T: Sync>() {}
     sync::<qsock_receiver>();
@@ -31,25 +34,13 @@ const _: fn() = || {
 impl qsock_receiver {
     fn new(receiver: Receiver) -> qsock_receiver {
         let poll_fd = receiver.as_fd().as_raw_fd();
-        qsock_receiver { receiver: Mutex::new(receiver), poll_fd }
+        qsock_receiver { handle: receiver.handle(), receiver: Mutex::new(receiver), poll_fd }
     }
 
-    /// The receiver, waiting for a `recv_buffer` in progress on another thread. A panic
-    /// caught in an earlier call leaves the receiver usable: nothing in it is half-written
-    /// in a way the lock could protect.
+    /// The receiver, once a `recv_buffer` in progress on another thread is done. A panic
+    /// caught in an earlier call leaves it usable: the lock guards no invariant of its own.
     fn lock(&self) -> MutexGuard<'_, Receiver> {
         self.receiver.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The counters. Until the receiver's lock-free handle is here, this waits for a
-    /// `recv_buffer` in progress on another thread.
-    fn stats(&self) -> ReceiverStats {
-        self.lock().stats()
-    }
-
-    /// Sends DISCONNECT; whether a sender was connected to be told.
-    fn send_disconnect(&self) -> Result<bool, Failure> {
-        Ok(self.lock().send_disconnect()?)
     }
 }
 
@@ -118,19 +109,23 @@ pub extern "C" fn qsock_receiver_recv_buffer(
     call(|| {
         let receiver = handle(receiver, "receiver")?;
         write_out(buffer_out, "buffer_out", std::ptr::null_mut())?;
-        let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+        let deadline = u64::try_from(timeout_ms).ok().map(|ms| Instant::now() + Duration::from_millis(ms));
         let mut receiver = receiver.lock();
-        let event = receiver.recv(timeout)?;
-        let path = receiver.path().display();
-        match event {
-            Event::Buffer(buffer) => give_out(buffer_out, "buffer_out", || Ok(qsock_buffer::new(buffer))),
-            Event::Eos => Err(Failure::new(QSOCK_EOS, format!("the sender on {path} ended its stream (EOS); it may send again"))),
-            Event::SenderGone => Err(Failure::new(
-                QSOCK_SENDER_GONE,
-                format!("the sender on {path} closed the connection; the next call waits for a new sender"),
-            )),
-            Event::Timeout => Err(Failure::new(QSOCK_TIMEOUT, format!("nothing arrived on {path} within {timeout_ms} ms"))),
-            Event::Interrupted => Err(Failure::new(QSOCK_TIMEOUT, format!("the wait on {path} was interrupted"))),
+        loop {
+            let event = receiver.recv(deadline.map(|d| d.saturating_duration_since(Instant::now())))?;
+            let path = receiver.path().display();
+            return match event {
+                Event::Buffer(buffer) => give_out(buffer_out, "buffer_out", || Ok(qsock_buffer::new(buffer))),
+                // The credentials are in qsock_receiver_get_stats; wait on for a buffer.
+                Event::SenderConnected(_) => continue,
+                Event::Eos => Err(Failure::new(QSOCK_EOS, format!("the sender on {path} ended its stream (EOS); it may send again"))),
+                Event::SenderGone => Err(Failure::new(
+                    QSOCK_SENDER_GONE,
+                    format!("the sender on {path} closed the connection; the next call waits for a new sender"),
+                )),
+                Event::Timeout => Err(Failure::new(QSOCK_TIMEOUT, format!("nothing arrived on {path} within {timeout_ms} ms"))),
+                Event::Interrupted => Err(Failure::new(QSOCK_TIMEOUT, format!("the wait on {path} was interrupted"))),
+            };
         }
     })
 }
@@ -170,20 +165,23 @@ pub extern "C" fn qsock_receiver_get_fd(receiver: *const qsock_receiver) -> c_in
 
 /// Sends DISCONNECT to the sender, as the deployed receiver does when it pauses: the
 /// sender stops sending, waits for its buffers to come back, and reconnects later.
-/// `QSOCK_SENDER_GONE` if no sender is connected.
+/// `QSOCK_SENDER_GONE` if no sender is connected. Safe from any thread, also while
+/// another waits in `qsock_receiver_recv_buffer`.
 #[no_mangle]
 pub extern "C" fn qsock_receiver_send_disconnect(receiver: *mut qsock_receiver) -> qsock_status {
-    call(|| match handle(receiver, "receiver")?.send_disconnect()? {
+    call(|| match handle(receiver, "receiver")?.handle.send_disconnect()? {
         true => Ok(()),
         false => Err(Failure::new(QSOCK_SENDER_GONE, "no sender is connected: there is none to send DISCONNECT to")),
     })
 }
 
-/// Fills `*stats_out` with the receiver's counters.
+/// Fills `*stats_out` with the receiver's counters. Safe from any thread, also while
+/// another waits in `qsock_receiver_recv_buffer`: it never waits for that call, nor slows
+/// it down.
 #[no_mangle]
 pub extern "C" fn qsock_receiver_get_stats(receiver: *const qsock_receiver, stats_out: *mut qsock_receiver_stats) -> qsock_status {
     call(|| {
-        let s = handle(receiver, "receiver")?.stats();
+        let s = handle(receiver, "receiver")?.handle.stats();
         let stats = qsock_receiver_stats {
             buffers: s.buffers,
             bytes_described: s.bytes_described,

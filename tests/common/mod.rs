@@ -221,3 +221,18 @@ impl Drop for Running {
         let _ = self.0.set_state(gst::State::Null);
     }
 }
+
+/// `receiver.recv(timeout)`, passing over `Event::SenderConnected`: for tests about what
+/// comes after a sender arrives (tests/receiver.rs checks the arrival itself).
+#[allow(dead_code)]
+pub fn recv_after_connect(
+    receiver: &mut gstqtisocket::Receiver,
+    timeout: Option<std::time::Duration>,
+) -> Result<gstqtisocket::Event, gstqtisocket::Error> {
+    loop {
+        match receiver.recv(timeout) {
+            Ok(gstqtisocket::Event::SenderConnected(_)) => continue,
+            other => return other,
+        }
+    }
+}

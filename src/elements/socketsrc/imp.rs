@@ -1,12 +1,18 @@
 //! The `qtisocketsrc` implementation: a live `GstPushSrc` on [`Receiver`].
 //!
-//! Threads: `create()` (the streaming thread) is the only one that receives; it holds the
-//! receiver's lock only while it waits in `Receiver::recv`, which `unlock()` interrupts.
+//! The element holds three things (as gst-plugins-rs' filesrc and ndisrc do):
+//! - `settings`, the properties;
+//! - `state`, what other threads need while it runs: the receiver's [`ReceiverHandle`]
+//!   (stats, DISCONNECT, interrupt) and a few flags, locked briefly, never while waiting;
+//! - `stream`, the streaming side (the [`Receiver`] itself, negotiated caps, the memory
+//!   cache, timestamps), which `create()` takes for as long as it runs, so that no lock
+//!   is held while it waits on the socket or calls downstream.
+//!
 //! Each received buffer becomes a `GstBuffer` whose memories wrap the sender's fds (see
 //! [`memory`]); the return goes to the sender when the last of its memories is released,
 //! from whatever thread releases it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +27,9 @@ use gst_base::subclass::prelude::*;
 use super::TimestampMode;
 use crate::elements::meta;
 use crate::protocol::{DataMessage, FramePayload, MemoryBlock, TensorType, CLOCK_TIME_NONE};
-use crate::{Error, Event, Interrupter, ReceivedBuffer, Receiver, ReceiverOptions, ReceiverStats, DEFAULT_SOCKET_MODE};
+use crate::{
+    Error, Event, ReceivedBuffer, Receiver, ReceiverHandle, ReceiverOptions, ReceiverStats, DEFAULT_SOCKET_MODE,
+};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -33,12 +41,16 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 const DEFAULT_TIMEOUT_MS: u64 = 1000;
 const DEFAULT_KEEP_LISTENING: bool = false;
+const DEFAULT_TIMESTAMP_MODE: TimestampMode = TimestampMode::Rebased;
+
+/// `timestamp-mode=rebased`: a sender timestamp that maps further than this from the
+/// buffer's arrival (the sender paused, or restarted its clock) takes a new offset.
+const REBASE_TOLERANCE: Duration = Duration::from_millis(250);
 
 /// Name of the element message posted after `timeout` ms without a message.
 pub(crate) const TIMEOUT_MESSAGE: &str = "GstQtiSocketSrcTimeout";
 /// Name of the element message posted when a sender hangs up and the element keeps going.
 pub(crate) const SENDER_GONE_MESSAGE: &str = "GstQtiSocketSrcSenderGone";
-
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -58,9 +70,36 @@ impl Default for Settings {
             socket: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             keep_listening: DEFAULT_KEEP_LISTENING,
-            timestamp_mode: TimestampMode::Sender,
+            timestamp_mode: DEFAULT_TIMESTAMP_MODE,
         }
     }
+}
+
+/// What other threads see of a run (start → stop).
+enum State {
+    Stopped {
+        /// The counters of the last run, for `stats` once stopped.
+        last_stats: ReceiverStats,
+    },
+    Started(Started),
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::Stopped { last_stats: ReceiverStats::default() }
+    }
+}
+
+struct Started {
+    handle: ReceiverHandle,
+    /// GstBaseSrc asked `create()` to return (`unlock` until `unlock_stop`).
+    flushing: bool,
+    /// PLAYING; a live source produces nothing in PAUSED.
+    playing: bool,
+    /// We sent DISCONNECT to the connected sender: its hang-up is expected.
+    disconnect_sent: bool,
+    /// The frame duration the latency is reported from, once a message gave one.
+    frame_duration: Option<gst::ClockTime>,
 }
 
 /// What the stream's caps were derived from, kept to renegotiate on `reconfigure`.
@@ -71,8 +110,10 @@ struct Negotiated {
     rate: gst::Fraction,
 }
 
-/// Per-run state of the streaming side (start → stop).
+/// The streaming side of a run: only `create()` (and `negotiate()`, on the same thread)
+/// uses it; start and stop put it in place and take it away.
 struct Stream {
+    receiver: Receiver,
     socket: String,
     negotiated: Option<Negotiated>,
     memories: memory::Memories,
@@ -80,32 +121,17 @@ struct Stream {
     discont: bool,
     /// When the last message arrived (or waiting began): the `timeout` counts from it.
     last_message: Instant,
-    /// `senders_accepted` when the last buffer was made: a change means a new sender.
-    senders_seen: u64,
+    /// `timestamp-mode=rebased`: this pipeline's running time minus the sender's PTS.
+    rebase_offset: Option<i128>,
 }
 
 #[derive(Default)]
 pub struct QtiSocketSrc {
     settings: Mutex<Settings>,
-    /// Bound in `start()`, dropped in `stop()`.
-    receiver: Mutex<Option<Receiver>>,
-    /// Unblocks a `recv` without taking the receiver's lock.
-    interrupter: Mutex<Option<Interrupter>>,
+    state: Mutex<State>,
     stream: Mutex<Option<Stream>>,
-    flushing: AtomicBool,
-    /// PLAYING: `create()` receives. Live sources produce nothing in PAUSED, and GstBaseSrc
-    /// does not unlock `create()` on the way there, so we do.
-    playing: AtomicBool,
-    /// Threads waiting for the receiver's lock (`stats`, DISCONNECT); `create()` lets them in.
-    lock_waiters: AtomicUsize,
-    /// The counters of the last run, for `stats` once stopped.
-    last_stats: Mutex<ReceiverStats>,
     /// Memory blocks served from a cached GstMemory (pooled buffers), over the element's life.
     memories_reused: AtomicU64,
-    /// `senders_accepted` of the sender we sent DISCONNECT to: its hang-up is expected.
-    disconnected_sender: Mutex<Option<u64>>,
-    /// `senders_accepted` when we last logged a sender's credentials.
-    senders_logged: AtomicU64,
 }
 
 #[glib::object_subclass]
@@ -150,12 +176,16 @@ impl ObjectImpl for QtiSocketSrc {
                     .default_value(DEFAULT_KEEP_LISTENING)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("timestamp-mode", TimestampMode::Sender)
+                glib::ParamSpecEnum::builder_with_default("timestamp-mode", DEFAULT_TIMESTAMP_MODE)
                     .nick("Timestamp mode")
                     .blurb(
-                        "sender: PTS/DTS/duration as the sender stamped them, in its pipeline's running \
-                         time (as deployed); arrival: PTS = DTS = this pipeline's running time when the \
-                         message arrived, duration from the sender.",
+                        "rebased (default): the sender's PTS/DTS moved onto this pipeline's running time, \
+                         so frames keep the sender's spacing and play at its pace in a sync=true sink (the \
+                         offset is taken at the first buffer, after each new sender or DISCONT, and again \
+                         when a timestamp lands more than 250 ms from the buffer's arrival); sender: \
+                         PTS/DTS as the sender stamped them, in its pipeline's running time (the deployed \
+                         element's behaviour; use with sync=false); arrival: PTS = DTS = this pipeline's \
+                         running time when the message arrived. Duration: the sender's, in every mode.",
                     )
                     .mutable_ready()
                     .build(),
@@ -189,9 +219,11 @@ impl ObjectImpl for QtiSocketSrc {
                         "Read-only counters since the element started (the last run's once stopped): \
                          buffers, bytes-described (bytes that arrived without a copy), fds-received, \
                          fds-cached (pooled fds held now), returns-sent, protocol-errors (messages \
-                         rejected), senders-accepted, senders-refused (uid not allowed), memories-reused \
-                         (blocks served from a cached GstMemory), connected, peer-pid, peer-uid, peer-gid \
-                         (the connected sender's credentials; -1 when none is connected).",
+                         rejected), senders-accepted, senders-refused (uid not allowed), socket-rebinds \
+                         (times the socket file was removed by someone, e.g. a deployed sender on \
+                         DISCONNECT, and created again), memories-reused (blocks served from a cached \
+                         GstMemory), connected, peer-pid, peer-uid, peer-gid (the connected sender's \
+                         credentials; -1 when none is connected). Reading it never disturbs the stream.",
                     )
                     .read_only()
                     .build(),
@@ -286,18 +318,11 @@ impl ElementImpl for QtiSocketSrc {
     fn change_state(&self, transition: gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         match transition {
             gst::StateChange::PausedToPlaying => {
-                if let Some(stream) = lock(&self.stream).as_mut() {
-                    stream.last_message = Instant::now();
+                if let State::Started(started) = &mut *lock(&self.state) {
+                    started.playing = true;
                 }
-                self.playing.store(true, Ordering::SeqCst);
             }
-            gst::StateChange::PlayingToPaused => {
-                // create() stops receiving (GstBaseSrc restarts it on the way back to
-                // PLAYING), and the sender is told to stop sending, as the deployed
-                // receiver does.
-                self.playing.store(false, Ordering::SeqCst);
-                self.send_disconnect();
-            }
+            gst::StateChange::PlayingToPaused => self.pause(),
             _ => {}
         }
         self.parent_change_state(transition)
@@ -306,17 +331,15 @@ impl ElementImpl for QtiSocketSrc {
 
 impl BaseSrcImpl for QtiSocketSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let socket = lock(&self.settings).socket.clone().ok_or_else(|| {
+        let settings = lock(&self.settings).clone();
+        let socket = settings.socket.ok_or_else(|| {
             gst::error_msg!(
                 gst::ResourceError::Settings,
                 ("No socket path set"),
                 ["Set the 'socket' property to the path the sender (qtisocketsink) connects to"]
             )
         })?;
-        let options = {
-            let settings = lock(&self.settings);
-            ReceiverOptions { socket_mode: settings.socket_mode, allowed_uids: settings.allowed_uids.clone() }
-        };
+        let options = ReceiverOptions { socket_mode: settings.socket_mode, allowed_uids: settings.allowed_uids };
         let receiver = Receiver::bind_with(&socket, &options).map_err(|e| {
             gst::error_msg!(gst::ResourceError::OpenRead, ("Cannot listen on socket {}: {}", socket, e))
         })?;
@@ -326,37 +349,40 @@ impl BaseSrcImpl for QtiSocketSrc {
             "listening on {socket}; classification/landmarks metas: {:?}",
             meta::classification_metas()
         );
-        *lock(&self.interrupter) = Some(receiver.interrupter());
-        *lock(&self.receiver) = Some(receiver);
+        *lock(&self.state) = State::Started(Started {
+            handle: receiver.handle(),
+            flushing: false,
+            playing: false,
+            disconnect_sent: false,
+            frame_duration: None,
+        });
         *lock(&self.stream) = Some(Stream {
+            receiver,
             socket,
             negotiated: None,
             memories: memory::Memories::new(),
             discont: true,
             last_message: Instant::now(),
-            senders_seen: 0,
+            rebase_offset: None,
         });
-        *lock(&self.disconnected_sender) = None;
-        self.flushing.store(false, Ordering::SeqCst);
-        self.playing.store(false, Ordering::SeqCst);
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        // Cached memories let go of their fds (those still in use when released).
-        let stream = lock(&self.stream).take();
-        let receiver = lock(&self.receiver).take();
-        *lock(&self.interrupter) = None;
-        if let Some(receiver) = receiver {
-            let mut stats = receiver.stats();
-            // Answers every queued message with a return, closes the cached fds, removes
-            // the socket file (the deployed receiver's way to READY).
-            drop(receiver);
-            stats.connected = false;
-            stats.fds_cached = 0;
-            *lock(&self.last_stats) = stats;
+        let mut state = lock(&self.state);
+        if let State::Started(started) = &*state {
+            let mut last_stats = started.handle.stats();
+            last_stats.connected = false;
+            last_stats.fds_cached = 0;
+            last_stats.peer = None;
+            *state = State::Stopped { last_stats };
         }
-        drop(stream);
+        drop(state);
+        // The streaming thread has stopped: the stream is in its place. Dropping the
+        // receiver answers every queued message with a return, closes the cached fds and
+        // removes the socket file (the deployed receiver's way to READY); cached memories
+        // let go of their fds (those still in use when released).
+        drop(lock(&self.stream).take());
         gst::info!(CAT, imp = self, "stopped");
         Ok(())
     }
@@ -365,28 +391,43 @@ impl BaseSrcImpl for QtiSocketSrc {
         false
     }
 
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            let State::Started(started) = &*lock(&self.state) else { return false };
+            // Frames arrive up to a frame apart: downstream must allow for one frame (as
+            // a live videotestsrc does); nothing bounds how long they may be kept.
+            let min = started.frame_duration.unwrap_or(gst::ClockTime::ZERO);
+            q.set(true, min, gst::ClockTime::NONE);
+            return true;
+        }
+        BaseSrcImplExt::parent_query(self, query)
+    }
+
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
         // The caps come from the messages: nothing to negotiate before the first one. On
         // reconfigure, negotiate again for the format the sender sends now.
-        let mut guard = lock(&self.stream);
-        let Some(stream) = guard.as_mut() else { return Ok(()) };
-        let Some(negotiated) = stream.negotiated.clone() else { return Ok(()) };
-        self.negotiate_for(stream, negotiated)
-            .map_err(|reason| gst::loggable_error!(CAT, "renegotiation failed: {reason}"))
+        let Some(mut stream) = self.take_stream() else { return Ok(()) };
+        let result = match stream.negotiated.clone() {
+            Some(negotiated) => self
+                .negotiate_for(&mut stream, negotiated)
+                .map_err(|reason| gst::loggable_error!(CAT, "renegotiation failed: {reason}")),
+            None => Ok(()),
+        };
+        self.put_stream(stream);
+        result
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
-        self.flushing.store(true, Ordering::SeqCst);
-        if let Some(interrupter) = lock(&self.interrupter).as_ref() {
-            interrupter.interrupt();
+        if let State::Started(started) = &mut *lock(&self.state) {
+            started.flushing = true;
+            started.handle.interrupt();
         }
         Ok(())
     }
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
-        self.flushing.store(false, Ordering::SeqCst);
-        if let Some(stream) = lock(&self.stream).as_mut() {
-            stream.last_message = Instant::now();
+        if let State::Started(started) = &mut *lock(&self.state) {
+            started.flushing = false;
         }
         Ok(())
     }
@@ -394,55 +435,80 @@ impl BaseSrcImpl for QtiSocketSrc {
 
 impl PushSrcImpl for QtiSocketSrc {
     fn create(&self, _buffer: Option<&mut gst::BufferRef>) -> Result<CreateSuccess, gst::FlowError> {
+        let Some(mut stream) = self.take_stream() else { return Err(gst::FlowError::Flushing) };
+        let result = self.receive(&mut stream);
+        self.put_stream(stream);
+        result.map(CreateSuccess::NewBuffer)
+    }
+}
+
+impl QtiSocketSrc {
+    fn take_stream(&self) -> Option<Stream> {
+        lock(&self.stream).take()
+    }
+
+    fn put_stream(&self, stream: Stream) {
+        *lock(&self.stream) = Some(stream);
+    }
+
+    /// PLAYING → PAUSED: `create()` stops receiving until PLAYING again, and the sender
+    /// is told to stop sending, as the deployed receiver does.
+    fn pause(&self) {
+        let mut state = lock(&self.state);
+        let State::Started(started) = &mut *state else { return };
+        started.playing = false;
+        started.handle.interrupt();
+        match started.handle.send_disconnect() {
+            Ok(true) => {
+                started.disconnect_sent = true;
+                gst::info!(CAT, imp = self, "sent DISCONNECT: the sender stops until we play again");
+            }
+            Ok(false) => {}
+            Err(e) => gst::info!(CAT, imp = self, "could not send DISCONNECT: {e}"),
+        }
+    }
+
+    /// What `create()` does: receive until there is a buffer to push, or a reason to stop.
+    fn receive(&self, stream: &mut Stream) -> Result<gst::Buffer, gst::FlowError> {
         loop {
-            if self.flushing.load(Ordering::SeqCst) || !self.playing.load(Ordering::SeqCst) {
-                return Err(gst::FlowError::Flushing);
-            }
-            // Let another thread that wants the receiver (stats, DISCONNECT) in first.
-            while self.lock_waiters.load(Ordering::SeqCst) > 0 {
-                std::thread::sleep(Duration::from_micros(200));
-            }
             let (timeout_ms, keep_listening) = {
                 let settings = lock(&self.settings);
                 (settings.timeout_ms, settings.keep_listening)
             };
-            let wait = {
-                let guard = lock(&self.stream);
-                let Some(stream) = guard.as_ref() else { return Err(gst::FlowError::Flushing) };
-                (timeout_ms > 0).then(|| {
-                    (stream.last_message + Duration::from_millis(timeout_ms)).saturating_duration_since(Instant::now())
-                })
-            };
-            let (received, stats) = {
-                let mut guard = lock(&self.receiver);
-                let Some(receiver) = guard.as_mut() else { return Err(gst::FlowError::Flushing) };
-                let received = receiver.recv(wait);
-                (received, receiver.stats())
-            };
-            if stats.senders_accepted != self.senders_logged.swap(stats.senders_accepted, Ordering::Relaxed) {
-                match stats.peer {
-                    Some(p) => gst::info!(CAT, imp = self, "sender connected: pid {}, uid {}, gid {}", p.pid, p.uid, p.gid),
-                    None => gst::info!(CAT, imp = self, "sender connected; its credentials are unknown"),
-                }
-            }
-            match received {
+            let wait = (timeout_ms > 0).then(|| {
+                (stream.last_message + Duration::from_millis(timeout_ms)).saturating_duration_since(Instant::now())
+            });
+            match stream.receiver.recv(wait) {
                 Ok(Event::Buffer(buffer)) => {
-                    if let Some(buffer) = self.gst_buffer(buffer, &stats)? {
-                        return Ok(CreateSuccess::NewBuffer(buffer));
+                    stream.last_message = Instant::now();
+                    if let Some(buffer) = self.gst_buffer(stream, buffer)? {
+                        return Ok(buffer);
+                    }
+                }
+                Ok(Event::SenderConnected(peer)) => {
+                    stream.last_message = Instant::now();
+                    stream.discont = true;
+                    match peer {
+                        Some(p) => gst::info!(CAT, imp = self, "sender connected: pid {}, uid {}, gid {}", p.pid, p.uid, p.gid),
+                        None => gst::info!(CAT, imp = self, "sender connected; its credentials are unknown"),
+                    }
+                    let rebinds = stream.receiver.stats().socket_rebinds;
+                    if rebinds > 0 {
+                        gst::debug!(CAT, imp = self, "the socket file has been created again {rebinds} times so far");
                     }
                 }
                 Ok(Event::Eos) => {
                     gst::info!(CAT, imp = self, "the sender sent EOS");
                     return Err(gst::FlowError::Eos);
                 }
-                Ok(Event::SenderGone) => self.on_sender_gone(&stats, keep_listening)?,
-                Ok(Event::Timeout) => self.on_timeout(timeout_ms, stats.connected),
-                Ok(Event::Interrupted) => {}
+                Ok(Event::SenderGone) => self.on_sender_gone(stream, keep_listening)?,
+                Ok(Event::Timeout) => self.on_timeout(stream, timeout_ms),
+                Ok(Event::Interrupted) => self.on_interrupted(stream)?,
                 Err(Error::Protocol(e)) => {
                     gst::element_imp_warning!(
                         self,
                         gst::StreamError::Decode,
-                        ("The sender on socket {} sent a message that breaks the protocol: {}", self.socket(), e),
+                        ("The sender on socket {} sent a message that breaks the protocol: {}", stream.socket, e),
                         ["The message was rejected, its fds closed and its buffer returned; the stream goes on"]
                     );
                 }
@@ -450,7 +516,7 @@ impl PushSrcImpl for QtiSocketSrc {
                     gst::element_imp_warning!(
                         self,
                         gst::ResourceError::NotAuthorized,
-                        ("Socket {}: {}", self.socket(), e),
+                        ("Socket {}: {}", stream.socket, e),
                         ["Set 'allowed-uids' to accept it; the element waits for the next sender"]
                     );
                 }
@@ -458,35 +524,37 @@ impl PushSrcImpl for QtiSocketSrc {
                     gst::element_imp_error!(
                         self,
                         gst::ResourceError::Read,
-                        ("Receiving on socket {} failed: {}", self.socket(), e)
+                        ("Receiving on socket {} failed: {}", stream.socket, e)
                     );
                     return Err(gst::FlowError::Error);
                 }
             }
         }
     }
-}
 
-impl QtiSocketSrc {
-    fn socket(&self) -> String {
-        lock(&self.settings).socket.clone().unwrap_or_default()
-    }
-
-    /// Runs `f` on the receiver from a thread other than the streaming thread: a
-    /// `create()` waiting in `recv` is woken up and gives the receiver's lock up.
-    fn with_receiver<R>(&self, f: impl FnOnce(&Receiver) -> R) -> Option<R> {
-        self.lock_waiters.fetch_add(1, Ordering::SeqCst);
-        if let Some(interrupter) = lock(&self.interrupter).as_ref() {
-            interrupter.interrupt(); // a wake-up create() does not need is harmless
+    /// `unlock()` or a pause woke `create()`. A flush or stop ends it; a pause waits for
+    /// PLAYING as GstBaseSrc asks of a live source that blocks in `create()`. (Returning
+    /// FLUSHING on a pause would leave the streaming task paused for good after resuming.)
+    fn on_interrupted(&self, stream: &mut Stream) -> Result<(), gst::FlowError> {
+        let (flushing, playing) = match &*lock(&self.state) {
+            State::Started(started) => (started.flushing, started.playing),
+            State::Stopped { .. } => (true, false),
+        };
+        if !playing {
+            // FLUSHING when the element stops or flushes meanwhile.
+            self.obj().wait_playing()?;
+            stream.last_message = Instant::now();
+        } else if flushing {
+            return Err(gst::FlowError::Flushing);
         }
-        let result = lock(&self.receiver).as_ref().map(f);
-        self.lock_waiters.fetch_sub(1, Ordering::SeqCst);
-        result
+        Ok(())
     }
 
     fn stats(&self) -> gst::Structure {
-        let live = self.with_receiver(Receiver::stats);
-        let stats = live.unwrap_or_else(|| *lock(&self.last_stats));
+        let stats = match &*lock(&self.state) {
+            State::Started(started) => started.handle.stats(),
+            State::Stopped { last_stats } => *last_stats,
+        };
         gst::Structure::builder("application/x-qtisocketsrc-stats")
             .field("buffers", stats.buffers)
             .field("bytes-described", stats.bytes_described)
@@ -496,6 +564,7 @@ impl QtiSocketSrc {
             .field("protocol-errors", stats.protocol_errors)
             .field("senders-accepted", stats.senders_accepted)
             .field("senders-refused", stats.senders_refused)
+            .field("socket-rebinds", stats.socket_rebinds)
             .field("memories-reused", self.memories_reused.load(Ordering::Relaxed))
             .field("connected", stats.connected)
             .field("peer-pid", stats.peer.map_or(-1, |p| i64::from(p.pid)))
@@ -504,80 +573,72 @@ impl QtiSocketSrc {
             .build()
     }
 
-    fn send_disconnect(&self) {
-        let sent = self.with_receiver(|receiver| (receiver.send_disconnect(), receiver.stats().senders_accepted));
-        match sent {
-            Some((Ok(true), sender)) => {
-                gst::info!(CAT, imp = self, "sent DISCONNECT: the sender stops until we play again");
-                *lock(&self.disconnected_sender) = Some(sender);
-            }
-            Some((Err(e), _)) => gst::info!(CAT, imp = self, "could not send DISCONNECT: {e}"),
-            _ => {}
-        }
-    }
-
-    fn on_timeout(&self, timeout_ms: u64, connected: bool) {
-        let mut guard = lock(&self.stream);
-        let Some(stream) = guard.as_mut() else { return };
+    fn on_timeout(&self, stream: &mut Stream, timeout_ms: u64) {
         if timeout_ms == 0 || stream.last_message.elapsed() < Duration::from_millis(timeout_ms) {
             return;
         }
         stream.last_message = Instant::now();
-        let socket = stream.socket.clone();
-        drop(guard);
+        let connected = stream.receiver.is_connected();
         gst::debug!(CAT, imp = self, "no message for {timeout_ms} ms (connected: {connected})");
         let structure = gst::Structure::builder(TIMEOUT_MESSAGE)
             .field("timeout", timeout_ms)
             .field("connected", connected)
-            .field("socket", socket)
+            .field("socket", &stream.socket)
             .build();
         let _ = self.obj().post_message(gst::message::Element::builder(structure).src(&*self.obj()).build());
     }
 
-    fn on_sender_gone(&self, stats: &ReceiverStats, keep_listening: bool) -> Result<(), gst::FlowError> {
-        let socket = {
-            let mut guard = lock(&self.stream);
-            let Some(stream) = guard.as_mut() else { return Err(gst::FlowError::Flushing) };
-            // The connection's cached fds are closed: drop our memories of them.
-            stream.memories.retire_all();
-            stream.last_message = Instant::now();
-            stream.socket.clone()
+    fn on_sender_gone(&self, stream: &mut Stream, keep_listening: bool) -> Result<(), gst::FlowError> {
+        // The connection's cached fds are closed: drop our memories of them.
+        stream.memories.retire_all();
+        stream.last_message = Instant::now();
+        let told = match &mut *lock(&self.state) {
+            State::Started(started) => std::mem::take(&mut started.disconnect_sent),
+            State::Stopped { .. } => false,
         };
-        let told = lock(&self.disconnected_sender).take() == Some(stats.senders_accepted);
         if told {
             gst::info!(CAT, imp = self, "the sender we sent DISCONNECT to left; waiting for it to come back");
             return Ok(());
         }
         if keep_listening {
-            gst::info!(CAT, imp = self, "the sender on {socket} hung up; waiting for the next one");
-            let structure = gst::Structure::builder(SENDER_GONE_MESSAGE).field("socket", &socket).build();
+            gst::info!(CAT, imp = self, "the sender on {} hung up; waiting for the next one", stream.socket);
+            let structure = gst::Structure::builder(SENDER_GONE_MESSAGE).field("socket", &stream.socket).build();
             let _ = self.obj().post_message(gst::message::Element::builder(structure).src(&*self.obj()).build());
             return Ok(());
         }
         gst::element_imp_error!(
             self,
             gst::ResourceError::Read,
-            ("The sender on socket {} hung up without EOS", socket),
+            ("The sender on socket {} hung up without EOS", stream.socket),
             ["Set keep-listening=true to wait for the next sender instead of failing"]
         );
         Err(gst::FlowError::Error)
     }
 
+    /// A frame duration from the messages, for the latency query; tells the pipeline
+    /// when it changes.
+    fn learn_frame_duration(&self, duration_ns: u64) {
+        if duration_ns == 0 || duration_ns == CLOCK_TIME_NONE {
+            return;
+        }
+        let duration = Some(gst::ClockTime::from_nseconds(duration_ns));
+        let changed = match &mut *lock(&self.state) {
+            State::Started(started) if started.frame_duration != duration => {
+                started.frame_duration = duration;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            gst::debug!(CAT, imp = self, "frame duration {duration:?}: latency changes");
+            let _ = self.obj().post_message(gst::message::Latency::builder().src(&*self.obj()).build());
+        }
+    }
+
     /// The GstBuffer for a received buffer; `None` when the message was rejected (its
     /// return has gone out).
-    fn gst_buffer(
-        &self,
-        received: ReceivedBuffer,
-        stats: &ReceiverStats,
-    ) -> Result<Option<gst::Buffer>, gst::FlowError> {
+    fn gst_buffer(&self, stream: &mut Stream, received: ReceivedBuffer) -> Result<Option<gst::Buffer>, gst::FlowError> {
         let mode = lock(&self.settings).timestamp_mode;
-        let mut guard = lock(&self.stream);
-        let Some(stream) = guard.as_mut() else { return Err(gst::FlowError::Flushing) };
-        stream.last_message = Instant::now();
-        if stats.senders_accepted != stream.senders_seen {
-            stream.senders_seen = stats.senders_accepted;
-            stream.discont = true;
-        }
         let message = received.message();
         let key = match FormatKey::of(message) {
             Ok(key) => key,
@@ -592,6 +653,7 @@ impl QtiSocketSrc {
                 dmabuf: received.fd(0).is_some_and(memory::is_dmabuf),
                 rate: frame_rate(message.info.duration),
             };
+            self.learn_frame_duration(message.info.duration);
             if let Err(reason) = self.negotiate_for(stream, negotiated) {
                 gst::element_imp_error!(
                     self,
@@ -687,15 +749,24 @@ impl QtiSocketSrc {
             meta::add_landmarks(b, landmarks);
         }
         let time = |ns: u64| (ns != CLOCK_TIME_NONE).then(|| gst::ClockTime::from_nseconds(ns));
-        match mode {
-            TimestampMode::Sender => {
-                b.set_pts(time(message.info.pts));
-                b.set_dts(time(message.info.dts));
-            }
-            TimestampMode::Arrival => {
-                let now = self.obj().current_running_time();
+        let (pts, dts) = (time(message.info.pts), time(message.info.dts));
+        match (mode, self.obj().current_running_time()) {
+            (TimestampMode::Arrival, now) => {
                 b.set_pts(now);
                 b.set_dts(now);
+            }
+            (TimestampMode::Rebased, Some(now)) => {
+                let offset = rebase_offset(&mut stream.rebase_offset, stream.discont, pts.or(dts), now);
+                let rebase = |t: Option<gst::ClockTime>| {
+                    t.and_then(|t| u64::try_from(i128::from(t.nseconds()) + offset).ok()).map(gst::ClockTime::from_nseconds)
+                };
+                b.set_pts(rebase(pts).or(Some(now)));
+                b.set_dts(rebase(dts));
+            }
+            // Sender's timestamps as they are (also rebased ones before a clock exists).
+            _ => {
+                b.set_pts(pts);
+                b.set_dts(dts);
             }
         }
         b.set_duration(time(message.info.duration));
@@ -734,6 +805,18 @@ impl QtiSocketSrc {
         stream.negotiated = Some(negotiated);
         Ok(())
     }
+}
+
+/// `timestamp-mode=rebased`: the offset from the sender's timestamps to this pipeline's
+/// running time, taken at `sender_time`'s arrival `now` at a new start of the stream, and
+/// taken again when the kept one would put `sender_time` more than [`REBASE_TOLERANCE`]
+/// away from `now` (the sender paused or restarted; arrival jitter stays well inside).
+fn rebase_offset(offset: &mut Option<i128>, discont: bool, sender_time: Option<gst::ClockTime>, now: gst::ClockTime) -> i128 {
+    let now = i128::from(now.nseconds());
+    let Some(sender) = sender_time.map(|t| i128::from(t.nseconds())) else { return offset.unwrap_or(0) };
+    let fresh = now - sender;
+    let keep = offset.filter(|&o| !discont && (sender + o - now).abs() <= REBASE_TOLERANCE.as_nanos() as i128);
+    *offset.insert(keep.unwrap_or(fresh))
 }
 
 /// 1 s / duration, as a fraction; 0/1 (variable) when the sender gives no duration.

@@ -18,9 +18,17 @@ glib::wrapper! {
 #[repr(u32)]
 #[enum_type(name = "GstQtiSocketSrcTimestampMode")]
 pub enum TimestampMode {
+    /// The sender's PTS and DTS moved onto this pipeline's running time by an offset
+    /// taken at the first buffer (and after a new sender, a DISCONT, or a jump): frames
+    /// keep the sender's spacing and play at its pace in a synchronising sink.
+    #[default]
+    #[enum_value(
+        name = "Rebased: the sender's timestamps, moved onto this pipeline's running time",
+        nick = "rebased"
+    )]
+    Rebased,
     /// The sender's PTS, DTS and duration, unchanged: the running time of the sender's
     /// pipeline, as the deployed element does.
-    #[default]
     #[enum_value(
         name = "Sender: the sender's PTS/DTS/duration unchanged (its pipeline's running time)",
         nick = "sender"
