@@ -40,22 +40,19 @@ pub(crate) fn handle_mut<'a, T: Handle>(ptr: *mut T, name: &str) -> Result<&'a m
 /// Takes back a handle [`give_out`] made, and drops it. NULL is a no-op.
 pub(crate) fn free<T: Handle>(ptr: *mut T) {
     if !ptr.is_null() {
-        // SAFETY: non-NULL, so a pointer give_out made with Box::into_raw, given back once
-        // to the one function that frees it, as the header documents.
+        // SAFETY: non-NULL, so made by give_out's Box::into_raw, and freed once, as the header requires.
         drop(unsafe { Box::from_raw(ptr) });
     }
 }
 
 /// Borrows `ptr` (a handle, or a struct the caller passes in) for the call.
 pub(crate) fn arg<'a, T>(ptr: *const T, name: &str) -> Result<&'a T, Failure> {
-    // SAFETY: NULL is refused by as_ref; otherwise the caller passes a live object of this
-    // type (one this library gave out, or a struct of its own), as every function requires.
+    // SAFETY: as_ref refuses NULL; any other pointer is a live T from the caller, as every function requires.
     unsafe { ptr.as_ref() }.ok_or_else(|| invalid(format!("{name} is NULL")))
 }
 
 fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T, Failure> {
-    // SAFETY: as in `arg`; and no other thread uses the object during the call, as the
-    // functions that take it mutably document.
+    // SAFETY: as in `arg`, and no other thread uses the object meanwhile, as these functions document.
     unsafe { ptr.as_mut() }.ok_or_else(|| invalid(format!("{name} is NULL")))
 }
 
@@ -73,8 +70,7 @@ pub(crate) fn items<'a, T>(ptr: *const T, n: usize, name: &str) -> Result<&'a [T
     if ptr.is_null() {
         return Err(invalid(format!("{name} is NULL but its count is {n}")));
     }
-    // SAFETY: non-NULL (checked), and the caller passes `n` valid items there, as the
-    // count's documentation requires.
+    // SAFETY: non-NULL (checked), with `n` valid items there, as the count's documentation requires.
     Ok(unsafe { std::slice::from_raw_parts(ptr, n) })
 }
 
@@ -85,8 +81,7 @@ pub(crate) fn string<'a>(ptr: *const c_char, name: &str) -> Result<&'a CStr, Fai
 
 /// The NUL-terminated string at `ptr`, or `None` for NULL.
 pub(crate) fn optional_string<'a>(ptr: *const c_char) -> Option<&'a CStr> {
-    // SAFETY: non-NULL (checked), and the caller passes a NUL-terminated string there,
-    // live for the call, as every string argument's documentation requires.
+    // SAFETY: non-NULL (checked): a NUL-terminated string, live for the call, as documented.
     (!ptr.is_null()).then(|| unsafe { CStr::from_ptr(ptr) })
 }
 
