@@ -45,6 +45,29 @@ static int failures;
               qsock_status_name(got_), qsock_status_name(expected), qsock_last_error());   \
     } while (0)
 
+/* Leaves an error in qsock_last_error() that is not `status`'s, so that the check after
+ * the next call sees whether that call replaced it. Returns words of the planted error. */
+static const char *plant_other_error(qsock_status status) {
+    qsock_receiver *rx;
+    if (status == QSOCK_INVALID_ARGUMENT) {
+        CHECK_STATUS(qsock_receiver_open(socket_dir, &rx), QSOCK_BAD_SOCKET_PATH);
+        return "is a directory";
+    }
+    CHECK_STATUS(qsock_buffer_get_info(NULL, NULL), QSOCK_INVALID_ARGUMENT);
+    return "buffer is NULL";
+}
+
+/* `call` returns `expected`, and qsock_last_error() says `words` instead of the older,
+ * different error planted just before. */
+#define CHECK_FRESH_ERROR(call, expected, words)                                           \
+    do {                                                                                   \
+        const char *planted_ = plant_other_error(expected);                                \
+        CHECK_STATUS(call, expected);                                                      \
+        const char *last_ = qsock_last_error();                                            \
+        CHECK(strstr(last_, (words)) != NULL && strstr(last_, planted_) == NULL,           \
+              "after %s: last error \"%s\", expected it to say \"%s\"", #call, last_, (words)); \
+    } while (0)
+
 static pid_t spawn_replay(const char *socket_path, const char *capture, const char *extra_flag,
                           const char *extra_value) {
     char capture_path[512];
@@ -286,6 +309,61 @@ static void check_timeout_poll_and_hangup(void) {
     printf("ok - timeout, poll fd, hang-up, next sender, protocol error and recovery\n");
 }
 
+/* Every status but QSOCK_OK replaces qsock_last_error() with words about itself, each
+ * provoked here after a different error: the argument and path errors, then TIMEOUT,
+ * SENDER_GONE (no sender for DISCONNECT), a lying sender's PROTOCOL_ERROR, its EOS and
+ * its hang-up (SENDER_GONE). A buffer (QSOCK_OK) leaves the last error alone. */
+static void check_last_error_follows_every_status(void) {
+    qsock_receiver *rx = NULL;
+    qsock_buffer *buf;
+    CHECK_FRESH_ERROR(qsock_receiver_open(NULL, &rx), QSOCK_INVALID_ARGUMENT, "socket_path is NULL");
+    CHECK_FRESH_ERROR(qsock_receiver_options_init(NULL), QSOCK_INVALID_ARGUMENT, "options is NULL");
+    CHECK_FRESH_ERROR(qsock_receiver_open(socket_dir, &rx), QSOCK_BAD_SOCKET_PATH, "is a directory");
+    CHECK_FRESH_ERROR(qsock_receiver_open("/nonexistent-dir/qsock.sock", &rx), QSOCK_IO_ERROR, "/nonexistent-dir");
+    char socket_path[128];
+    snprintf(socket_path, sizeof socket_path, "%s/statuses.sock", socket_dir);
+    CHECK_STATUS(qsock_receiver_open(socket_path, &rx), QSOCK_OK);
+    if (!rx)
+        return;
+    CHECK_FRESH_ERROR(qsock_receiver_recv_buffer(rx, 20, &buf), QSOCK_TIMEOUT, "within 20 ms");
+    CHECK_FRESH_ERROR(qsock_receiver_recv_buffer(rx, 20, NULL), QSOCK_INVALID_ARGUMENT, "buffer_out is NULL");
+    CHECK_FRESH_ERROR(qsock_receiver_send_disconnect(rx), QSOCK_SENDER_GONE, "DISCONNECT");
+    CHECK_FRESH_ERROR(qsock_receiver_get_stats(rx, NULL), QSOCK_INVALID_ARGUMENT, "stats_out is NULL");
+    /* A function without a status fails with words all the same. */
+    plant_other_error(QSOCK_OK);
+    CHECK(qsock_receiver_get_fd(NULL) == -1 && strstr(qsock_last_error(), "receiver is NULL"), "last error: %s",
+          qsock_last_error());
+
+    pid_t sender = spawn_replay(socket_path, "crafted/video-maxsize-lie.jsonl", NULL, NULL);
+    int buffers = 0, errors = 0;
+    qsock_status status;
+    const char *last, *planted;
+    for (;;) {
+        planted = plant_other_error(QSOCK_OK);
+        status = qsock_receiver_recv_buffer(rx, 10000, &buf);
+        last = qsock_last_error();
+        if (status == QSOCK_OK) {
+            buffers++;
+            CHECK(strstr(last, planted) != NULL, "a buffer replaced the last error with: %s", last);
+            qsock_receiver_release(buf);
+        } else if (status == QSOCK_PROTOCOL_ERROR) {
+            errors++;
+            CHECK(strstr(last, "maxsize 8192") && !strstr(last, planted), "last error: %s", last);
+        } else {
+            break;
+        }
+    }
+    CHECK(status == QSOCK_EOS && buffers == 4 && errors == 1, "%s, %d buffers, %d errors", qsock_status_name(status),
+          buffers, errors);
+    CHECK(strstr(last, "(EOS)") && strstr(last, socket_path) && !strstr(last, planted), "after EOS, last error: %s",
+          last);
+    CHECK(wait_replay(sender) == 0, "the lying sender must get every buffer back");
+    CHECK_FRESH_ERROR(qsock_receiver_recv_buffer(rx, 10000, &buf), QSOCK_SENDER_GONE, "closed the connection");
+    qsock_receiver_close(rx);
+    printf("ok - qsock_last_error() follows every status: INVALID_ARGUMENT, BAD_SOCKET_PATH, IO_ERROR, TIMEOUT, "
+           "SENDER_GONE, PROTOCOL_ERROR, EOS, and -1 from get_fd\n");
+}
+
 /* Socket safety from C: the options' defaults, the socket file's mode, and a sender
  * whose uid is not allowed turned away (QSOCK_SENDER_REFUSED) while the receiver goes on. */
 static void check_options(void) {
@@ -307,10 +385,9 @@ static void check_options(void) {
 
     pid_t sender = spawn_replay(socket_path, "video-nopool.jsonl", NULL, NULL);
     qsock_buffer *buf;
-    CHECK_STATUS(qsock_receiver_recv_buffer(rx, 10000, &buf), QSOCK_SENDER_REFUSED);
     char expected[64];
     snprintf(expected, sizeof expected, "uid %u", (unsigned)getuid());
-    CHECK(strstr(qsock_last_error(), expected) != NULL, "last error: %s", qsock_last_error());
+    CHECK_FRESH_ERROR(qsock_receiver_recv_buffer(rx, 10000, &buf), QSOCK_SENDER_REFUSED, expected);
     CHECK(wait_replay(sender) != 0, "the refused sender must see its connection closed");
     qsock_receiver_stats stats;
     CHECK_STATUS(qsock_receiver_get_stats(rx, &stats), QSOCK_OK);
@@ -352,7 +429,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     int sections = 0, failed_sections = 0;
-    void (*const plain[])(void) = {check_bad_arguments, check_timeout_poll_and_hangup, check_options};
+    void (*const plain[])(void) = {check_bad_arguments, check_timeout_poll_and_hangup, check_last_error_follows_every_status,
+                                   check_options};
     const size_t n_plain = sizeof plain / sizeof plain[0];
     for (size_t i = 0; i < sizeof captures / sizeof captures[0] + n_plain; i++) {
         int before = failures;

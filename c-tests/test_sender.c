@@ -36,6 +36,30 @@ static int failures;
         }                                                                                  \
     } while (0)
 
+/* Leaves an error in qsock_last_error() that is not `status`'s, so that the check after
+ * the next call sees whether that call replaced it. Returns words of the planted error. */
+static const char *plant_other_error(qsock_status status) {
+    if (status == QSOCK_INVALID_ARGUMENT) {
+        qsock_sender *tx;
+        CHECK(qsock_sender_connect("/nonexistent-dir/s", &tx) == QSOCK_IO_ERROR, "planting an I/O error");
+        return "/nonexistent-dir/s";
+    }
+    CHECK(qsock_sender_send(NULL, NULL) == QSOCK_INVALID_ARGUMENT, "planting an invalid argument");
+    return "sender is NULL";
+}
+
+/* `call` returns `expected`, and qsock_last_error() says `words` instead of the older,
+ * different error planted just before. */
+#define CHECK_FRESH_ERROR(call, expected, words)                                           \
+    do {                                                                                   \
+        const char *planted_ = plant_other_error(expected);                                \
+        qsock_status got_ = (call);                                                        \
+        const char *last_ = qsock_last_error();                                            \
+        CHECK(got_ == (expected) && strstr(last_, (words)) != NULL && strstr(last_, planted_) == NULL, \
+              "%s returned %s, expected %s saying \"%s\"", #call, qsock_status_name(got_),         \
+              qsock_status_name(expected), (words));                                       \
+    } while (0)
+
 static int memfd_with_index(size_t size, uint64_t index) {
     int fd = memfd_create("test-sender", MFD_CLOEXEC);
     if (fd < 0 || ftruncate(fd, size) != 0 || pwrite(fd, &index, sizeof index, 0) != sizeof index) {
@@ -153,18 +177,25 @@ static void send_stream(const char *path) {
     /* What a receiver would reject is refused before it is sent. */
     qsock_send_block too_big = {.fd = pool[0], .size = 2 * FRAME_SIZE, .maxsize = 2 * FRAME_SIZE, .video = nv12_64x48()};
     qsock_send_buffer bad = {.kind = QSOCK_KIND_VIDEO, .n_blocks = 1, .blocks = &too_big};
-    CHECK(qsock_sender_send(tx, &bad) == QSOCK_INVALID_ARGUMENT && strstr(qsock_last_error(), "exceeds"), "too big");
+    CHECK_FRESH_ERROR(qsock_sender_send(tx, &bad), QSOCK_INVALID_ARGUMENT, "exceeds");
     uint8_t long_text[1025];
     memset(long_text, 'x', sizeof long_text);
     qsock_send_block too_long = {.fd = -1, .size = sizeof long_text, .maxsize = sizeof long_text, .text = long_text};
     bad = (qsock_send_buffer){.kind = QSOCK_KIND_TEXT, .n_blocks = 1, .blocks = &too_long};
-    CHECK(qsock_sender_send(tx, &bad) == QSOCK_INVALID_ARGUMENT && strstr(qsock_last_error(), "1024"), "long text");
+    CHECK_FRESH_ERROR(qsock_sender_send(tx, &bad), QSOCK_INVALID_ARGUMENT, "1024");
     bad = (qsock_send_buffer){.kind = QSOCK_KIND_VIDEO, .n_blocks = 1, .blocks = NULL};
-    CHECK(qsock_sender_send(tx, &bad) == QSOCK_INVALID_ARGUMENT && strstr(qsock_last_error(), "blocks"), "NULL blocks");
+    CHECK_FRESH_ERROR(qsock_sender_send(tx, &bad), QSOCK_INVALID_ARGUMENT, "blocks is NULL");
+    qsock_send_block negative_fd = {.fd = -1, .size = FRAME_SIZE, .maxsize = FRAME_SIZE, .video = nv12_64x48()};
+    bad = (qsock_send_buffer){.kind = QSOCK_KIND_VIDEO, .n_blocks = 1, .blocks = &negative_fd};
+    CHECK_FRESH_ERROR(qsock_sender_send(tx, &bad), QSOCK_INVALID_ARGUMENT, "fd -1 is not an fd");
 
-    CHECK(qsock_sender_send_eos(tx) == QSOCK_OK, "eos");
+    /* Every non-OK result of next_event says why, replacing an older error. */
     qsock_sender_event event;
-    CHECK(qsock_sender_next_event(tx, 10000, &event) == QSOCK_RECEIVER_GONE, "the receiver closes after EOS");
+    CHECK_FRESH_ERROR(qsock_sender_next_event(tx, 0, &event), QSOCK_TIMEOUT, "within 0 ms");
+    CHECK_FRESH_ERROR(qsock_sender_next_event(tx, 0, NULL), QSOCK_INVALID_ARGUMENT, "event_out is NULL");
+    CHECK(qsock_sender_send_eos(tx) == QSOCK_OK, "eos");
+    CHECK_FRESH_ERROR(qsock_sender_next_event(tx, 10000, &event), QSOCK_RECEIVER_GONE, "closed the connection");
+    CHECK_FRESH_ERROR(qsock_sender_send_eos(tx), QSOCK_IO_ERROR, "EOS");
     qsock_sender_close(tx);
     for (int i = 0; i < POOL; i++)
         close(pool[i]);
@@ -245,11 +276,17 @@ int main(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/s", dir);
 
     qsock_sender *tx = (qsock_sender *)0x1;
-    CHECK(qsock_sender_connect(path, &tx) == QSOCK_IO_ERROR && strstr(qsock_last_error(), path), "no receiver yet");
+    CHECK_FRESH_ERROR(qsock_sender_connect(path, &tx), QSOCK_IO_ERROR, path);
     CHECK(tx == (qsock_sender *)0x1, "a failed connect leaves *sender_out alone");
-    CHECK(qsock_sender_connect(NULL, &tx) == QSOCK_INVALID_ARGUMENT, "NULL path");
+    CHECK_FRESH_ERROR(qsock_sender_connect(NULL, &tx), QSOCK_INVALID_ARGUMENT, "socket_path is NULL");
+    CHECK_FRESH_ERROR(qsock_sender_connect(path, NULL), QSOCK_INVALID_ARGUMENT, "sender_out is NULL");
+    CHECK_FRESH_ERROR(qsock_sender_send_eos(NULL), QSOCK_INVALID_ARGUMENT, "sender is NULL");
     CHECK(qsock_sender_send(NULL, NULL) == QSOCK_INVALID_ARGUMENT, "NULL sender");
-    CHECK(qsock_sender_get_fd(NULL) == -1 && qsock_sender_in_flight(NULL) == 0, "NULL getters");
+    /* Functions without a status fail with words all the same. */
+    plant_other_error(QSOCK_INVALID_ARGUMENT);
+    CHECK(qsock_sender_get_fd(NULL) == -1 && strstr(qsock_last_error(), "sender is NULL"), "get_fd(NULL)");
+    plant_other_error(QSOCK_INVALID_ARGUMENT);
+    CHECK(qsock_sender_in_flight(NULL) == 0 && strstr(qsock_last_error(), "sender is NULL"), "in_flight(NULL)");
     qsock_sender_close(NULL);
     int setup_failures = failures;
 

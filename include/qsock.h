@@ -100,12 +100,12 @@ typedef enum {
 } qsock_event_type;
 
 // A received buffer: a description and its memory fds. Opaque; released with
-// `qsock_receiver_release`.
+// `qsock_receiver_release`, from any thread.
 typedef struct qsock_buffer qsock_buffer;
 
 // A receiver: the listening socket, the connected sender and its cached fds. Opaque.
-// Use one receiver from one thread at a time; buffers it gives out may be released
-// from any thread.
+// Receive from one thread at a time; buffers it gives out may be released from any
+// thread, and its fd, counters and DISCONNECT are reachable from any thread too.
 typedef struct qsock_receiver qsock_receiver;
 
 // A connection to a receiver. Opaque. Use it from one thread at a time.
@@ -324,10 +324,6 @@ typedef struct {
 extern "C" {
 #endif // __cplusplus
 
-// The message of the last failing qsock call on this thread ("" if none). The string
-// belongs to qsock and stays valid until the next qsock call on this thread.
-const char *qsock_last_error(void);
-
 // The status's name, e.g. "QSOCK_TIMEOUT". A static string; never NULL.
 const char *qsock_status_name(qsock_status status);
 
@@ -362,6 +358,13 @@ qsock_status qsock_buffer_get_class_meta(const qsock_buffer *buffer, size_t inde
 // Fills `*landmarks_out` with landmarks meta `index`, its keypoints and links.
 qsock_status qsock_buffer_get_landmarks_meta(const qsock_buffer *buffer, size_t index, qsock_landmarks_meta *landmarks_out);
 
+// The message of the last qsock call on this thread that did not return `QSOCK_OK`
+// (including `QSOCK_TIMEOUT`, `QSOCK_EOS` and `QSOCK_SENDER_GONE`), or of a function
+// without a status that failed (a -1 fd, a 0 count); "" if none yet. Calls that succeed
+// leave it as it was. The string belongs to qsock and stays valid until the next qsock
+// call on this thread.
+const char *qsock_last_error(void);
+
 // Fills `*options` with the defaults: socket mode 0600, no uid allow-list.
 qsock_status qsock_receiver_options_init(qsock_receiver_options *options);
 
@@ -384,10 +387,11 @@ qsock_status qsock_receiver_open_with_options(const char *socket_path, const qso
 //
 // Returns `QSOCK_OK` with `*buffer_out` set to a new buffer, owned by the caller, who
 // must hand it back with `qsock_receiver_release` (that returns it to the sender).
-// Any other status leaves `*buffer_out` NULL: `QSOCK_TIMEOUT`, `QSOCK_EOS`,
-// `QSOCK_SENDER_GONE` (call again to wait for the next sender), `QSOCK_PROTOCOL_ERROR`
-// (one message rejected; call again to go on), `QSOCK_SENDER_REFUSED` (a sender of a
-// uid not allowed was disconnected; call again to go on), or an error.
+// Any other status leaves `*buffer_out` NULL and says why in `qsock_last_error()`:
+// `QSOCK_TIMEOUT`, `QSOCK_EOS`, `QSOCK_SENDER_GONE` (call again to wait for the next
+// sender), `QSOCK_PROTOCOL_ERROR` (one message rejected; call again to go on),
+// `QSOCK_SENDER_REFUSED` (a sender of a uid not allowed was disconnected; call again to
+// go on), or an error. Calls on one receiver from several threads take turns.
 qsock_status qsock_receiver_recv_buffer(qsock_receiver *receiver, int32_t timeout_ms, qsock_buffer **buffer_out);
 
 // Releases a buffer: its fds are closed (pooled ones stay cached for their next use)
@@ -398,20 +402,25 @@ void qsock_receiver_release(qsock_buffer *buffer);
 
 // Closes the receiver: answers every message still queued with a return, stops
 // reading, closes the cached fds no buffer still uses, and removes the socket file.
-// Buffers not yet released stay valid; release them as usual. NULL is a no-op.
+// Buffers not yet released stay valid; release them as usual. No other call on this
+// receiver may be in progress, and none may follow. NULL is a no-op.
 void qsock_receiver_close(qsock_receiver *receiver);
 
 // An fd to put in the app's event loop: it polls readable (POLLIN) whenever
 // `qsock_receiver_recv_buffer` has something to do. The same fd for the receiver's
 // whole life; owned by the receiver (do not close it). -1 if `receiver` is NULL.
+// Safe from any thread, also while another waits in `qsock_receiver_recv_buffer`.
 int qsock_receiver_get_fd(const qsock_receiver *receiver);
 
 // Sends DISCONNECT to the sender, as the deployed receiver does when it pauses: the
 // sender stops sending, waits for its buffers to come back, and reconnects later.
-// `QSOCK_SENDER_GONE` if no sender is connected.
+// `QSOCK_SENDER_GONE` if no sender is connected. Safe from any thread, also while
+// another waits in `qsock_receiver_recv_buffer`.
 qsock_status qsock_receiver_send_disconnect(qsock_receiver *receiver);
 
-// Fills `*stats_out` with the receiver's counters.
+// Fills `*stats_out` with the receiver's counters. Safe from any thread, also while
+// another waits in `qsock_receiver_recv_buffer`: it never waits for that call, nor slows
+// it down.
 qsock_status qsock_receiver_get_stats(const qsock_receiver *receiver, qsock_receiver_stats *stats_out);
 
 // Connects to a receiver listening at `socket_path` (one attempt). `QSOCK_IO_ERROR`
@@ -433,6 +442,8 @@ qsock_status qsock_sender_send_eos(qsock_sender *sender);
 // Waits up to `timeout_ms` (negative: for ever; 0: just look) for what the receiver
 // says next: `QSOCK_OK` with `*event_out` filled, `QSOCK_TIMEOUT`, or
 // `QSOCK_RECEIVER_GONE` (nothing outstanding will come back: all memory is yours again).
+// Every status but `QSOCK_OK` leaves `*event_out` unchanged and says why in
+// `qsock_last_error()`.
 qsock_status qsock_sender_next_event(qsock_sender *sender, int32_t timeout_ms, qsock_sender_event *event_out);
 
 // Memory blocks sent and not yet returned (0 for NULL).

@@ -2,48 +2,17 @@
 //! getter gives out (strings, arrays) belongs to the buffer and stays valid until the
 //! buffer is released; every fd too (do not close it; `dup()` it to keep it longer).
 
-use std::ffi::{c_char, c_int, CString};
+use std::ffi::{c_char, CString};
 use std::os::fd::AsRawFd;
 
 use gst::glib::translate::FromGlib;
 
 use super::*;
-use crate::protocol::{self, MemoryBlock, MemoryKind, TensorType};
+use crate::protocol::{MemoryBlock, MemoryKind, TensorType};
 use crate::ReceivedBuffer;
 
-/// `GstClockTime` NONE: a timestamp that is not set.
-#[allow(dead_code)] // used from C, through the header
-pub const QSOCK_CLOCK_TIME_NONE: u64 = u64::MAX;
-
-/// At most this many memory blocks per buffer.
-pub const QSOCK_MAX_BLOCKS: usize = 10;
-/// At most this many planes per video block.
-pub const QSOCK_MAX_PLANES: usize = 4;
-/// At most this many dimensions per tensor.
-pub const QSOCK_MAX_DIMENSIONS: usize = 8;
-/// At most this many bytes per text block.
-pub const QSOCK_MAX_TEXT: usize = 1024;
-const _: () = assert!(
-    QSOCK_MAX_BLOCKS == protocol::MAX_MEMORY_BLOCKS
-        && QSOCK_MAX_PLANES == protocol::MAX_PLANES
-        && QSOCK_MAX_DIMENSIONS == protocol::MAX_TENSOR_DIMENSIONS
-        && QSOCK_MAX_TEXT == protocol::MAX_TEXT_LEN
-);
-
-/// The kind of a buffer's memory blocks.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum qsock_kind {
-    /// Video frames: one block per frame, described by `qsock_video_info`.
-    QSOCK_KIND_VIDEO = 1,
-    /// Tensors: one block per tensor, described by `qsock_tensor_info`.
-    QSOCK_KIND_TENSOR = 2,
-    /// Text: bytes carried in the message itself (no fd), read with `qsock_buffer_get_text`.
-    QSOCK_KIND_TEXT = 3,
-}
-
 /// A received buffer: a description and its memory fds. Opaque; released with
-/// `qsock_receiver_release`.
+/// `qsock_receiver_release`, from any thread.
 pub struct qsock_buffer {
     buffer: ReceivedBuffer,
     /// C views of the classification and landmarks metas, built once; they point into
@@ -53,143 +22,21 @@ pub struct qsock_buffer {
     links: Vec<Vec<qsock_link>>,
 }
 
-/// What a buffer holds, in counts and timestamps.
-#[repr(C)]
-pub struct qsock_buffer_info {
-    pub kind: qsock_kind,
-    /// Memory blocks (1..=10): frames, tensors or texts.
-    pub n_blocks: usize,
-    /// The sender's running time in ns; `QSOCK_CLOCK_TIME_NONE` when unset.
-    pub pts: u64,
-    pub dts: u64,
-    pub duration: u64,
-    /// Whether the sender pools this buffer (its fds are cached here and reused).
-    pub use_buffer_pool: bool,
-    pub n_protection_metas: usize,
-    pub n_roi_metas: usize,
-    pub n_class_metas: usize,
-    pub n_landmarks_metas: usize,
-}
+// SAFETY: ReceivedBuffer is Send (checked below); the views' pointers only point into it.
+unsafe impl Send for qsock_buffer {}
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<ReceivedBuffer>();
+};
 
-/// One memory block.
-#[repr(C)]
-pub struct qsock_block {
-    /// The memory's fd (a DMA-BUF or memfd), owned by the buffer: valid until the buffer
-    /// is released; do not close it. Map `maxsize` bytes from offset 0. -1 for text.
-    pub fd: c_int,
-    /// The sender's id for this memory (its fd number there); -1 for text.
-    pub buf_id: i32,
-    /// Bytes in use, from offset 0.
-    pub size: u64,
-    /// The memory's whole size; never more than the object behind `fd`.
-    pub maxsize: u64,
-}
-
-/// A video block's layout (the GstVideoMeta values).
-#[repr(C)]
-pub struct qsock_video_info {
-    /// A GstVideoFormat value (NV12 = 23).
-    pub format: u32,
-    /// The format's GStreamer name ("NV12"); "UNKNOWN" for a value GStreamer does not
-    /// know. A static string.
-    pub format_name: *const c_char,
-    pub width: u32,
-    pub height: u32,
-    /// Planes in use (1..=4); entries past it in `offsets`/`strides` are 0.
-    pub n_planes: u32,
-    /// Each plane's byte offset in the block; every one lies inside the block's size.
-    pub offsets: [u64; QSOCK_MAX_PLANES],
-    pub strides: [i32; QSOCK_MAX_PLANES],
-    /// GstVideoFrameFlags.
-    pub flags: u32,
-}
-
-/// A tensor block's shape.
-#[repr(C)]
-pub struct qsock_tensor_info {
-    /// 0 UNKNOWN, 1 INT8, 2 UINT8, 3 INT16, 4 UINT16, 5 INT32, 6 UINT32, 7 INT64,
-    /// 8 UINT64, 9 FLOAT16, 10 FLOAT32; other values are passed on as sent.
-    pub type_: u32,
-    /// The type's name as caps spell it ("UINT8"); "UNKNOWN" for other values. Static.
-    pub type_name: *const c_char,
-    /// Dimensions in use (0..=8); entries past it in `dimensions` are 0.
-    pub n_dimensions: u32,
-    pub dimensions: [u32; QSOCK_MAX_DIMENSIONS],
-}
-
-/// A region of interest (GstVideoRegionOfInterestMeta). Strings belong to the buffer.
-#[repr(C)]
-pub struct qsock_roi_meta {
-    pub label: *const c_char,
-    pub id: i32,
-    pub parent_id: i32,
-    pub x: u32,
-    pub y: u32,
-    pub w: u32,
-    pub h: u32,
-    /// Detection parameters, a serialized GstStructure; NULL when absent.
-    pub det_meta: *const c_char,
-    /// Extra parameters, a serialized GstStructure; NULL when absent.
-    pub xtraparams: *const c_char,
-}
-
-/// One label of a classification.
-#[repr(C)]
-pub struct qsock_class_label {
-    pub name: *const c_char,
-    pub confidence: f64,
-    /// 0xRRGGBBAA.
-    pub color: u32,
-    /// A serialized GstStructure; NULL when absent.
-    pub xtraparams: *const c_char,
-}
-
-/// An image classification result. Arrays and strings belong to the buffer.
-#[repr(C)]
-pub struct qsock_class_meta {
-    pub id: u32,
-    pub parent_id: i32,
-    pub n_labels: usize,
-    pub labels: *const qsock_class_label,
-}
-
-/// One keypoint of a landmarks result.
-#[repr(C)]
-pub struct qsock_keypoint {
-    pub name: *const c_char,
-    pub confidence: f64,
-    pub color: u32,
-    pub x: u32,
-    pub y: u32,
-}
-
-/// A link between two keypoints, by index; both lie below `n_keypoints`.
-#[repr(C)]
-pub struct qsock_link {
-    pub s_kp_idx: u32,
-    pub d_kp_idx: u32,
-}
-
-/// A pose or landmarks result. Arrays and strings belong to the buffer.
-#[repr(C)]
-pub struct qsock_landmarks_meta {
-    pub id: u32,
-    pub parent_id: i32,
-    pub confidence: f64,
-    pub n_keypoints: usize,
-    pub keypoints: *const qsock_keypoint,
-    pub n_links: usize,
-    pub links: *const qsock_link,
-    /// A serialized GstStructure; NULL when absent.
-    pub xtraparams: *const c_char,
-}
+impl Handle for qsock_buffer {}
 
 fn c_str_or_null(s: Option<&CString>) -> *const c_char {
     s.map_or(std::ptr::null(), |s| s.as_ptr())
 }
 
 impl qsock_buffer {
-    pub(crate) fn new(buffer: ReceivedBuffer) -> *mut qsock_buffer {
+    pub(crate) fn new(buffer: ReceivedBuffer) -> qsock_buffer {
         let metas = &buffer.message().metas;
         let class_labels = metas
             .class
@@ -223,7 +70,7 @@ impl qsock_buffer {
             .iter()
             .map(|m| m.links.iter().map(|l| qsock_link { s_kp_idx: l.s_kp_idx, d_kp_idx: l.d_kp_idx }).collect())
             .collect();
-        Box::into_raw(Box::new(qsock_buffer { buffer, class_labels, keypoints, links }))
+        qsock_buffer { buffer, class_labels, keypoints, links }
     }
 
     fn block(&self, index: usize) -> Result<&MemoryBlock, Failure> {
@@ -243,8 +90,8 @@ fn wrong_kind(index: usize, wanted: &str, block: &MemoryBlock) -> Failure {
 /// Fills `*info_out` with the buffer's kind, block count, timestamps and meta counts.
 #[no_mangle]
 pub extern "C" fn qsock_buffer_get_info(buffer: *const qsock_buffer, info_out: *mut qsock_buffer_info) -> qsock_status {
-    guard(|| {
-        let m = arg(buffer, "buffer")?.buffer.message();
+    call(|| {
+        let m = handle(buffer, "buffer")?.buffer.message();
         let kind = match m.kind() {
             MemoryKind::Video => qsock_kind::QSOCK_KIND_VIDEO,
             MemoryKind::Tensor => qsock_kind::QSOCK_KIND_TENSOR,
@@ -262,21 +109,19 @@ pub extern "C" fn qsock_buffer_get_info(buffer: *const qsock_buffer, info_out: *
             n_class_metas: m.metas.class.len(),
             n_landmarks_metas: m.metas.landmarks.len(),
         };
-        write_out(info_out, "info_out", info)?;
-        Ok(QSOCK_OK)
+        write_out(info_out, "info_out", info)
     })
 }
 
 /// Fills `*block_out` with memory block `index`: its fd, buf_id, size and maxsize.
 #[no_mangle]
 pub extern "C" fn qsock_buffer_get_block(buffer: *const qsock_buffer, index: usize, block_out: *mut qsock_block) -> qsock_status {
-    guard(|| {
-        let b = arg(buffer, "buffer")?;
+    call(|| {
+        let b = handle(buffer, "buffer")?;
         let block = b.block(index)?;
         let fd = b.buffer.fd(index).map_or(-1, |fd| fd.as_raw_fd());
         let buf_id = b.buffer.message().buf_ids()[index];
-        write_out(block_out, "block_out", qsock_block { fd, buf_id, size: block.size(), maxsize: block.maxsize() })?;
-        Ok(QSOCK_OK)
+        write_out(block_out, "block_out", qsock_block { fd, buf_id, size: block.size(), maxsize: block.maxsize() })
     })
 }
 
@@ -284,8 +129,8 @@ pub extern "C" fn qsock_buffer_get_block(buffer: *const qsock_buffer, index: usi
 /// `QSOCK_INVALID_ARGUMENT` if the buffer is not video.
 #[no_mangle]
 pub extern "C" fn qsock_buffer_get_video(buffer: *const qsock_buffer, index: usize, video_out: *mut qsock_video_info) -> qsock_status {
-    guard(|| {
-        let block = arg(buffer, "buffer")?.block(index)?;
+    call(|| {
+        let block = handle(buffer, "buffer")?.block(index)?;
         let MemoryBlock::Frame(f) = block else { return Err(wrong_kind(index, "video", block)) };
         // SAFETY: from_glib maps every integer, values it does not know to __Unknown.
         let format = unsafe { gst_video::VideoFormat::from_glib(f.format as i32) };
@@ -308,8 +153,7 @@ pub extern "C" fn qsock_buffer_get_video(buffer: *const qsock_buffer, index: usi
             strides,
             flags: f.flags,
         };
-        write_out(video_out, "video_out", info)?;
-        Ok(QSOCK_OK)
+        write_out(video_out, "video_out", info)
     })
 }
 
@@ -317,8 +161,8 @@ pub extern "C" fn qsock_buffer_get_video(buffer: *const qsock_buffer, index: usi
 /// `QSOCK_INVALID_ARGUMENT` if the buffer is not tensors.
 #[no_mangle]
 pub extern "C" fn qsock_buffer_get_tensor(buffer: *const qsock_buffer, index: usize, tensor_out: *mut qsock_tensor_info) -> qsock_status {
-    guard(|| {
-        let block = arg(buffer, "buffer")?.block(index)?;
+    call(|| {
+        let block = handle(buffer, "buffer")?.block(index)?;
         let MemoryBlock::Tensor(t) = block else { return Err(wrong_kind(index, "a tensor", block)) };
         let type_name = TensorType::from_u32(t.tensor_type).unwrap_or(TensorType::Unknown).c_name();
         let mut dimensions = [0; QSOCK_MAX_DIMENSIONS];
@@ -329,8 +173,7 @@ pub extern "C" fn qsock_buffer_get_tensor(buffer: *const qsock_buffer, index: us
             n_dimensions: t.n_dimensions,
             dimensions,
         };
-        write_out(tensor_out, "tensor_out", info)?;
-        Ok(QSOCK_OK)
+        write_out(tensor_out, "tensor_out", info)
     })
 }
 
@@ -343,12 +186,11 @@ pub extern "C" fn qsock_buffer_get_text(
     data_out: *mut *const u8,
     size_out: *mut usize,
 ) -> qsock_status {
-    guard(|| {
-        let block = arg(buffer, "buffer")?.block(index)?;
+    call(|| {
+        let block = handle(buffer, "buffer")?.block(index)?;
         let MemoryBlock::Text(t) = block else { return Err(wrong_kind(index, "text", block)) };
         write_out(data_out, "data_out", t.contents.as_ptr())?;
-        write_out(size_out, "size_out", t.contents.len())?;
-        Ok(QSOCK_OK)
+        write_out(size_out, "size_out", t.contents.len())
     })
 }
 
@@ -360,19 +202,18 @@ pub extern "C" fn qsock_buffer_get_protection_meta(
     index: usize,
     structure_out: *mut *const c_char,
 ) -> qsock_status {
-    guard(|| {
-        let metas = &arg(buffer, "buffer")?.buffer.message().metas;
+    call(|| {
+        let metas = &handle(buffer, "buffer")?.buffer.message().metas;
         let meta = nth(&metas.protection, index, "protection meta")?;
-        write_out(structure_out, "structure_out", meta.structure.as_ptr())?;
-        Ok(QSOCK_OK)
+        write_out(structure_out, "structure_out", meta.structure.as_ptr())
     })
 }
 
 /// Fills `*roi_out` with region-of-interest meta `index`.
 #[no_mangle]
 pub extern "C" fn qsock_buffer_get_roi_meta(buffer: *const qsock_buffer, index: usize, roi_out: *mut qsock_roi_meta) -> qsock_status {
-    guard(|| {
-        let metas = &arg(buffer, "buffer")?.buffer.message().metas;
+    call(|| {
+        let metas = &handle(buffer, "buffer")?.buffer.message().metas;
         let r = nth(&metas.roi, index, "ROI meta")?;
         let roi = qsock_roi_meta {
             label: r.label.as_ptr(),
@@ -385,21 +226,19 @@ pub extern "C" fn qsock_buffer_get_roi_meta(buffer: *const qsock_buffer, index: 
             det_meta: c_str_or_null(r.det_meta.as_ref()),
             xtraparams: c_str_or_null(r.xtraparams.as_ref()),
         };
-        write_out(roi_out, "roi_out", roi)?;
-        Ok(QSOCK_OK)
+        write_out(roi_out, "roi_out", roi)
     })
 }
 
 /// Fills `*class_out` with classification meta `index` and its labels.
 #[no_mangle]
 pub extern "C" fn qsock_buffer_get_class_meta(buffer: *const qsock_buffer, index: usize, class_out: *mut qsock_class_meta) -> qsock_status {
-    guard(|| {
-        let b = arg(buffer, "buffer")?;
+    call(|| {
+        let b = handle(buffer, "buffer")?;
         let c = nth(&b.buffer.message().metas.class, index, "classification meta")?;
         let labels = &b.class_labels[index];
         let class = qsock_class_meta { id: c.id, parent_id: c.parent_id, n_labels: labels.len(), labels: labels.as_ptr() };
-        write_out(class_out, "class_out", class)?;
-        Ok(QSOCK_OK)
+        write_out(class_out, "class_out", class)
     })
 }
 
@@ -410,8 +249,8 @@ pub extern "C" fn qsock_buffer_get_landmarks_meta(
     index: usize,
     landmarks_out: *mut qsock_landmarks_meta,
 ) -> qsock_status {
-    guard(|| {
-        let b = arg(buffer, "buffer")?;
+    call(|| {
+        let b = handle(buffer, "buffer")?;
         let m = nth(&b.buffer.message().metas.landmarks, index, "landmarks meta")?;
         let (keypoints, links) = (&b.keypoints[index], &b.links[index]);
         let landmarks = qsock_landmarks_meta {
@@ -424,7 +263,6 @@ pub extern "C" fn qsock_buffer_get_landmarks_meta(
             links: links.as_ptr(),
             xtraparams: c_str_or_null(m.xtraparams.as_ref()),
         };
-        write_out(landmarks_out, "landmarks_out", landmarks)?;
-        Ok(QSOCK_OK)
+        write_out(landmarks_out, "landmarks_out", landmarks)
     })
 }

@@ -3,10 +3,8 @@
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-use super::buffer::*;
 use super::*;
 use crate::protocol::{
     ClassLabel, ClassMeta, FramePayload, Keypoint, LandmarksMeta, Link, MemoryBlock, Metas, ProtectionMeta, RoiMeta,
@@ -19,87 +17,15 @@ pub struct qsock_sender {
     sender: Sender,
 }
 
-/// One memory block to send.
-#[repr(C)]
-pub struct qsock_send_block {
-    /// The memory's fd (a DMA-BUF or memfd; ignored for text). Its number becomes the
-    /// block's buf_id, and returns name it: keep it open and the memory unchanged until
-    /// its return arrives. qsock does not take ownership.
-    pub fd: c_int,
-    /// Bytes in use from offset 0, and the memory's whole size (at most the fd's size).
-    pub size: u64,
-    pub maxsize: u64,
-    /// For QSOCK_KIND_VIDEO: the layout (`format_name` is ignored).
-    pub video: qsock_video_info,
-    /// For QSOCK_KIND_TENSOR: the shape (`type_name` is ignored).
-    pub tensor: qsock_tensor_info,
-    /// For QSOCK_KIND_TEXT: `size` bytes (at most 1024), copied into the message.
-    pub text: *const u8,
+impl Handle for qsock_sender {}
+
+/// An owned copy of the C string at `ptr`, or a failure naming it if NULL.
+fn owned_string(ptr: *const c_char, name: &str) -> Result<CString, Failure> {
+    Ok(string(ptr, name)?.to_owned())
 }
 
-/// A buffer to send. Everything it points to is read during the call only.
-#[repr(C)]
-pub struct qsock_send_buffer {
-    pub kind: qsock_kind,
-    /// 1..=10 blocks, all of `kind`.
-    pub n_blocks: usize,
-    pub blocks: *const qsock_send_block,
-    /// Running time in ns; `QSOCK_CLOCK_TIME_NONE` when unset.
-    pub pts: u64,
-    pub dts: u64,
-    pub duration: u64,
-    /// The memory comes from a pool and will be sent again: its fds cross the socket only
-    /// the first time (or when the object behind an fd number changed).
-    pub pooled: bool,
-    pub n_protection_metas: usize,
-    /// Serialized GstStructures.
-    pub protection_metas: *const *const c_char,
-    pub n_roi_metas: usize,
-    pub roi_metas: *const qsock_roi_meta,
-    pub n_class_metas: usize,
-    pub class_metas: *const qsock_class_meta,
-    pub n_landmarks_metas: usize,
-    pub landmarks_metas: *const qsock_landmarks_meta,
-}
-
-/// What a receiver said.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum qsock_event_type {
-    /// The receiver is done with `buf_ids` (your fd numbers): their memory may be reused.
-    QSOCK_EVENT_RETURN = 1,
-    /// The receiver is pausing: stop sending, wait for the outstanding returns, close the
-    /// sender, and connect again later.
-    QSOCK_EVENT_DISCONNECT = 2,
-}
-
-#[repr(C)]
-pub struct qsock_sender_event {
-    pub type_: qsock_event_type,
-    /// For QSOCK_EVENT_RETURN: how many of `buf_ids` are set.
-    pub n_buf_ids: usize,
-    pub buf_ids: [i32; QSOCK_MAX_BLOCKS],
-}
-
-/// `n` items at `ptr`, read during the call; NULL is fine when `n` is 0.
-fn items<'a, T>(ptr: *const T, n: usize, name: &str) -> Result<&'a [T], Failure> {
-    if n == 0 {
-        return Ok(&[]);
-    }
-    if ptr.is_null() {
-        return Err(invalid(format!("{name} is NULL but its count is {n}")));
-    }
-    // SAFETY: the caller passes `n` valid items at `ptr`, as the field's documentation requires.
-    Ok(unsafe { std::slice::from_raw_parts(ptr, n) })
-}
-
-fn string(ptr: *const c_char, name: &str) -> Result<CString, Failure> {
-    optional_string(ptr)?.ok_or_else(|| invalid(format!("{name} is NULL")))
-}
-
-fn optional_string(ptr: *const c_char) -> Result<Option<CString>, Failure> {
-    // SAFETY: the caller passes NULL or a NUL-terminated string, read during the call.
-    Ok((!ptr.is_null()).then(|| unsafe { CStr::from_ptr(ptr) }.to_owned()))
+fn optional_owned_string(ptr: *const c_char) -> Option<CString> {
+    optional_string(ptr).map(CStr::to_owned)
 }
 
 fn block_description(kind: qsock_kind, b: &qsock_send_block) -> Result<MemoryBlock, Failure> {
@@ -136,7 +62,7 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
     let protection = items(buffer.protection_metas, buffer.n_protection_metas, "protection_metas")?
         .iter()
         .map(|&s| {
-            let structure = string(s, "a protection meta")?;
+            let structure = owned_string(s, "a protection meta")?;
             let size = structure.as_bytes().len() as u64;
             Ok(ProtectionMeta { structure, size, maxsize: size })
         })
@@ -145,15 +71,15 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
         .iter()
         .map(|r| {
             Ok(RoiMeta {
-                label: string(r.label, "roi label")?,
+                label: owned_string(r.label, "roi label")?,
                 id: r.id,
                 parent_id: r.parent_id,
                 x: r.x,
                 y: r.y,
                 w: r.w,
                 h: r.h,
-                det_meta: optional_string(r.det_meta)?,
-                xtraparams: optional_string(r.xtraparams)?,
+                det_meta: optional_owned_string(r.det_meta),
+                xtraparams: optional_owned_string(r.xtraparams),
             })
         })
         .collect::<Result<_, Failure>>()?;
@@ -164,10 +90,10 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
                 .iter()
                 .map(|l| {
                     Ok(ClassLabel {
-                        name: string(l.name, "class label name")?,
+                        name: owned_string(l.name, "class label name")?,
                         confidence: l.confidence,
                         color: l.color,
-                        xtraparams: optional_string(l.xtraparams)?,
+                        xtraparams: optional_owned_string(l.xtraparams),
                     })
                 })
                 .collect::<Result<_, Failure>>()?;
@@ -180,7 +106,7 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
             let keypoints = items(m.keypoints, m.n_keypoints, "keypoints")?
                 .iter()
                 .map(|k| {
-                    Ok(Keypoint { name: string(k.name, "keypoint name")?, confidence: k.confidence, color: k.color, x: k.x, y: k.y })
+                    Ok(Keypoint { name: owned_string(k.name, "keypoint name")?, confidence: k.confidence, color: k.color, x: k.x, y: k.y })
                 })
                 .collect::<Result<_, Failure>>()?;
             let links = items(m.links, m.n_links, "links")?
@@ -193,7 +119,7 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
                 confidence: m.confidence,
                 keypoints,
                 links,
-                xtraparams: optional_string(m.xtraparams)?,
+                xtraparams: optional_owned_string(m.xtraparams),
             })
         })
         .collect::<Result<_, Failure>>()?;
@@ -206,13 +132,9 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
 /// `qsock_sender_close`.
 #[no_mangle]
 pub extern "C" fn qsock_sender_connect(socket_path: *const c_char, sender_out: *mut *mut qsock_sender) -> qsock_status {
-    guard(|| {
-        let path = string(socket_path, "socket_path")?;
-        arg(sender_out, "sender_out")?;
-        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path.as_bytes()));
-        let sender = Sender::connect(path)?;
-        write_out(sender_out, "sender_out", Box::into_raw(Box::new(qsock_sender { sender })))?;
-        Ok(QSOCK_OK)
+    call(|| {
+        let path = path(socket_path, "socket_path")?;
+        give_out(sender_out, "sender_out", || Ok(qsock_sender { sender: Sender::connect(path)? }))
     })
 }
 
@@ -223,19 +145,18 @@ pub extern "C" fn qsock_sender_connect(socket_path: *const c_char, sender_out: *
 /// over 1024 bytes, ... `QSOCK_IO_ERROR` when the socket failed (the receiver is gone).
 #[no_mangle]
 pub extern "C" fn qsock_sender_send(sender: *mut qsock_sender, buffer: *const qsock_send_buffer) -> qsock_status {
-    guard(|| {
-        let sender = arg_mut(sender, "sender")?;
+    call(|| {
+        let sender = handle_mut(sender, "sender")?;
         let buffer = arg(buffer, "buffer")?;
         let blocks = items(buffer.blocks, buffer.n_blocks, "blocks")?
             .iter()
             .map(|b| {
-                let fd = (buffer.kind != qsock_kind::QSOCK_KIND_TEXT).then(|| {
-                    // SAFETY: the caller keeps `fd` open for the call (and until its return).
-                    unsafe { BorrowedFd::borrow_raw(b.fd) }
-                });
-                if fd.is_some() && b.fd < 0 {
-                    return Err(invalid(format!("fd {} is not an fd", b.fd)));
-                }
+                let fd = match buffer.kind {
+                    qsock_kind::QSOCK_KIND_TEXT => None,
+                    _ if b.fd < 0 => return Err(invalid(format!("fd {} is not an fd", b.fd))),
+                    // SAFETY: not negative (checked); the caller keeps it open for the call.
+                    _ => Some(unsafe { BorrowedFd::borrow_raw(b.fd) }),
+                };
                 Ok(OutgoingBlock { fd, description: block_description(buffer.kind, b)? })
             })
             .collect::<Result<Vec<_>, Failure>>()?;
@@ -247,80 +168,67 @@ pub extern "C" fn qsock_sender_send(sender: *mut qsock_sender, buffer: *const qs
             pooled: buffer.pooled,
             metas: metas(buffer)?,
         };
-        sender.sender.send(&outgoing)?;
-        Ok(QSOCK_OK)
+        Ok(sender.sender.send(&outgoing)?)
     })
 }
 
 /// Sends EOS: the receiver ends its stream.
 #[no_mangle]
 pub extern "C" fn qsock_sender_send_eos(sender: *mut qsock_sender) -> qsock_status {
-    guard(|| {
-        arg_mut(sender, "sender")?.sender.send_eos()?;
-        Ok(QSOCK_OK)
-    })
+    call(|| Ok(handle_mut(sender, "sender")?.sender.send_eos()?))
 }
 
 /// Waits up to `timeout_ms` (negative: for ever; 0: just look) for what the receiver
 /// says next: `QSOCK_OK` with `*event_out` filled, `QSOCK_TIMEOUT`, or
 /// `QSOCK_RECEIVER_GONE` (nothing outstanding will come back: all memory is yours again).
+/// Every status but `QSOCK_OK` leaves `*event_out` unchanged and says why in
+/// `qsock_last_error()`.
 #[no_mangle]
 pub extern "C" fn qsock_sender_next_event(
     sender: *mut qsock_sender,
     timeout_ms: i32,
     event_out: *mut qsock_sender_event,
 ) -> qsock_status {
-    guard(|| {
-        let sender = arg_mut(sender, "sender")?;
+    call(|| {
+        let sender = handle_mut(sender, "sender")?;
         arg(event_out, "event_out")?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
         let mut event = qsock_sender_event { type_: qsock_event_type::QSOCK_EVENT_RETURN, n_buf_ids: 0, buf_ids: [-1; QSOCK_MAX_BLOCKS] };
         match sender.sender.next_event(timeout)? {
-            None => return Ok(QSOCK_TIMEOUT),
-            Some(SenderEvent::ReceiverGone) => return Ok(QSOCK_RECEIVER_GONE),
+            None => return Err(Failure::new(QSOCK_TIMEOUT, format!("the receiver said nothing within {timeout_ms} ms"))),
+            Some(SenderEvent::ReceiverGone) => {
+                let message = "the receiver closed the connection: nothing outstanding will come back, all its memory is yours again";
+                return Err(Failure::new(QSOCK_RECEIVER_GONE, message));
+            }
             Some(SenderEvent::Disconnect) => event.type_ = qsock_event_type::QSOCK_EVENT_DISCONNECT,
             Some(SenderEvent::Returned(ids)) => {
                 event.n_buf_ids = ids.len();
                 event.buf_ids[..ids.len()].copy_from_slice(&ids);
             }
         }
-        write_out(event_out, "event_out", event)?;
-        Ok(QSOCK_OK)
+        write_out(event_out, "event_out", event)
     })
 }
 
 /// Memory blocks sent and not yet returned (0 for NULL).
 #[no_mangle]
 pub extern "C" fn qsock_sender_in_flight(sender: *const qsock_sender) -> usize {
-    let mut n = 0;
-    guard(|| {
-        n = arg(sender, "sender")?.sender.in_flight();
-        Ok(QSOCK_OK)
-    });
-    n
+    boundary(|| Ok(handle(sender, "sender")?.sender.in_flight()))
 }
 
 /// An fd for the app's event loop: polls readable when `qsock_sender_next_event` has
 /// something. Owned by the sender (do not close it). -1 if `sender` is NULL.
 #[no_mangle]
 pub extern "C" fn qsock_sender_get_fd(sender: *const qsock_sender) -> c_int {
-    let mut fd = -1;
-    guard(|| {
-        fd = arg(sender, "sender")?.sender.as_fd().as_raw_fd();
-        Ok(QSOCK_OK)
-    });
-    fd
+    boundary(|| Ok(handle(sender, "sender")?.sender.as_fd().as_raw_fd()))
 }
 
 /// Closes the connection and frees the sender. Buffers not yet returned never will be:
 /// their memory is the caller's again. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn qsock_sender_close(sender: *mut qsock_sender) {
-    guard(|| {
-        if !sender.is_null() {
-            // SAFETY: a sender from qsock_sender_connect, closed once, as documented.
-            drop(unsafe { Box::from_raw(sender) });
-        }
-        Ok(QSOCK_OK)
-    });
+    boundary(|| {
+        free(sender);
+        Ok(())
+    })
 }
