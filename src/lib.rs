@@ -6,6 +6,7 @@
 //! → `ffi` (the C ABI in include/qsock.h) and the GStreamer plugin.
 
 pub mod protocol;
+mod error;
 pub mod transport;
 pub mod receiver;
 pub mod sender;
@@ -15,39 +16,18 @@ mod ffi;
 mod elements;
 
 pub use receiver::{
-    Event, Interrupter, PeerCredentials, ReceivedBuffer, Receiver, ReceiverHandle, ReceiverOptions, ReceiverStats,
+    Event, Interrupter, ReceivedBuffer, Receiver, ReceiverHandle, ReceiverOptions, ReceiverStats,
     DEFAULT_SOCKET_MODE,
 };
+pub use error::Error;
 pub use sender::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent};
+pub use transport::PeerCredentials;
 /// The vendor's meta layouts (`GstMLTensorMeta`, `GstVideoClassificationMeta`,
 /// `GstVideoLandmarksMeta` and their array elements) as the elements read and write them:
 /// for the tests, which register and read those metas as the vendor's libraries do. Not a
 /// stable API.
 #[doc(hidden)]
 pub use elements::meta::vendor as vendor_meta;
-
-use std::path::PathBuf;
-
-/// Everything that can go wrong for a user of the receiver or sender.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The socket path cannot be used: too long, or taken by something that is not a socket.
-    #[error("socket path {}: {reason}", path.display())]
-    SocketPath { path: PathBuf, reason: String },
-    /// A system call failed.
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
-    /// A buffer given to the sender is not one a receiver would accept.
-    #[error("invalid buffer: {0}")]
-    InvalidBuffer(String),
-    /// The peer broke the protocol; the message was rejected and its fds closed.
-    #[error("protocol error: {0}")]
-    Protocol(#[from] protocol::ProtocolError),
-    /// A sender connected whose uid is not in the allowed list; it was disconnected and
-    /// the receiver goes on listening.
-    #[error("refused a sender {}: its uid is not in the allowed uids {allowed_uids:?}", peer.map_or("of unknown credentials".into(), |p| format!("(pid {}, uid {}, gid {})", p.pid, p.uid, p.gid)))]
-    SenderRefused { peer: Option<receiver::PeerCredentials>, allowed_uids: Vec<u32> },
-}
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {
     elements::register(plugin)

@@ -14,7 +14,8 @@ use crate::protocol::{
     DataMessage, MemoryKind, ReceiverMessage, ReturnMessage, SenderMessage,
     MAX_RECORD_LEN,
 };
-use crate::transport::{Connection, Listener, MessageIn, MessageReader};
+pub use crate::transport::PeerCredentials;
+use crate::transport::{Connection, Listener, MessageIn, MessageReader, ReadError};
 use crate::Error;
 
 /// What [`Receiver::recv`] brought.
@@ -53,20 +54,6 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 impl Default for ReceiverOptions {
     fn default() -> ReceiverOptions {
         ReceiverOptions { socket_mode: DEFAULT_SOCKET_MODE, allowed_uids: Vec::new() }
-    }
-}
-
-/// A sender's process, as the kernel saw it when it connected (`SO_PEERCRED`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerCredentials {
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-impl From<rustix::net::UCred> for PeerCredentials {
-    fn from(c: rustix::net::UCred) -> PeerCredentials {
-        PeerCredentials { pid: c.pid.as_raw_nonzero().get(), uid: c.uid.as_raw(), gid: c.gid.as_raw() }
     }
 }
 
@@ -182,7 +169,7 @@ impl Receiver {
 
     /// [`Receiver::bind`] with `options`.
     pub fn bind_with(path: impl AsRef<Path>, options: &ReceiverOptions) -> Result<Receiver, Error> {
-        let listener = Listener::bind(path.as_ref(), options.socket_mode)?;
+        let listener = Listener::bind(path.as_ref(), options.socket_mode).map_err(|e| Error::binding(path.as_ref(), e))?;
         let poller = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io("creating the receiver's epoll fd"))?;
         let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
             .map_err(io("creating the receiver's wake-up eventfd"))?;
@@ -355,10 +342,10 @@ impl Receiver {
                 self.shared.counters.fds_received.fetch_add(fds.len() as u64, Relaxed);
                 self.on_message(len, fds)
             }
-            Err(e @ Error::Protocol(_)) => Err(e),
+            Err(ReadError::Protocol(e)) => Err(e.into()),
             Err(e) => {
                 self.end_connection();
-                Err(e)
+                Err(e.into())
             }
         }
         .inspect_err(|e| {
@@ -373,7 +360,7 @@ impl Receiver {
         let Some(connection) = self.listener.accept().map_err(|e| io("accepting a sender", e))? else {
             return Ok(None);
         };
-        let peer = connection.peer_credentials().ok().map(PeerCredentials::from);
+        let peer = connection.peer_credentials().ok();
         let allowed = &self.options.allowed_uids;
         if !allowed.is_empty() && !peer.is_some_and(|p| allowed.contains(&p.uid)) {
             // Dropping the connection closes it: the sender sees a hang-up at once.

@@ -18,7 +18,6 @@ use rustix::net::{
 
 use crate::protocol::{encode_length_record, parse_length_record, ProtocolError, MAX_MEMORY_BLOCKS};
 use crate::socket_owner;
-use crate::Error;
 
 /// `sun_path` holds 108 bytes, the terminating NUL included.
 pub const MAX_SOCKET_PATH_LEN: usize = 107;
@@ -31,9 +30,13 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// attaches too many is seen (an error, with every fd closed) rather than truncated.
 const RECV_FDS_CAPACITY: usize = MAX_MEMORY_BLOCKS + 6;
 
+/// A problem with the socket path itself (not a failed syscall): `InvalidInput`.
+fn path_error(reason: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, reason)
+}
+
 /// What the path refers to before we bind, as far as our checks care.
-fn check_socket_path(path: &Path) -> Result<(), Error> {
-    let path_error = |reason: String| Error::SocketPath { path: path.to_owned(), reason };
+fn check_socket_path(path: &Path) -> io::Result<()> {
     let len = path.as_os_str().len();
     if len == 0 {
         return Err(path_error("the socket path is empty".into()));
@@ -97,28 +100,27 @@ impl Listener {
     /// nobody listens on) is removed; a live one, or anything else there, is refused and
     /// left untouched. The socket file gets the permission bits `mode` (at most 0o777):
     /// who may connect.
-    pub fn bind(path: &Path, mode: u32) -> Result<Listener, Error> {
+    /// Errors: `InvalidInput` for the path's own problems (the message says which),
+    /// another kind for a failed syscall (the message names the step).
+    pub fn bind(path: &Path, mode: u32) -> io::Result<Listener> {
         if mode & !0o777 != 0 {
-            return Err(Error::SocketPath {
-                path: path.to_owned(),
-                reason: format!("socket mode {mode:#o} has bits outside 0o777"),
-            });
+            return Err(path_error(format!("socket mode {mode:#o} has bits outside 0o777")));
         }
         check_socket_path(path)?;
-        let io_error = |what: &str, e: io::Error| Error::Io { what: format!("{what} {}", path.display()), source: e };
-        let fd = seqpacket_socket().map_err(|e| io_error("creating the socket for", e))?;
+        let io_error = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+        let fd = seqpacket_socket().map_err(|e| io_error("creating the socket", e))?;
         let mode = rustix::fs::Mode::from_raw_mode(mode);
         // Linux creates the socket file with the socket inode's mode (less the umask):
         // set before bind, the file is never more open than asked, not even briefly.
-        rustix::fs::fchmod(&fd, mode).map_err(|e| io_error("setting the mode of the socket for", e.into()))?;
-        let addr = SocketAddrUnix::new(path).map_err(|e| io_error("building the address of", e.into()))?;
+        rustix::fs::fchmod(&fd, mode).map_err(|e| io_error("setting the mode of the socket", e.into()))?;
+        let addr = SocketAddrUnix::new(path).map_err(|e| io_error("building its address", e.into()))?;
         rustix::net::bind(&fd, &addr).map_err(|e| io_error("binding", e.into()))?;
         let stat = rustix::fs::stat(path).map_err(|e| io_error("inspecting", e.into()))?;
         let listener = Listener { fd, path: path.to_owned(), file_id: (stat.st_dev, stat.st_ino) };
         // The umask may have taken bits the caller asked for; nobody can connect before
         // listen(), so setting them now opens no window.
-        rustix::fs::chmod(path, mode).map_err(|e| io_error("setting the mode of", e.into()))?;
-        rustix::net::listen(&listener.fd, 1).map_err(|e| io_error("listening on", e.into()))?;
+        rustix::fs::chmod(path, mode).map_err(|e| io_error("setting the mode of the socket file", e.into()))?;
+        rustix::net::listen(&listener.fd, 1).map_err(|e| io_error("listening", e.into()))?;
         Ok(listener)
     }
 
@@ -315,8 +317,9 @@ impl Connection {
     }
 
     /// The peer's process credentials (`SO_PEERCRED`).
-    pub fn peer_credentials(&self) -> io::Result<rustix::net::UCred> {
-        Ok(rustix::net::sockopt::socket_peercred(&self.fd)?)
+    pub fn peer_credentials(&self) -> io::Result<PeerCredentials> {
+        let c = rustix::net::sockopt::socket_peercred(&self.fd)?;
+        Ok(PeerCredentials { pid: c.pid.as_raw_nonzero().get(), uid: c.uid.as_raw(), gid: c.gid.as_raw() })
     }
 }
 
@@ -370,7 +373,7 @@ pub struct MessageReader {
 impl MessageReader {
     /// Reads the next whole message without blocking. A framing error rejects the
     /// records involved (their fds closed) and leaves the reader ready for the next.
-    pub fn read(&mut self, connection: &Connection, buf: &mut [u8]) -> Result<MessageIn, Error> {
+    pub fn read(&mut self, connection: &Connection, buf: &mut [u8]) -> Result<MessageIn, ReadError> {
         loop {
             let (len, fds) = match connection.recv_record(buf) {
                 Ok(Incoming::Record { control_truncated: true, .. }) => {
@@ -383,7 +386,7 @@ impl MessageReader {
                     *self = MessageReader::default();
                     return Ok(MessageIn::Hangup);
                 }
-                Err(source) => return Err(Error::Io { what: "receiving from the peer".into(), source }),
+                Err(e) => return Err(ReadError::Io(e)),
             };
             match self.pending_len.take() {
                 None => {
@@ -406,6 +409,37 @@ impl MessageReader {
             }
         }
     }
+}
+
+/// Why [`MessageReader::read`] failed: the socket, or a message that breaks the protocol
+/// (rejected, its fds closed; the next read goes on).
+#[derive(Debug)]
+pub enum ReadError {
+    Io(io::Error),
+    Protocol(ProtocolError),
+}
+
+impl From<ProtocolError> for ReadError {
+    fn from(e: ProtocolError) -> ReadError {
+        ReadError::Protocol(e)
+    }
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => e.fmt(f),
+            ReadError::Protocol(e) => e.fmt(f),
+        }
+    }
+}
+
+/// A peer's process, as the kernel saw it when it connected (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// Waits until `fd` is readable or `timeout` passes (`None`: for ever). Returns false on timeout.

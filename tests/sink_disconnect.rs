@@ -67,6 +67,7 @@ impl Stream {
                     return buffer;
                 }
                 Event::SenderGone => self.senders_gone += 1,
+                Event::SenderConnected(_) => {}
                 other => panic!("expected a buffer, got {other:?}"),
             }
         }
@@ -133,6 +134,7 @@ fn a_receiver_that_pauses_twice_while_keeping_a_buffer_gets_the_stream_back() {
     loop {
         match stream.receiver.recv(Some(WAIT)).unwrap() {
             Event::Buffer(buffer) => drop(buffer),
+            Event::SenderConnected(_) => {}
             Event::Eos => break,
             other => panic!("expected buffers then EOS, got {other:?}"),
         }

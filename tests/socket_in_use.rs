@@ -58,7 +58,7 @@ fn listening_at(path: &Path) -> bool {
 /// Receives a whole capture of `n` buffers, then its end of stream.
 fn receive_all(receiver: &mut Receiver, n: usize) {
     for i in 0..n {
-        assert!(matches!(receiver.recv(WAIT).unwrap(), Event::Buffer(_)), "buffer {i}");
+        assert!(matches!(recv_after_connect(receiver, WAIT).unwrap(), Event::Buffer(_)), "buffer {i}");
     }
     assert!(matches!(receiver.recv(WAIT).unwrap(), Event::Eos));
 }
