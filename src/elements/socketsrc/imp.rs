@@ -547,8 +547,16 @@ impl QtiSocketSrc {
             State::Stopped { .. } => (true, false),
         };
         if !playing {
-            // FLUSHING when the element stops or flushes meanwhile.
-            self.obj().wait_playing()?;
+            // FLUSHING when the element stops or flushes meanwhile. Our flag goes down
+            // before GstBaseSrc takes the pause in: until it does (microseconds, on the
+            // state-change thread), wait_playing() still answers at once.
+            loop {
+                self.obj().wait_playing()?;
+                if self.is_playing() {
+                    break;
+                }
+                std::thread::yield_now();
+            }
             stream.last_message = Instant::now();
             if stream.receiver.drop_disconnected_sender() {
                 // It was waiting for buffers downstream kept through the pause.
