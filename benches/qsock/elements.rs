@@ -67,7 +67,15 @@ pub struct RecvReport {
     pub out_of_order: u64,
     pub rss_fds_early: (u64, usize),
     pub rss_fds_end: (u64, usize),
+    /// `stats` reads made by a thread polling them meanwhile (`STATS_READER_ENV` set).
+    #[serde(default)]
+    pub stats_reads: u64,
 }
+
+/// Set in a receiver's environment: a thread reads the source's `stats` in a loop while
+/// the stream runs, as an application polling them would.
+pub const STATS_READER_ENV: &str = "QSOCK_BENCH_STATS_READER";
+
 
 fn frame_bytes(width: u32, height: u32) -> usize {
     (width * height * 3 / 2) as usize
@@ -194,7 +202,7 @@ pub fn receiver(transport: Transport, socket: &Path, idle: Duration) {
     gst::init().unwrap();
     gstqtisocket::plugin_register_static().unwrap();
     let src = match transport {
-        Transport::Ours => format!("qtisocketsrc socket={} socket-mode=0600", socket.display()),
+        Transport::Ours => format!("qtisocketsrc name=src socket={} socket-mode=0600", socket.display()),
         Transport::Shm | Transport::ShmCopy => format!("shmsrc socket-path={} is-live=true", socket.display()),
     };
     let pipeline = gst::parse::launch(&format!("{src} ! fakesink name=sink sync=false enable-last-sample=false")).unwrap();
@@ -250,6 +258,18 @@ pub fn receiver(transport: Transport, socket: &Path, idle: Duration) {
         }
     }
     pipeline.set_state(gst::State::Playing).unwrap();
+    let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = (transport == Transport::Ours && std::env::var_os(STATS_READER_ENV).is_some()).then(|| {
+        let (src, reading) = (pipeline.by_name("src").unwrap(), reading.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                drop(src.property::<gst::Structure>("stats"));
+                reads += 1;
+            }
+            reads
+        })
+    });
     let bus = pipeline.bus().unwrap();
     loop {
         let message = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(50), &[gst::MessageType::Eos, gst::MessageType::Error]);
@@ -267,6 +287,8 @@ pub fn receiver(transport: Transport, socket: &Path, idle: Duration) {
             break;
         }
     }
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let stats_reads = reader.map_or(0, |r| r.join().unwrap());
     let mut s = probe.lock().unwrap();
     let cpu_s = (cpu_time() - s.cpu_start).as_secs_f64();
     let seconds = match (s.first, s.last) {
@@ -285,6 +307,7 @@ pub fn receiver(transport: Transport, socket: &Path, idle: Duration) {
         out_of_order: s.out_of_order,
         rss_fds_early: s.early,
         rss_fds_end: (rss_kib(), open_fds()),
+        stats_reads,
     };
     drop(s);
     pipeline.set_state(gst::State::Null).unwrap();

@@ -86,6 +86,23 @@ fn main() {
         }
     }
 
+    println!("\n== A thread reading qtisocketsrc's stats in a loop, 1920x1080 ==");
+    let quiet = pair(Transport::Ours, &dir.join("stats-quiet"), 1920, 1080, run_for, None);
+    // Inherited by the receiver process that `pair` starts.
+    std::env::set_var(elements::STATS_READER_ENV, "1");
+    let polled = pair(Transport::Ours, &dir.join("stats-polled"), 1920, 1080, run_for, None);
+    std::env::remove_var(elements::STATS_READER_ENV);
+    println!(
+        "without a reader {:>8.0} buffers/s p50 {:>6.1} µs; with {:.0} stats reads/s {:>8.0} buffers/s ({:.2}x) p50 {:>6.1} µs",
+        quiet.per_second(),
+        quiet.recv.p50_us,
+        polled.recv.stats_reads as f64 / polled.recv.seconds,
+        polled.per_second(),
+        polled.per_second() / quiet.per_second(),
+        polled.recv.p50_us
+    );
+    results.stats_reader = vec![quiet, polled];
+
     println!("\n== Scale: pairs at once, 1920x1080, qtisocketsink → qtisocketsrc ==");
     for pairs in PAIRS {
         let children: Vec<_> = (0..pairs)
@@ -261,6 +278,8 @@ struct Results {
     api: Vec<api::ApiResult>,
     elements: Vec<PairRun>,
     scale: Vec<ScaleRun>,
+    /// 1920x1080 ours, without and with a thread reading the source's `stats`.
+    stats_reader: Vec<PairRun>,
     soak: Option<PairRun>,
 }
 
@@ -322,6 +341,18 @@ impl Results {
                 s.per_second,
                 s.per_second / self.scale[0].per_second,
                 s.cpu_us_per_buffer
+            );
+        }
+        if let [quiet, polled] = &self.stats_reader[..] {
+            md += &format!(
+                "\n### A thread reading qtisocketsrc's `stats` in a loop (1920x1080)\n\n| | buffers/s | p50 (µs) | stats reads/s |\n|---|---|---|---|\n\
+                 | no reader | {:.0} | {:.1} | 0 |\n| reader | {:.0} ({:.2}×) | {:.1} | {:.0} |\n",
+                quiet.per_second(),
+                quiet.recv.p50_us,
+                polled.per_second(),
+                polled.per_second() / quiet.per_second(),
+                polled.recv.p50_us,
+                polled.recv.stats_reads as f64 / polled.recv.seconds
             );
         }
         if let Some(soak) = &self.soak {
