@@ -281,6 +281,18 @@ impl Receiver {
         true
     }
 
+    /// Hangs up on every sender waiting to be accepted; returns how many. For a receiver
+    /// that stopped receiving for a while (paused): what they queued since is stale, and
+    /// a sender connects again at once after a hang-up (the deployed one every 10 ms).
+    pub fn refuse_waiting_senders(&mut self) -> usize {
+        let mut refused = 0;
+        while let Ok(Some(connection)) = self.listener.accept() {
+            connection.shutdown();
+            refused += 1;
+        }
+        refused
+    }
+
     /// Closes the receiver; the same as dropping it, spelled out.
     pub fn close(self) {}
 

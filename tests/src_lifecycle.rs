@@ -42,7 +42,7 @@ struct ReceivingPipeline {
 impl ReceivingPipeline {
     fn start(socket: &Path, props: &str) -> ReceivingPipeline {
         let running = Running::launch(&format!(
-            "qtisocketsrc name=src socket={} {props} ! appsink name=sink sync=false",
+            "qtisocketsrc name=src socket={} {props} ! appsink name=sink sync=false enable-last-sample=false",
             path_str(socket)
         ));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -159,21 +159,44 @@ fn pause_and_resume_five_times(receiver: &ReceivingPipeline) {
 
 const DEPLOYED_SENDER_ENV: &str = "QSOCK_DEPLOYED_LIKE_SENDER";
 
-fn spawn_deployed_like_sender(socket: &Path) -> Child {
+/// A sender process, killed and reaped when dropped: a failed assertion leaves none behind.
+struct Reaped(Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_deployed_like_sender(socket: &Path) -> Reaped {
     let _ = std::fs::remove_file(stop_file(socket));
-    Command::new(std::env::current_exe().unwrap())
+    Reaped(Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "deployed_like_sender_unlinks_on_disconnect_and_the_receiver_binds_again", "--nocapture"])
         .env(DEPLOYED_SENDER_ENV, socket)
         .stdout(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap())
 }
 
 fn stop_file(socket: &Path) -> PathBuf {
     socket.with_extension("stop")
 }
 
-fn stop_deployed_like_sender(socket: &Path, mut child: Child, with_eos: bool) {
+fn stop_deployed_like_sender(socket: &Path, mut child: Reaped, with_eos: bool) {
     std::fs::write(stop_file(socket), if with_eos { "eos" } else { "hang up" }).unwrap();
     assert!(child.wait().unwrap().success());
 }
@@ -234,7 +257,10 @@ fn deployed_like_sender(socket: &Path) {
                         gone = true;
                         break;
                     }
-                    SenderEvent::ReceiverGone => gone = true,
+                    SenderEvent::ReceiverGone => {
+                        gone = true;
+                        break;
+                    }
                 }
             }
             if gone {
@@ -244,7 +270,7 @@ fn deployed_like_sender(socket: &Path) {
             }
         }
         // Frames due while it was busy (draining) were never made: a live source goes on.
-        index = (index + 1).max((started.elapsed().as_nanos() / FRAME.as_nanos()) as u64);
+        index = (index + 1).max((started.elapsed().as_nanos() / FRAME.as_nanos()) as u64 + 1);
     };
     if let Some(mut s) = sender {
         if stop == "eos" {
@@ -320,15 +346,33 @@ fn five_pauses_mid_stream_with_a_deployed_like_sender_then_eos() {
 }
 
 #[test]
+fn a_sender_that_connected_while_paused_delivers_nothing_stale() {
+    let dir = TempDir::new("connect-while-paused");
+    let socket = dir.path("s");
+    let receiver = ReceivingPipeline::start(&socket, "timestamp-mode=sender");
+    receiver.set_state(gst::State::Paused);
+    // It connects into the listener's backlog and sends what nobody reads yet.
+    let child = spawn_deployed_like_sender(&socket);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(receiver.count(), 0);
+    receiver.set_state(gst::State::Playing);
+    receiver.wait_for_more(10, Duration::from_secs(2), "after resuming");
+    stop_deployed_like_sender(&socket, child, true);
+    receiver.wait_for_eos();
+    assert_in_order_and_fresh(&receiver.seen.lock().unwrap(), Duration::from_millis(150));
+    assert_eq!(stat(&receiver.src(), "senders-accepted"), 1, "the paused-time connection was refused");
+}
+
+#[test]
 fn five_pauses_mid_stream_with_our_sink_then_eos() {
     let dir = TempDir::new("pause-ours");
     let socket = dir.path("s");
     let receiver = ReceivingPipeline::start(&socket, "timestamp-mode=sender");
-    let mut child = gst_launch_child(
+    let mut child = Reaped(gst_launch_child(
         &dir,
         "videotestsrc is-live=true ! video/x-raw,format=NV12,width=64,height=48,framerate=30/1 ! \
          qtisocketsink socket=SOCKET",
-    );
+    ));
     pause_and_resume_five_times(&receiver);
     assert_eq!(stat(&receiver.src(), "senders-accepted"), 6);
     // gst-launch-1.0 -e turns SIGINT into EOS, which our sink sends.
@@ -379,11 +423,11 @@ fn sync_sink_renders_every_frame(sender_first: bool) {
     let dir = TempDir::new("sync");
     let socket = dir.path("s");
     let launch_sender = || {
-        gst_launch_child(
+        Reaped(gst_launch_child(
             &dir,
             "videotestsrc is-live=true ! video/x-raw,format=NV12,width=64,height=48,framerate=30/1 ! \
              qtisocketsink socket=SOCKET",
-        )
+        ))
     };
     let mut sender = None;
     if sender_first {
@@ -434,11 +478,11 @@ fn stats_read_from_another_thread_thousands_of_times_never_disturb_ten_thousand_
     let dir = TempDir::new("stats-reader");
     let socket = dir.path("s");
     let receiver = ReceivingPipeline::start(&socket, "");
-    let mut child = gst_launch_child(
+    let mut child = Reaped(gst_launch_child(
         &dir,
         "videotestsrc num-buffers=10000 ! video/x-raw,format=NV12,width=64,height=48,framerate=30/1 ! \
          qtisocketsink socket=SOCKET wait-for-receiver=true sync=false",
-    );
+    ));
     let src = receiver.src();
     let done = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicU64::new(0));

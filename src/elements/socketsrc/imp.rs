@@ -98,6 +98,9 @@ struct Started {
     flushing: bool,
     /// PLAYING; a live source produces nothing in PAUSED.
     playing: bool,
+    /// Played before, so a PAUSED→PLAYING is a resume; `resumed` until `create()` saw it.
+    played: bool,
+    resumed: bool,
     /// We sent DISCONNECT to the connected sender: its hang-up is expected.
     disconnect_sent: bool,
     /// The frame duration the latency is reported from, once a message gave one.
@@ -322,6 +325,8 @@ impl ElementImpl for QtiSocketSrc {
             gst::StateChange::PausedToPlaying => {
                 if let State::Started(started) = &mut *lock(&self.state) {
                     started.playing = true;
+                    started.resumed = started.played;
+                    started.played = true;
                 }
             }
             gst::StateChange::PlayingToPaused => self.pause(),
@@ -355,6 +360,8 @@ impl BaseSrcImpl for QtiSocketSrc {
             handle: receiver.handle(),
             flushing: false,
             playing: false,
+            played: false,
+            resumed: false,
             disconnect_sent: false,
             frame_duration: None,
         });
@@ -473,6 +480,7 @@ impl QtiSocketSrc {
     /// What `create()` does: receive until there is a buffer to push, or a reason to stop.
     fn receive(&self, stream: &mut Stream) -> Result<gst::Buffer, gst::FlowError> {
         loop {
+            self.after_resume(stream)?;
             let (timeout_ms, keep_listening) = {
                 let settings = lock(&self.settings);
                 (settings.timeout_ms, settings.keep_listening)
@@ -558,13 +566,34 @@ impl QtiSocketSrc {
                 std::thread::yield_now();
             }
             stream.last_message = Instant::now();
-            if stream.receiver.drop_disconnected_sender() {
-                // It was waiting for buffers downstream kept through the pause.
-                gst::info!(CAT, imp = self, "hung up on the sender told to DISCONNECT: it had not left; it connects again");
-                self.on_sender_gone(stream, true)?;
-            }
         } else if flushing {
             return Err(gst::FlowError::Flushing);
+        }
+        Ok(())
+    }
+
+    /// After a resume (seen once, by the streaming thread): what senders queued while we
+    /// were paused is stale. A sender told to DISCONNECT that is still connected was
+    /// waiting for buffers downstream kept through the pause; senders that connected
+    /// meanwhile have queued frames nobody read. Each is hung up on and connects again.
+    fn after_resume(&self, stream: &mut Stream) -> Result<(), gst::FlowError> {
+        let resumed = match &mut *lock(&self.state) {
+            State::Started(started) => std::mem::take(&mut started.resumed),
+            State::Stopped { .. } => false,
+        };
+        if !resumed {
+            return Ok(());
+        }
+        stream.last_message = Instant::now();
+        if stream.receiver.drop_disconnected_sender() {
+            gst::info!(CAT, imp = self, "hung up on the sender told to DISCONNECT: it had not left; it connects again");
+            self.on_sender_gone(stream, true)?;
+        }
+        if !stream.receiver.is_connected() {
+            let refused = stream.receiver.refuse_waiting_senders();
+            if refused > 0 {
+                gst::info!(CAT, imp = self, "hung up on {refused} sender(s) that connected while paused; they connect again");
+            }
         }
         Ok(())
     }
