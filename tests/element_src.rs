@@ -17,7 +17,7 @@ use gst::prelude::*;
 use gst_base::prelude::BaseSrcExt;
 use gst_check::Harness;
 use gstqtisocket::protocol::{
-    ClassLabel, ClassMeta, FramePayload, Keypoint, LandmarksMeta, Link, MemoryBlock, Metas, ProtectionMeta,
+    ClassLabel, ClassMeta, Keypoint, LandmarksMeta, Link, MemoryBlock, Metas, ProtectionMeta,
     CLOCK_TIME_NONE,
 };
 use gstqtisocket::vendor_meta::{
@@ -348,20 +348,7 @@ fn regions_of_interest_arrive_with_their_parameter_structures() {
 
 /// NV12 64x48 in a memfd whose first 8 bytes are `index`.
 fn nv12_block(fd: &std::os::fd::OwnedFd) -> OutgoingBlock<'_> {
-    OutgoingBlock {
-        fd: Some(fd.as_fd()),
-        description: MemoryBlock::Frame(FramePayload {
-            width: 64,
-            height: 48,
-            format: 23,
-            n_planes: 2,
-            offsets: [0, 3072, 0, 0],
-            strides: [64, 64, 0, 0],
-            flags: 0,
-            size: 4608,
-            maxsize: 4608,
-        }),
-    }
+    OutgoingBlock { fd: Some(fd.as_fd()), description: nv12_64x48(4608) }
 }
 
 fn frame(blocks: Vec<OutgoingBlock<'_>>, index: u64, pooled: bool, metas: Metas) -> OutgoingBuffer<'_> {

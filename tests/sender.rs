@@ -13,17 +13,7 @@ use gstqtisocket::{Error, Event, OutgoingBlock, OutgoingBuffer, Receiver, Sender
 const WAIT: Option<Duration> = Some(Duration::from_secs(10));
 
 fn frame(size: u64) -> MemoryBlock {
-    MemoryBlock::Frame(FramePayload {
-        width: 64,
-        height: 48,
-        format: 23,
-        n_planes: 2,
-        offsets: [0, 3072, 0, 0],
-        strides: [64, 64, 0, 0],
-        flags: 0,
-        size,
-        maxsize: size,
-    })
+    nv12_64x48(size)
 }
 
 fn video<'a>(fd: &'a OwnedFd, pooled: bool, pts: u64) -> OutgoingBuffer<'a> {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gst::prelude::*;
-use gstqtisocket::protocol::{FramePayload, MemoryBlock, Metas, CLOCK_TIME_NONE};
+use gstqtisocket::protocol::{Metas, CLOCK_TIME_NONE};
 use gstqtisocket::{Event, OutgoingBlock, OutgoingBuffer, Receiver, Sender, SenderEvent};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -224,20 +224,7 @@ fn deployed_like_sender(socket: &Path) {
         if let Some(s) = &mut sender {
             let memory = memfd(4608, index);
             let pts = index * FRAME.as_nanos() as u64;
-            let block = OutgoingBlock {
-                fd: Some(memory.as_fd()),
-                description: MemoryBlock::Frame(FramePayload {
-                    width: 64,
-                    height: 48,
-                    format: 23,
-                    n_planes: 2,
-                    offsets: [0, 3072, 0, 0],
-                    strides: [64, 64, 0, 0],
-                    flags: 0,
-                    size: 4608,
-                    maxsize: 4608,
-                }),
-            };
+            let block = OutgoingBlock { fd: Some(memory.as_fd()), description: nv12_64x48(4608) };
             let buffer = OutgoingBuffer {
                 blocks: vec![block],
                 pts,

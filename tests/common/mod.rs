@@ -266,3 +266,19 @@ pub fn recv_after_connect(
         }
     }
 }
+
+/// The description of a 64x48 NV12 frame in a block of `size` bytes (4608 and up).
+#[allow(dead_code)]
+pub fn nv12_64x48(size: u64) -> gstqtisocket::protocol::MemoryBlock {
+    gstqtisocket::protocol::MemoryBlock::Frame(gstqtisocket::protocol::FramePayload {
+        width: 64,
+        height: 48,
+        format: 23,
+        n_planes: 2,
+        offsets: [0, 3072, 0, 0],
+        strides: [64, 64, 0, 0],
+        flags: 0,
+        size,
+        maxsize: size,
+    })
+}
