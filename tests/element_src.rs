@@ -730,8 +730,17 @@ fn a_pause_and_resume_cycle_picks_the_sender_up_again() {
     assert_eq!(sender.next_event(Some(WAIT)).unwrap(), Some(SenderEvent::Disconnect));
     drop(sender); // as the deployed sender does once its buffers are back
     src.set_state(gst::State::Playing).unwrap();
-    let mut sender = Sender::connect_retrying(&socket, WAIT).unwrap();
-    sender.send(&frame(vec![nv12_block(&memory)], 1, true, Metas::default())).unwrap();
+    // A sender that connects at the very moment of the resume may be taken for one that
+    // connected while paused and be hung up on: it connects again, as senders do.
+    let mut sender = loop {
+        let mut sender = Sender::connect_retrying(&socket, WAIT).unwrap();
+        sender.send(&frame(vec![nv12_block(&memory)], 1, true, Metas::default())).unwrap();
+        match sender.next_event(Some(Duration::from_millis(200))).unwrap() {
+            Some(SenderEvent::ReceiverGone) => continue,
+            None => break sender,
+            Some(other) => panic!("{other:?}"),
+        }
+    };
     let buffer = h.pull().unwrap();
     assert_eq!(index_of(&buffer), 9);
     assert!(buffer.flags().contains(gst::BufferFlags::DISCONT), "a new sender's first buffer");
