@@ -169,11 +169,7 @@ pub(crate) fn add_video_meta(
     }
     let strides = frame.planes_strides();
     for (plane, &stride) in strides.iter().enumerate() {
-        let row = (0..info.n_components() as usize)
-            .filter(|&c| info.plane()[c] as usize == plane)
-            .map(|c| info.scale_width(c as u8, frame.width) as i64 * info.pixel_stride()[c] as i64)
-            .max()
-            .unwrap_or(0);
+        let row = if is_palette(&info, plane) { PALETTE_ENTRY } else { row_bytes(&info, plane, frame.width) };
         if stride <= 0 || (!info.is_tiled() && (stride as i64) < row) {
             return Err(format!(
                 "FRAME: plane {plane} stride {stride} is shorter than a row of {format} {}x{} ({row} bytes)",
@@ -185,9 +181,15 @@ pub(crate) fn add_video_meta(
     let flags = gst_video::VideoFrameFlags::from_bits_truncate(frame.flags);
     let mut meta = gst_video::VideoMeta::add_full(b, flags, format, frame.width, frame.height, &offsets, strides)
         .map_err(|e| format!("FRAME: no video meta for it: {e}"))?;
-    let sizes = meta.plane_size().map_err(|e| format!("FRAME: plane sizes unknown: {e}"))?;
+    let sizes: Vec<u64> = if info.is_tiled() {
+        // A tiled stride counts tiles, which GStreamer knows how to measure.
+        let sizes = meta.plane_size().map_err(|e| format!("FRAME: plane sizes unknown: {e}"))?;
+        sizes[..strides.len()].iter().map(|&s| s as u64).collect()
+    } else {
+        plane_sizes(&info, frame)
+    };
     for (plane, &offset) in frame.planes_offsets().iter().enumerate() {
-        if offset + sizes[plane] as u64 > frame.size {
+        if offset + sizes[plane] > frame.size {
             return Err(format!(
                 "FRAME: plane {plane} ({} bytes from offset {offset}) runs past the block's size {}",
                 sizes[plane], frame.size
@@ -211,6 +213,46 @@ pub(crate) fn add_video_meta(
         b.set_flags(buffer_flags);
     }
     Ok(())
+}
+
+/// A palette entry: 4 bytes (ARGB), 256 of them.
+const PALETTE_ENTRY: i64 = 4;
+const PALETTE_ENTRIES: u64 = 256;
+
+/// Whether `plane` of `info` is a palette (RGB8P's plane 1), not rows of pixels.
+fn is_palette(info: &gst_video::VideoFormatInfo, plane: usize) -> bool {
+    info.has_palette() && plane == 1
+}
+
+/// The components of `info` stored in `plane`.
+fn components_in(info: &gst_video::VideoFormatInfo, plane: usize) -> impl Iterator<Item = u8> + '_ {
+    (0..info.n_components() as u8).filter(move |&c| info.plane()[c as usize] as usize == plane)
+}
+
+/// Bytes one row of `plane` needs at `width` pixels (whole pixels and macropixels).
+fn row_bytes(info: &gst_video::VideoFormatInfo, plane: usize, width: u32) -> i64 {
+    components_in(info, plane)
+        .map(|c| info.scale_width(c, width) as i64 * info.pixel_stride()[c as usize] as i64)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Bytes each plane of a non-tiled `frame` spans from its offset: its stride times its
+/// rows (a palette: 256 entries), whatever the stride, so that padded strides are measured
+/// as they are, not as GStreamer's default layout would have them.
+fn plane_sizes(info: &gst_video::VideoFormatInfo, frame: &FramePayload) -> Vec<u64> {
+    frame
+        .planes_strides()
+        .iter()
+        .enumerate()
+        .map(|(plane, &stride)| {
+            if is_palette(info, plane) {
+                return PALETTE_ENTRIES * PALETTE_ENTRY as u64;
+            }
+            let rows = components_in(info, plane).map(|c| info.scale_height(c, frame.height)).max().unwrap_or(0);
+            stride.max(0) as u64 * u64::from(rows)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -436,9 +478,6 @@ mod tests {
         let mut checked = 0;
         for format in VideoFormat::iter_raw() {
             let info = VideoFormatInfo::from_format(format);
-            if info.flags().contains(gst_video::VideoFormatFlags::PALETTE) {
-                continue; // see rgb8p_palette_plane_is_accepted
-            }
             let wire = format.into_glib() as u32;
             assert_eq!(video_format(wire), Ok(format));
             let first = frame(format, size, &vec![0; info.n_planes() as usize], &vec![1; info.n_planes() as usize], 1);
@@ -475,9 +514,8 @@ mod tests {
         round_trip_every_raw_format((1, 1));
     }
 
+    /// RGB8P's plane 1 is a palette of 256 4-byte entries, not rows of pixels.
     #[test]
-    #[ignore = "known bug, kept by the move into caps.rs: the row check measures RGB8P's palette plane \
-                (256 entries, stride 4) as a row of pixels and refuses every RGB8P frame"]
     fn rgb8p_palette_plane_is_accepted() {
         init();
         let video = gst_video::VideoInfo::builder(VideoFormat::Rgb8p, 64, 64).build().expect("a layout");
@@ -594,25 +632,9 @@ mod tests {
         assert!(error.contains("stride 126 is shorter than a row of YUY2 63x2 (128 bytes)"), "{error}");
     }
 
+    /// Plane sizes are measured from the strides given (GStreamer's gst_video_meta_get_plane_size
+    /// fails for any stride but its default one): padded and tight odd strides are accepted.
     #[test]
-    fn a_stride_other_than_gstreamers_default_is_refused_today() {
-        init();
-        // What the check does now (see strides_longer_than_a_row_are_accepted): `plane_size()`
-        // (gst_video_meta_get_plane_size) fails unless every stride is GStreamer's default one.
-        for (format, size, offsets, strides, block) in [
-            (VideoFormat::Nv12, (720, 480), vec![0, 768 * 480], vec![768, 768], 768 * 720),
-            (VideoFormat::Nv12, (63, 31), vec![0, 64 * 31], vec![63, 64], 64 * 47),
-            (VideoFormat::Rgb, (10, 2), vec![0], vec![30], 60),
-        ] {
-            let error = video_meta(&frame(format, size, &offsets, &strides, block), 0).unwrap_err();
-            assert!(error.contains("plane sizes unknown"), "{format:?} {strides:?}: {error}");
-        }
-    }
-
-    #[test]
-    #[ignore = "known bug, kept by the move into caps.rs: add_video_meta takes the plane sizes from \
-                gst_video_meta_get_plane_size, which fails for any stride but GStreamer's default one, so \
-                padded (e.g. 128-aligned) and tight odd strides are refused"]
     fn strides_longer_than_a_row_are_accepted() {
         init();
         for (format, size, offsets, strides, block) in [
@@ -625,6 +647,10 @@ mod tests {
             video_meta(&frame(format, size, &offsets, &strides, block), 0)
                 .unwrap_or_else(|e| panic!("{format:?} {size:?} strides {strides:?}: {e}"));
         }
+        // Measured with the padded stride: 64 rows of 128 bytes, then 32 of 128.
+        let error = video_meta(&frame(VideoFormat::Nv12, (64, 64), &[0, 128 * 64], &[128, 128], 128 * 96 - 1), 0)
+            .unwrap_err();
+        assert!(error.contains("plane 1 (4096 bytes from offset 8192) runs past the block's size 12287"), "{error}");
     }
 
     #[test]
