@@ -18,6 +18,7 @@ use super::link::{Counters, Link, LinkEvent, Sent};
 use super::memfd_allocator::MemfdAllocator;
 use super::outgoing::{self, CopyPools, Refusal};
 use crate::elements::caps::Format;
+use crate::transport::MAX_SOCKET_PATH_LEN;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -161,46 +162,36 @@ impl ElementImpl for QtiSocketSink {
         });
         TEMPLATES.as_ref()
     }
+
+    /// The connection lives from READY→PAUSED to PAUSED→READY, as documented: a `socket`
+    /// changed in READY is used, and each run starts with a new connection and new counters.
+    fn change_state(&self, transition: gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::ReadyToPaused {
+            // Before the pad is activated: no buffer can be rendered without a link.
+            if let Err(message) = self.connect() {
+                self.post_error_message(message);
+                return Err(gst::StateChangeError);
+            }
+        }
+        let result = self.parent_change_state(transition);
+        match transition {
+            // After the parent: the pad is deactivated, so no render is running or to come.
+            gst::StateChange::PausedToReady => self.disconnect(),
+            gst::StateChange::ReadyToPaused if result.is_err() => self.disconnect(),
+            _ => {}
+        }
+        result
+    }
 }
 
 impl BaseSinkImpl for QtiSocketSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let socket = lock(&self.settings).socket.clone().ok_or_else(|| {
-            gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("No socket path set"),
-                ["Set the 'socket' property to the path a qtisocketsrc listens on"]
-            )
-        })?;
-        let element = self.obj().downgrade();
-        let path = socket.clone();
-        // Weak: the element owns the link, and the link this callback.
-        let report = Box::new(move |event: LinkEvent| {
-            if let Some(element) = element.upgrade() {
-                log_link_event(&element, &path, event);
-            }
-        });
-        let link = Link::start(PathBuf::from(&socket), report).map_err(|e| {
-            gst::error_msg!(gst::ResourceError::Failed, ("Cannot start the connection thread for {}: {}", socket, e))
-        })?;
-        *lock(&self.link) = Some(Arc::new(link));
-        gst::info!(CAT, imp = self, "connecting to {socket}");
-        Ok(())
+        // NULL→READY: only the settings are checked; the connection starts on READY→PAUSED.
+        self.socket_path().map(drop)
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        if let Some(link) = lock(&self.link).take() {
-            let mut counters = link.counters();
-            // The last reference (render has returned by now): closes the connection and
-            // lets go of every buffer still out with the receiver.
-            drop(link);
-            counters.connected = false;
-            counters.in_flight = 0;
-            *lock(&self.last_counters) = counters;
-        }
-        self.copy_pools.clear();
-        *lock(&self.format) = None;
-        gst::info!(CAT, imp = self, "stopped");
+        self.disconnect();
         Ok(())
     }
 
@@ -318,6 +309,68 @@ fn log_link_event(element: &super::QtiSocketSink, socket: &str, event: LinkEvent
 }
 
 impl QtiSocketSink {
+    /// The `socket` property, checked as the receiver checks its path.
+    fn socket_path(&self) -> Result<String, gst::ErrorMessage> {
+        let socket = lock(&self.settings).socket.clone().ok_or_else(|| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("No socket path set"),
+                ["Set the 'socket' property to the path a qtisocketsrc listens on"]
+            )
+        })?;
+        let len = socket.len();
+        if len == 0 || len > MAX_SOCKET_PATH_LEN {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                (
+                    "Cannot connect to socket '{}': the path is {} bytes long; a UNIX socket path holds 1 to {} \
+                     bytes",
+                    socket,
+                    len,
+                    MAX_SOCKET_PATH_LEN
+                ),
+                ["Set 'socket' to a shorter path (qtisocketsrc refuses this one too)"]
+            ));
+        }
+        Ok(socket)
+    }
+
+    /// READY→PAUSED: starts the thread that connects to the receiver.
+    fn connect(&self) -> Result<(), gst::ErrorMessage> {
+        let socket = self.socket_path()?;
+        let element = self.obj().downgrade();
+        let path = socket.clone();
+        // Weak: the element owns the link, and the link this callback.
+        let report = Box::new(move |event: LinkEvent| {
+            if let Some(element) = element.upgrade() {
+                log_link_event(&element, &path, event);
+            }
+        });
+        let link = Link::start(PathBuf::from(&socket), report).map_err(|e| {
+            gst::error_msg!(gst::ResourceError::Failed, ("Cannot start the connection thread for {}: {}", socket, e))
+        })?;
+        *lock(&self.link) = Some(Arc::new(link));
+        gst::info!(CAT, imp = self, "connecting to {socket}");
+        Ok(())
+    }
+
+    /// PAUSED→READY (and stop): closes the connection, lets go of every buffer still out,
+    /// keeps the run's counters for `stats`.
+    fn disconnect(&self) {
+        if let Some(link) = lock(&self.link).take() {
+            let mut counters = link.counters();
+            // The last reference (render has returned by now): closes the connection and
+            // lets go of every buffer still out with the receiver.
+            drop(link);
+            counters.connected = false;
+            counters.in_flight = 0;
+            *lock(&self.last_counters) = counters;
+            gst::info!(CAT, imp = self, "disconnected");
+        }
+        self.copy_pools.clear();
+        *lock(&self.format) = None;
+    }
+
     /// Posts an error for a buffer the protocol cannot carry.
     fn refuse(&self, reason: &str) -> gst::FlowError {
         let socket = lock(&self.settings).socket.clone().unwrap_or_default();

@@ -1,0 +1,246 @@
+//! The elements as `gst-launch-1.0` users drive them (issue 13): each test runs at least one
+//! side as a `gst-launch-1.0` child process with the plugin from the build output, the
+//! other in this process when its stats or bus are what is checked. Receivers in child
+//! processes print every buffer (`fakesink silent=false` under `-v`), which the tests parse.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gst::prelude::*;
+
+const NOBODY: u32 = 65534;
+const NV12_64X48: &str = "video/x-raw,format=NV12,width=64,height=48,framerate=30/1";
+
+/// A `gst-launch-1.0 -e -v` child whose stdout and stderr go to a file (read at any time,
+/// and never a full pipe that would block it); interrupted and reaped when dropped.
+struct Launched {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Launched {
+    /// `pipeline` with `SOCKET` replaced by `dir`'s socket path `s`.
+    fn new(dir: &TempDir, name: &str, pipeline: &str) -> Launched {
+        Launched::spawn(dir, name, pipeline, None)
+    }
+
+    /// The same, run as `uid` (group `uid` too): another user, as a sender in another
+    /// container would be.
+    fn as_user(dir: &TempDir, name: &str, pipeline: &str, uid: u32) -> Launched {
+        Launched::spawn(dir, name, pipeline, Some(uid))
+    }
+
+    fn spawn(dir: &TempDir, name: &str, pipeline: &str, uid: Option<u32>) -> Launched {
+        assert!(plugin_dir().join("libgstqtisocket.so").exists(), "run `cargo build` first");
+        let log = dir.path(&format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        // A registry per child, in a directory the child's user may write.
+        let registry_dir = dir.path(&format!("{name}-registry"));
+        std::fs::create_dir_all(&registry_dir).unwrap();
+        let mut command = Command::new("gst-launch-1.0");
+        command
+            .args(["-e", "-v"])
+            .args(pipeline.replace("SOCKET", path_str(&dir.path("s"))).split_whitespace())
+            .env("GST_PLUGIN_PATH", plugin_dir())
+            .env("GST_REGISTRY", registry_dir.join("registry.bin"))
+            .env("G_DEBUG", "fatal-criticals")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        if let Some(uid) = uid {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&registry_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            command.uid(uid).gid(uid).env("HOME", &registry_dir);
+        }
+        Launched { child: command.spawn().unwrap(), log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The buffers its `fakesink silent=false` has printed so far.
+    fn buffers(&self) -> Vec<Printed> {
+        self.output().lines().filter_map(Printed::parse).collect()
+    }
+
+    /// Ends it as Ctrl-C does (`-e`: EOS first) and waits; its whole output.
+    fn finish(mut self) -> String {
+        self.interrupt_and_wait();
+        self.output()
+    }
+
+    /// Waits for it to exit on its own (up to 20 s); whether it succeeded, and its output.
+    fn wait_exit(mut self) -> (bool, String) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.success(), self.output());
+            }
+            assert!(Instant::now() < deadline, "still running after 20 s:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// CPU time (user + system) it has used so far.
+    fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // /proc counts in USER_HZ, 100 on every Linux.
+        Duration::from_millis(ticks * 10)
+    }
+
+    fn interrupt_and_wait(&mut self) {
+        if self.child.try_wait().unwrap().is_some() {
+            return;
+        }
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        self.interrupt_and_wait();
+    }
+}
+
+/// One buffer as `fakesink silent=false` prints it.
+#[derive(Debug, Clone, PartialEq)]
+struct Printed {
+    pts: Option<Duration>,
+    flags: u32,
+    size: usize,
+}
+
+impl Printed {
+    fn parse(line: &str) -> Option<Printed> {
+        let rest = &line[line.find("last-message = chain")?..];
+        let size = rest[rest.find(") (")? + 3..].split(' ').next()?.parse().ok()?;
+        let pts = rest[rest.find("pts: ")? + 5..].split(',').next()?;
+        let flags = rest[rest.find("flags: ")? + 7..].split(' ').next()?;
+        Some(Printed { pts: parse_clock_time(pts), flags: u32::from_str_radix(flags, 16).ok()?, size })
+    }
+
+    fn discont(&self) -> bool {
+        self.flags & gst::BufferFlags::DISCONT.bits() != 0
+    }
+}
+
+/// `0:00:01.033333333` (or `none`).
+fn parse_clock_time(text: &str) -> Option<Duration> {
+    let mut parts = text.split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    let (secs, nanos) = s.split_once('.')?;
+    let total = h.parse::<u64>().ok()? * 3600 + m.parse::<u64>().ok()? * 60 + secs.parse::<u64>().ok()?;
+    Some(Duration::new(total, nanos.parse().ok()?))
+}
+
+fn wait_for_state(pipeline: &gst::Pipeline, state: gst::State) {
+    pipeline.set_state(state).unwrap();
+    let (result, current, _) = pipeline.state(gst::ClockTime::from_seconds(10));
+    assert!(result.is_ok() && current == state, "{result:?}: {current:?}, not {state:?}");
+}
+
+fn sink_stats(sink: &gst::Element) -> gst::Structure {
+    sink.property("stats")
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. qtisocketsink connects on READY→PAUSED and leaves on PAUSED→READY
+
+#[test]
+fn the_sink_connects_on_ready_to_paused_to_the_socket_set_in_ready_and_leaves_on_paused_to_ready() {
+    init();
+    let dir = TempDir::new("outside-ready");
+    let receiver_pipeline = "qtisocketsrc socket=SOCKET keep-listening=true ! fakesink silent=false";
+    let first = TempDir::new("outside-ready-a");
+    let receiver_a = Launched::new(&first, "a", receiver_pipeline);
+    let receiver_b = Launched::new(&dir, "b", receiver_pipeline);
+    let running = Running::launch(&format!(
+        "videotestsrc is-live=true ! {NV12_64X48} ! qtisocketsink name=sink socket={}",
+        path_str(&first.path("s"))
+    ));
+    let (pipeline, sink) = (&running.0, running.element("sink"));
+    wait_until("receiver a has frames", || receiver_a.buffers().len() >= 10);
+
+    // The socket changed in READY is the one the next run connects to.
+    wait_for_state(pipeline, gst::State::Ready);
+    sink.set_property("socket", path_str(&dir.path("s")));
+    wait_for_state(pipeline, gst::State::Playing);
+    wait_until("receiver b has frames", || receiver_b.buffers().len() >= 10);
+    let at_a = receiver_a.buffers().len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(receiver_a.buffers().len(), at_a, "frames still go to the old path");
+
+    // Ten READY↔PLAYING cycles: ten new connections, counters from 0 each time.
+    for cycle in 0..10 {
+        wait_for_state(pipeline, gst::State::Ready);
+        let s = sink_stats(&sink);
+        assert!(!stat::<bool>(&s, "connected"), "cycle {cycle}: still connected in READY: {s}");
+        let before = receiver_b.buffers().len();
+        wait_for_state(pipeline, gst::State::Paused);
+        let s = sink_stats(&sink);
+        assert_eq!(stat::<u64>(&s, "buffers-sent"), 0, "cycle {cycle}: the counters did not start again: {s}");
+        wait_for_state(pipeline, gst::State::Playing);
+        wait_until("receiver b has the new run's frames", || receiver_b.buffers().len() >= before + 3);
+        assert_eq!(stat::<u64>(&sink_stats(&sink), "reconnects"), 0);
+    }
+    drop(running);
+    let buffers = receiver_b.buffers();
+    drop(receiver_b);
+    let disconts = buffers.iter().filter(|b| b.discont()).count();
+    assert!(disconts >= 11, "{disconts} DISCONT buffers for 11 connections");
+    for pair in buffers.windows(2) {
+        assert!(pair[1].pts >= pair[0].pts || pair[1].discont(), "PTS went back without a DISCONT: {pair:?}");
+    }
+    assert_no_glib_warnings();
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. A socket path no UNIX socket can have
+
+#[test]
+fn the_sink_refuses_a_socket_path_longer_than_107_bytes_as_the_source_does() {
+    let dir = TempDir::new("outside-path");
+    let long = format!("/tmp/{}", "x".repeat(103));
+    assert_eq!(long.len(), 108);
+    let sender = Launched::new(&dir, "tx", &format!("videotestsrc is-live=true ! {NV12_64X48} ! qtisocketsink socket={long}"));
+    let (ok, output) = sender.wait_exit();
+    assert!(!ok, "{output}");
+    assert!(output.contains("ERROR") && output.contains("108 bytes") && output.contains("107"), "{output}");
+    let receiver = Launched::new(&dir, "rx", &format!("qtisocketsrc socket={long} ! fakesink"));
+    let (ok, output) = receiver.wait_exit();
+    assert!(!ok && output.contains("107"), "{output}");
+    // 107 bytes is a path like any other (nobody listens there: the sink retries).
+    let fits = &long[..107];
+    let sender = Launched::new(&dir, "tx-107", &format!("videotestsrc is-live=true ! {NV12_64X48} ! qtisocketsink socket={fits}"));
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sender.finish();
+    assert!(!output.contains("ERROR"), "{output}");
+}
