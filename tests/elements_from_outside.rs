@@ -244,3 +244,52 @@ fn the_sink_refuses_a_socket_path_longer_than_107_bytes_as_the_source_does() {
     let output = sender.finish();
     assert!(!output.contains("ERROR"), "{output}");
 }
+
+// ---------------------------------------------------------------------------------------
+// 7. Copied bytes are not described bytes
+
+#[test]
+fn behind_a_tee_each_sink_copies_and_counts_each_byte_once() {
+    init();
+    let (dir_a, dir_b) = (TempDir::new("outside-tee-a"), TempDir::new("outside-tee-b"));
+    let receiver_a = Launched::new(&dir_a, "a", "qtisocketsrc socket=SOCKET ! fakesink silent=false");
+    let receiver_b = Launched::new(&dir_b, "b", "qtisocketsrc socket=SOCKET ! fakesink silent=false");
+    let running = Running::launch(&format!(
+        "videotestsrc num-buffers=30 ! {NV12_64X48} ! tee name=t \
+         t. ! queue ! qtisocketsink name=a socket={} wait-for-receiver=true sync=false \
+         t. ! queue ! qtisocketsink name=b socket={} wait-for-receiver=true sync=false",
+        path_str(&dir_a.path("s")),
+        path_str(&dir_b.path("s"))
+    ));
+    let bus = running.0.bus().unwrap();
+    let end = bus.timed_pop_filtered(gst::ClockTime::from_seconds(20), &[gst::MessageType::Eos, gst::MessageType::Error]);
+    assert!(matches!(end.as_ref().map(|m| m.view()), Some(gst::MessageView::Eos(_))), "{end:?}");
+    let frame = 64 * 48 * 3 / 2;
+    for name in ["a", "b"] {
+        let s = sink_stats(&running.element(name));
+        assert_eq!(
+            ["buffers-sent", "copies", "bytes-copied", "bytes-described"].map(|f| stat::<u64>(&s, f)),
+            [30, 30, 30 * frame, 0],
+            "sink {name}: {s}"
+        );
+    }
+    drop(running);
+    for receiver in [receiver_a, receiver_b] {
+        wait_until("a receiver has every frame", || receiver.buffers().len() == 30);
+    }
+    // Without the tee the same frames are described, not copied.
+    let dir = TempDir::new("outside-no-tee");
+    let receiver = Launched::new(&dir, "rx", "qtisocketsrc socket=SOCKET ! fakesink silent=false");
+    let running = Running::launch(&format!(
+        "videotestsrc num-buffers=30 ! {NV12_64X48} ! qtisocketsink name=sink socket={} wait-for-receiver=true \
+         sync=false",
+        path_str(&dir.path("s"))
+    ));
+    let bus = running.0.bus().unwrap();
+    bus.timed_pop_filtered(gst::ClockTime::from_seconds(20), &[gst::MessageType::Eos, gst::MessageType::Error]);
+    let s = sink_stats(&running.element("sink"));
+    assert_eq!(["copies", "bytes-copied", "bytes-described"].map(|f| stat::<u64>(&s, f)), [0, 0, 30 * frame], "{s}");
+    drop(running);
+    drop(receiver);
+    assert_no_glib_warnings();
+}

@@ -226,7 +226,7 @@ impl Link {
                 c.fds_sent += fds_sent;
                 c.copies += prepared.copies;
                 c.bytes_copied += prepared.bytes_copied;
-                c.bytes_described += prepared.bytes_described();
+                c.bytes_described += prepared.bytes_described;
                 if !ids.is_empty() {
                     state.held.push_back(Held { holds: prepared.holds, ids });
                 }

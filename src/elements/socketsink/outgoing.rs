@@ -99,13 +99,12 @@ pub(super) struct Prepared {
     /// Memories copied into memfds, and their bytes.
     pub copies: u64,
     pub bytes_copied: u64,
+    /// Bytes sent as the fds they already had: described, never copied. A copied block
+    /// counts in `bytes_copied` only, so each byte is counted once.
+    pub bytes_described: u64,
 }
 
 impl Prepared {
-    /// Bytes the receiver gets as fds (described, not copied by us or the socket).
-    pub fn bytes_described(&self) -> u64 {
-        self.blocks.iter().filter(|(fd, _)| fd.is_some()).map(|(_, b)| b.size()).sum()
-    }
 
     /// The sender's view of this buffer.
     pub fn outgoing(&self) -> OutgoingBuffer<'_> {
@@ -171,6 +170,7 @@ pub(super) fn prepare(buffer: &gst::Buffer, format: &Format, pools: &CopyPools) 
         metas: meta::sent_metas(buffer, matches!(format, Format::Video(_))),
         copies: 0,
         bytes_copied: 0,
+        bytes_described: 0,
     };
     match format {
         Format::Text => prepare_text(buffer, &mut prepared)?,
@@ -225,6 +225,7 @@ fn prepare_video(
             }
             frame.size = offset + memory.size() as u64;
             frame.maxsize = memory.maxsize() as u64;
+            prepared.bytes_described += memory.size() as u64;
             prepared.holds.push(buffer.clone());
             prepared.blocks.push((Some(fd), MemoryBlock::Frame(frame)));
         }
@@ -286,6 +287,7 @@ fn prepare_tensors(
         match fd_of(memory).filter(|_| memory.offset() == 0) {
             Some(fd) => {
                 tensor.maxsize = memory.maxsize() as u64;
+                prepared.bytes_described += memory.size() as u64;
                 prepared.blocks.push((Some(fd), MemoryBlock::Tensor(tensor)));
             }
             None => {
