@@ -293,3 +293,66 @@ fn behind_a_tee_each_sink_copies_and_counts_each_byte_once() {
     drop(receiver);
     assert_no_glib_warnings();
 }
+
+// ---------------------------------------------------------------------------------------
+// 6. Pango markup never arrives labelled as plain text
+
+/// An SRT file whose cues carry markup, as subparse turns them into pango-markup.
+fn srt_with_markup(dir: &TempDir) -> PathBuf {
+    let path = dir.path("cues.srt");
+    let cues = "1\n00:00:00,000 --> 00:00:01,000\n<i>hello</i> & <b>world</b>\n\n\
+                2\n00:00:01,000 --> 00:00:02,000\nplain\n\n";
+    std::fs::write(&path, cues).unwrap();
+    path
+}
+
+/// The caps and texts an in-process receiver on `socket` gets until EOS (10 s at most).
+fn received_texts(socket: &Path, until: impl FnOnce()) -> (Vec<String>, Vec<String>) {
+    let running =
+        Running::launch(&format!("qtisocketsrc socket={} ! appsink name=out sync=false", path_str(socket)));
+    let appsink = running.element("out").downcast::<gst_app::AppSink>().unwrap();
+    until();
+    let (mut caps, mut texts) = (Vec::new(), Vec::new());
+    while let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_seconds(10)) {
+        caps.push(sample.caps().unwrap().to_string());
+        let map = sample.buffer().unwrap().map_readable().unwrap();
+        texts.push(String::from_utf8(map.to_vec()).unwrap());
+        if texts.len() == 2 {
+            break;
+        }
+    }
+    (caps, texts)
+}
+
+#[test]
+fn subparse_into_the_sink_sends_utf8_without_markup_and_markup_is_refused() {
+    init();
+    let dir = TempDir::new("outside-markup");
+    let srt = srt_with_markup(&dir);
+    let mut sender = None;
+    let (caps, texts) = received_texts(&dir.path("s"), || {
+        sender = Some(Launched::new(
+            &dir,
+            "tx",
+            &format!("filesrc location={} ! subparse ! qtisocketsink socket=SOCKET wait-for-receiver=true", path_str(&srt)),
+        ));
+    });
+    let output = sender.unwrap().finish();
+    assert!(output.contains("subparse0.GstPad:src: caps = text/x-raw, format=(string)utf8"), "{output}");
+    assert_eq!(texts, ["hello & world", "plain"], "{output}");
+    assert!(caps.iter().all(|c| c == "text/x-raw, format=(string)utf8"), "{caps:?}");
+
+    // Upstream that insists on markup: refused at the caps, nothing relabelled.
+    let sender = Launched::new(
+        &dir,
+        "tx-markup",
+        &format!(
+            "filesrc location={} ! subparse ! text/x-raw,format=pango-markup ! qtisocketsink socket=SOCKET \
+             wait-for-receiver=true",
+            path_str(&srt)
+        ),
+    );
+    let (ok, output) = sender.wait_exit();
+    assert!(!ok && output.contains("can't handle caps text/x-raw, format=(string)pango-markup"), "{output}");
+    assert_no_glib_warnings();
+}

@@ -258,6 +258,10 @@ fn plane_sizes(info: &gst_video::VideoFormatInfo, frame: &FramePayload) -> Vec<u
 // ---------------------------------------------------------------------------------------
 // Caps -> message (qtisocketsink)
 
+/// The text the sink takes: the TEXT payload has no format field and every receiver labels
+/// its bytes utf8, so other formats (pango-markup) would arrive relabelled.
+pub(crate) const TEXT_CAPS: &str = "text/x-raw, format=utf8";
+
 /// What the negotiated caps say the buffers hold.
 #[derive(Debug, Clone)]
 pub(crate) enum Format {
@@ -273,7 +277,14 @@ impl Format {
             "video/x-raw" => gst_video::VideoInfo::from_caps(caps)
                 .map(Format::Video)
                 .map_err(|e| format!("video caps {caps} do not describe a frame: {e}")),
-            "text/x-raw" => Ok(Format::Text),
+            "text/x-raw" => match s.get::<&str>("format") {
+                Ok("utf8") | Err(gst::structure::GetError::FieldNotFound { .. }) => Ok(Format::Text),
+                Ok(other) => Err(format!(
+                    "text/x-raw format={other}: the protocol carries text bytes with no format, which receivers \
+                     take for utf8; send format=utf8 (subparse strips pango markup when asked for utf8)"
+                )),
+                Err(e) => Err(format!("text caps {caps}: {e}")),
+            },
             "neural-network/tensors" => tensor_caps(s).map_err(|e| format!("tensor caps {caps}: {e}")),
             other => Err(format!("media type {other} is not video/x-raw, neural-network/tensors or text/x-raw")),
         }
@@ -778,6 +789,14 @@ mod tests {
         let format = Format::from_caps(&caps("text/x-raw, format=utf8")).unwrap();
         assert!(matches!(format, Format::Text));
         assert_eq!(format.block_size(0), None);
+        assert!(matches!(Format::from_caps(&caps(TEXT_CAPS)), Ok(Format::Text)));
+    }
+
+    #[test]
+    fn markup_is_refused_rather_than_sent_as_plain_text() {
+        init();
+        let error = Format::from_caps(&caps("text/x-raw, format=pango-markup")).unwrap_err();
+        assert!(error.contains("format=pango-markup") && error.contains("utf8"), "{error}");
     }
 
     #[test]

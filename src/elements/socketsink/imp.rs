@@ -17,7 +17,7 @@ use gst_base::subclass::prelude::*;
 use super::link::{Counters, Link, LinkEvent, Sent};
 use super::memfd_allocator::MemfdAllocator;
 use super::outgoing::{self, CopyPools, Refusal};
-use crate::elements::caps::Format;
+use crate::elements::caps::{Format, TEXT_CAPS};
 use crate::transport::MAX_SOCKET_PATH_LEN;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -156,7 +156,10 @@ impl ElementImpl for QtiSocketSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = "neural-network/tensors; video/x-raw(ANY); text/x-raw".parse::<gst::Caps>().expect("valid caps");
+            // Text: utf8 only. The TEXT payload carries bytes and no format, and receivers label
+            // them utf8: markup must not arrive as plain text (subparse strips it for this caps).
+            let caps = format!("neural-network/tensors; video/x-raw(ANY); {TEXT_CAPS}");
+            let caps = caps.parse::<gst::Caps>().expect("valid caps");
             vec![gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &caps)
                 .expect("a valid pad template")]
         });
