@@ -356,3 +356,46 @@ fn subparse_into_the_sink_sends_utf8_without_markup_and_markup_is_refused() {
     assert!(!ok && output.contains("can't handle caps text/x-raw, format=(string)pango-markup"), "{output}");
     assert_no_glib_warnings();
 }
+
+// ---------------------------------------------------------------------------------------
+// 8. Interlacing travels as FRAME flags
+
+#[test]
+fn interleaved_top_field_first_arrives_as_caps_and_buffer_flags() {
+    let dir = TempDir::new("outside-interlace");
+    let receiver = Launched::new(&dir, "rx", "qtisocketsrc socket=SOCKET ! fakesink silent=false");
+    let sender = Launched::new(
+        &dir,
+        "tx",
+        "videotestsrc num-buffers=5 ! video/x-raw,format=NV12,width=64,height=48,interlace-mode=interleaved,\
+         field-order=top-field-first ! qtisocketsink socket=SOCKET wait-for-receiver=true",
+    );
+    assert!(sender.wait_exit().0);
+    wait_until("the receiver has every frame", || receiver.buffers().len() == 5);
+    let buffers = receiver.buffers();
+    let output = receiver.finish();
+    assert!(
+        output.contains(
+            "qtisocketsrc0.GstPad:src: caps = video/x-raw, format=(string)NV12, width=(int)64, height=(int)48, \
+             interlace-mode=(string)interleaved, field-order=(string)top-field-first"
+        ),
+        "{output}"
+    );
+    let interlaced = (gst_video::VideoBufferFlags::INTERLACED | gst_video::VideoBufferFlags::TFF).bits();
+    assert!(buffers.iter().all(|b| b.flags & interlaced == interlaced), "{buffers:?}");
+
+    // Progressive stays progressive: no interlace-mode, no field flags.
+    let dir = TempDir::new("outside-progressive");
+    let receiver = Launched::new(&dir, "rx", "qtisocketsrc socket=SOCKET ! fakesink silent=false");
+    let sender = Launched::new(
+        &dir,
+        "tx",
+        &format!("videotestsrc num-buffers=5 ! {NV12_64X48} ! qtisocketsink socket=SOCKET wait-for-receiver=true"),
+    );
+    assert!(sender.wait_exit().0);
+    wait_until("the receiver has every frame", || receiver.buffers().len() == 5);
+    let buffers = receiver.buffers();
+    let output = receiver.finish();
+    assert!(!output.contains("interlace-mode"), "{output}");
+    assert!(buffers.iter().all(|b| b.flags & interlaced == 0), "{buffers:?}");
+}

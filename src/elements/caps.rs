@@ -11,6 +11,7 @@
 use std::sync::LazyLock;
 
 use gst::glib::translate::IntoGlib;
+use gst_video::prelude::*;
 
 use crate::protocol::{
     DataMessage, FramePayload, MemoryBlock, TensorType, CLOCK_TIME_NONE, MAX_MEMORY_BLOCKS, MAX_PLANES,
@@ -24,12 +25,54 @@ use crate::protocol::{
 /// format the sender sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FormatKey {
-    Video { format: gst_video::VideoFormat, width: u32, height: u32 },
+    Video { format: gst_video::VideoFormat, width: u32, height: u32, interlace: Interlace },
     Tensor { tensor_type: TensorType, dimensions: Vec<Vec<u32>> },
     Text,
 }
 
+/// How the frames are interlaced, as far as FRAME.flags tell (the protocol carries no caps):
+/// what `interlace-mode` and `field-order` the receiver's caps say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interlace {
+    /// No INTERLACED flag: no `interlace-mode` field (progressive).
+    Progressive,
+    /// INTERLACED, with TFF or not: `interlace-mode=interleaved` and its `field-order`.
+    Interleaved { top_field_first: bool },
+    /// Frames that differ (some progressive, or both field orders): `interlace-mode=mixed`,
+    /// each buffer's flags telling its own.
+    Mixed,
+}
+
+impl Interlace {
+    /// What one frame's flags say. One field per buffer (ONEFIELD: `interlace-mode=alternate`
+    /// upstream) has no caps here: its flags travel on the buffer, its caps stay progressive.
+    fn of(flags: u32) -> Interlace {
+        let flags = gst_video::VideoFrameFlags::from_bits_truncate(flags);
+        if !flags.contains(gst_video::VideoFrameFlags::INTERLACED) || flags.contains(gst_video::VideoFrameFlags::ONEFIELD)
+        {
+            return Interlace::Progressive;
+        }
+        Interlace::Interleaved { top_field_first: flags.contains(gst_video::VideoFrameFlags::TFF) }
+    }
+}
+
 impl FormatKey {
+    /// This message's key, given the stream's `previous` one: frames whose interlacing
+    /// differs from what was negotiated make the stream `mixed`, and it stays mixed, rather
+    /// than renegotiating at every change.
+    pub(crate) fn following(self, previous: Option<&FormatKey>) -> FormatKey {
+        match (self, previous) {
+            (
+                FormatKey::Video { format, width, height, interlace },
+                Some(FormatKey::Video { format: f, width: w, height: h, interlace: before }),
+            ) if (format, width, height) == (*f, *w, *h) && interlace != *before => {
+                // Two different states, so at least one is interlaced: mixed (and mixed stays).
+                FormatKey::Video { format, width, height, interlace: Interlace::Mixed }
+            }
+            (key, _) => key,
+        }
+    }
+
     pub(crate) fn of(message: &DataMessage) -> Result<FormatKey, String> {
         match &message.blocks[0] {
             MemoryBlock::Frame(first) => {
@@ -41,7 +84,8 @@ impl FormatKey {
                         }
                     }
                 }
-                Ok(FormatKey::Video { format, width: first.width, height: first.height })
+                let interlace = Interlace::of(first.flags);
+                Ok(FormatKey::Video { format, width: first.width, height: first.height, interlace })
             }
             MemoryBlock::Tensor(first) => {
                 let tensor_type = TensorType::from_u32(first.tensor_type)
@@ -74,10 +118,18 @@ impl FormatKey {
         let mut caps = gst::Caps::new_empty();
         let mut s = gst::Structure::new_empty(name);
         match self {
-            FormatKey::Video { format, width, height } => {
+            FormatKey::Video { format, width, height, interlace } => {
                 s.set("format", format.to_str());
                 s.set("width", *width as i32);
                 s.set("height", *height as i32);
+                match interlace {
+                    Interlace::Progressive => {}
+                    Interlace::Interleaved { top_field_first } => {
+                        s.set("interlace-mode", "interleaved");
+                        s.set("field-order", if *top_field_first { "top-field-first" } else { "bottom-field-first" });
+                    }
+                    Interlace::Mixed => s.set("interlace-mode", "mixed"),
+                }
             }
             FormatKey::Tensor { tensor_type, dimensions } => {
                 s.set("type", tensor_type.name());
@@ -198,7 +250,8 @@ pub(crate) fn add_video_meta(
     }
     // SAFETY: a GstVideoMeta we just added to a buffer we hold mutably; `id` is plain data.
     unsafe { (*(meta.as_mut_ptr())).id = index as i32 };
-    let mut buffer_flags = gst::BufferFlags::empty();
+    // Video buffer flags: gst::BufferFlags would drop these bits (beyond GST_BUFFER_FLAG_LAST).
+    let mut buffer_flags = gst_video::VideoBufferFlags::empty();
     for (frame_flag, buffer_flag) in [
         (gst_video::VideoFrameFlags::INTERLACED, gst_video::VideoBufferFlags::INTERLACED),
         (gst_video::VideoFrameFlags::TFF, gst_video::VideoBufferFlags::TFF),
@@ -206,11 +259,11 @@ pub(crate) fn add_video_meta(
         (gst_video::VideoFrameFlags::ONEFIELD, gst_video::VideoBufferFlags::ONEFIELD),
     ] {
         if flags.contains(frame_flag) {
-            buffer_flags |= gst::BufferFlags::from_bits_truncate(buffer_flag.bits());
+            buffer_flags |= buffer_flag;
         }
     }
     if !buffer_flags.is_empty() {
-        b.set_flags(buffer_flags);
+        b.set_video_flags(buffer_flags);
     }
     Ok(())
 }
@@ -335,6 +388,36 @@ fn tensor_caps(s: &gst::StructureRef) -> Result<Format, String> {
         return Err(format!("{} tensors; the protocol carries 1..=10 per buffer", dimensions.len()));
     }
     Ok(Format::Tensors { tensor_type, dimensions })
+}
+
+/// FRAME.flags for a frame: its GstVideoMeta's flags (`meta_flags`) and the interlacing
+/// GStreamer keeps elsewhere: in the caps (`info`'s interlace mode and field order) and in
+/// the buffer's flags (INTERLACED, TFF, RFF, ONEFIELD), which is where `qtisocketsrc`
+/// puts them back.
+pub(crate) fn frame_flags(info: &gst_video::VideoInfo, buffer: gst_video::VideoBufferFlags, meta_flags: u32) -> u32 {
+    use gst_video::{VideoBufferFlags as B, VideoFieldOrder, VideoFrameFlags as F, VideoInterlaceMode as Mode};
+    let mut flags = F::from_bits_truncate(meta_flags);
+    for (buffer_flag, frame_flag) in [(B::TFF, F::TFF), (B::RFF, F::RFF), (B::ONEFIELD, F::ONEFIELD)] {
+        if buffer.contains(buffer_flag) {
+            flags |= frame_flag;
+        }
+    }
+    match info.interlace_mode() {
+        Mode::Progressive => flags -= F::INTERLACED | F::TFF | F::RFF | F::ONEFIELD,
+        Mode::Interleaved => {
+            flags |= F::INTERLACED;
+            // A field order in the caps holds for every frame; unknown: each buffer says.
+            match info.field_order() {
+                VideoFieldOrder::TopFieldFirst => flags |= F::TFF,
+                VideoFieldOrder::BottomFieldFirst => flags -= F::TFF,
+                _ => {}
+            }
+        }
+        // Mixed: only the buffers flagged INTERLACED are; alternate and fields: one field each.
+        _ if buffer.contains(B::INTERLACED) || buffer.contains(B::ONEFIELD) => flags |= F::INTERLACED,
+        _ => flags -= F::TFF | F::RFF,
+    }
+    flags.bits()
 }
 
 /// The FRAME description of a frame of `format` laid out as `offsets`/`strides` (a buffer's
@@ -493,7 +576,7 @@ mod tests {
             assert_eq!(video_format(wire), Ok(format));
             let first = frame(format, size, &vec![0; info.n_planes() as usize], &vec![1; info.n_planes() as usize], 1);
             let key = FormatKey::of(&message(vec![MemoryBlock::Frame(first)])).expect("a known format");
-            assert_eq!(key, FormatKey::Video { format, width: size.0, height: size.1 });
+            assert_eq!(key, FormatKey::Video { format, width: size.0, height: size.1, interlace: Interlace::Progressive });
             let caps = negotiated(&key, gst::Fraction::new(30, 1));
             let Ok(Format::Video(video)) = Format::from_caps(&caps) else { panic!("{caps}: not video caps") };
             assert_eq!((video.format(), video.width(), video.height()), (format, size.0, size.1), "{caps}");
@@ -568,7 +651,7 @@ mod tests {
     #[test]
     fn video_caps_are_completed_with_rate_and_pixel_aspect_ratio() {
         init();
-        let key = FormatKey::Video { format: VideoFormat::Nv12, width: 1920, height: 1080 };
+        let key = FormatKey::Video { format: VideoFormat::Nv12, width: 1920, height: 1080, interlace: Interlace::Progressive };
         assert_eq!(key.caps(false), caps("video/x-raw, format=NV12, width=1920, height=1080"));
         let any = key.caps(true);
         assert!(any.features(0).expect("features").is_any());
@@ -695,12 +778,100 @@ mod tests {
         let meta = buffer.meta::<gst_video::VideoMeta>().unwrap();
         assert_eq!(meta.offset(), [6144, 6144 + 4096]);
         assert_eq!(meta.id(), 3);
-        let flags = gst::BufferFlags::from_bits_truncate(
-            (gst_video::VideoBufferFlags::INTERLACED | gst_video::VideoBufferFlags::TFF).bits(),
-        );
-        assert!(buffer.flags().contains(flags), "{:?}", buffer.flags());
+        let flags = gst_video::VideoBufferFlags::INTERLACED | gst_video::VideoBufferFlags::TFF;
+        assert_eq!(buffer.video_flags(), flags);
         let progressive = video_meta(&frame(VideoFormat::Nv12, (64, 64), &[0, 4096], &[64, 64], 6144), 0).unwrap();
-        assert!(!progressive.flags().intersects(flags));
+        assert!(progressive.video_flags().is_empty());
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Interlacing: caps and buffer flags -> FRAME.flags -> caps and buffer flags
+
+    fn video_info(caps_text: &str) -> gst_video::VideoInfo {
+        gst_video::VideoInfo::from_caps(&caps(caps_text)).expect("video caps")
+    }
+
+    #[test]
+    fn the_sink_takes_interlacing_from_the_caps_and_the_buffer_flags() {
+        init();
+        use gst_video::{VideoBufferFlags as B, VideoFrameFlags as F};
+        let nv12 = "video/x-raw, format=NV12, width=64, height=48";
+        let none = B::empty();
+        for (caps_fields, buffer, meta, expected) in [
+            ("", none, F::empty(), F::empty()),
+            // Progressive caps: stray flags are not interlacing.
+            ("", B::TFF, F::INTERLACED, F::empty()),
+            (", interlace-mode=interleaved, field-order=top-field-first", none, F::empty(), F::INTERLACED | F::TFF),
+            (", interlace-mode=interleaved, field-order=bottom-field-first", B::TFF, F::empty(), F::INTERLACED),
+            (", interlace-mode=interleaved", B::TFF | B::RFF, F::empty(), F::INTERLACED | F::TFF | F::RFF),
+            (", interlace-mode=interleaved", none, F::empty(), F::INTERLACED),
+            (", interlace-mode=mixed", B::INTERLACED | B::TFF, F::empty(), F::INTERLACED | F::TFF),
+            (", interlace-mode=mixed", B::TFF, F::empty(), F::empty()),
+            (", interlace-mode=mixed", none, F::INTERLACED, F::INTERLACED),
+        ] {
+            let info = video_info(&format!("{nv12}{caps_fields}"));
+            let flags = F::from_bits_truncate(frame_flags(&info, buffer, meta.bits()));
+            assert_eq!(flags, expected, "{caps_fields} buffer {buffer:?} meta {meta:?}");
+        }
+    }
+
+    #[test]
+    fn interlaced_frames_give_interleaved_caps_with_their_field_order() {
+        init();
+        let mut nv12 = frame(VideoFormat::Nv12, (64, 48), &[0, 3072], &[64, 64], 4608);
+        for (flags, expected) in [
+            (0, "video/x-raw, format=NV12, width=64, height=48"),
+            (
+                (gst_video::VideoFrameFlags::INTERLACED | gst_video::VideoFrameFlags::TFF).bits(),
+                "video/x-raw, format=NV12, width=64, height=48, interlace-mode=interleaved, field-order=top-field-first",
+            ),
+            (
+                gst_video::VideoFrameFlags::INTERLACED.bits(),
+                "video/x-raw, format=NV12, width=64, height=48, interlace-mode=interleaved, \
+                 field-order=bottom-field-first",
+            ),
+            // One field per buffer: no caps for it; the flags go on the buffer.
+            ((gst_video::VideoFrameFlags::INTERLACED | gst_video::VideoFrameFlags::ONEFIELD).bits(), "video/x-raw, format=NV12, width=64, height=48"),
+        ] {
+            nv12.flags = flags;
+            let key = FormatKey::of(&message(vec![MemoryBlock::Frame(nv12)])).unwrap();
+            assert_eq!(key.caps(false), caps(expected));
+            // What a sender with these caps sends, back to the same interlacing.
+            let negotiated = negotiated(&key, gst::Fraction::new(30, 1));
+            let info = gst_video::VideoInfo::from_caps(&negotiated).unwrap();
+            if flags & gst_video::VideoFrameFlags::ONEFIELD.bits() == 0 {
+                assert_eq!(frame_flags(&info, gst_video::VideoBufferFlags::empty(), 0), flags, "{negotiated}");
+            }
+        }
+    }
+
+    #[test]
+    fn frames_whose_interlacing_changes_make_the_stream_mixed_for_good() {
+        init();
+        let key = |flags: gst_video::VideoFrameFlags| {
+            let mut nv12 = frame(VideoFormat::Nv12, (64, 48), &[0, 3072], &[64, 64], 4608);
+            nv12.flags = flags.bits();
+            FormatKey::of(&message(vec![MemoryBlock::Frame(nv12)])).unwrap()
+        };
+        let (progressive, tff, bff) = (
+            key(gst_video::VideoFrameFlags::empty()),
+            key(gst_video::VideoFrameFlags::INTERLACED | gst_video::VideoFrameFlags::TFF),
+            key(gst_video::VideoFrameFlags::INTERLACED),
+        );
+        assert_eq!(tff.clone().following(Some(&tff)), tff);
+        assert_eq!(tff.clone().following(None), tff);
+        let mixed = bff.clone().following(Some(&tff));
+        assert_eq!(mixed.caps(false), caps("video/x-raw, format=NV12, width=64, height=48, interlace-mode=mixed"));
+        assert_eq!(progressive.clone().following(Some(&tff)), mixed);
+        for next in [progressive.clone(), tff.clone(), bff] {
+            assert_eq!(next.following(Some(&mixed)), mixed);
+        }
+        // Another format or size is a new stream, whatever came before.
+        let mut other = frame(VideoFormat::Nv12, (32, 24), &[0, 768], &[32, 32], 1152);
+        other.flags = gst_video::VideoFrameFlags::INTERLACED.bits();
+        let other = FormatKey::of(&message(vec![MemoryBlock::Frame(other)])).unwrap();
+        assert_eq!(other.clone().following(Some(&mixed)), other);
+        assert_eq!(progressive.clone().following(Some(&progressive)), progressive);
     }
 
     // -----------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use gst::prelude::*;
+use gst_video::prelude::*;
 
 use super::memfd_allocator::MemfdAllocator;
-use crate::elements::caps::{frame_from, Format};
+use crate::elements::caps::{frame_flags, frame_from, Format};
 use crate::elements::meta;
 use crate::protocol::{MemoryBlock, Metas, TensorPayload, TextPayload, MAX_PLANES, MAX_TENSOR_DIMENSIONS, MAX_TEXT_LEN};
 use crate::{OutgoingBlock, OutgoingBuffer};
@@ -201,15 +202,14 @@ fn prepare_video(
     prepared: &mut Prepared,
 ) -> Result<(), Refusal> {
     let mut frame = match buffer.meta::<gst_video::VideoMeta>() {
-        Some(meta) => frame_from(
-            meta.format(),
-            meta.width(),
-            meta.height(),
-            meta.offset(),
-            meta.stride(),
-            meta.video_frame_flags().bits(),
-        ),
-        None => frame_from(info.format(), info.width(), info.height(), info.offset(), info.stride(), 0),
+        Some(meta) => {
+            let flags = frame_flags(info, buffer.video_flags(), meta.video_frame_flags().bits());
+            frame_from(meta.format(), meta.width(), meta.height(), meta.offset(), meta.stride(), flags)
+        }
+        None => {
+            let flags = frame_flags(info, buffer.video_flags(), 0);
+            frame_from(info.format(), info.width(), info.height(), info.offset(), info.stride(), flags)
+        }
     };
     if frame.n_planes as usize > MAX_PLANES {
         return Err(Refusal::Invalid(format!("{} planes; the protocol carries at most {MAX_PLANES}", frame.n_planes)));

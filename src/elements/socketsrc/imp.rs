@@ -656,7 +656,7 @@ impl QtiSocketSrc {
         let mode = lock(&self.settings).timestamp_mode;
         let message = received.message();
         let key = match FormatKey::of(message) {
-            Ok(key) => key,
+            Ok(key) => key.following(stream.negotiated.as_ref().map(|n| &n.key)),
             Err(reason) => {
                 self.reject(&stream.socket, message, &reason);
                 return Ok(None);
