@@ -547,8 +547,17 @@ impl QtiSocketSrc {
             State::Stopped { .. } => (true, false),
         };
         if !playing {
-            // FLUSHING when the element stops or flushes meanwhile.
-            self.obj().wait_playing()?;
+            // FLUSHING when the element stops or flushes meanwhile. GstBaseSrc hears of the
+            // pause after us (change_state calls `pause()` before the parent): until it has,
+            // wait_playing() returns at once, and hanging up on the sender then would cut it
+            // off in the middle of the pause. Only our own flag says the pause is over.
+            loop {
+                self.obj().wait_playing()?;
+                if self.is_playing() {
+                    break;
+                }
+                std::thread::yield_now();
+            }
             stream.last_message = Instant::now();
             if stream.receiver.drop_disconnected_sender() {
                 // It was waiting for buffers downstream kept through the pause.
