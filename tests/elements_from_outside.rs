@@ -35,7 +35,16 @@ impl Launched {
         Launched::spawn(dir, name, pipeline, Some(uid))
     }
 
+    /// The same, with a GST_DEBUG level: what the elements log goes to the output too.
+    fn with_debug(dir: &TempDir, name: &str, pipeline: &str, debug: &str) -> Launched {
+        Launched::spawn_with(dir, name, pipeline, None, Some(debug))
+    }
+
     fn spawn(dir: &TempDir, name: &str, pipeline: &str, uid: Option<u32>) -> Launched {
+        Launched::spawn_with(dir, name, pipeline, uid, None)
+    }
+
+    fn spawn_with(dir: &TempDir, name: &str, pipeline: &str, uid: Option<u32>, debug: Option<&str>) -> Launched {
         assert!(plugin_dir().join("libgstqtisocket.so").exists(), "run `cargo build` first");
         let log = dir.path(&format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
@@ -52,6 +61,9 @@ impl Launched {
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
+        if let Some(debug) = debug {
+            command.env("GST_DEBUG", debug).env("GST_DEBUG_NO_COLOR", "1");
+        }
         if let Some(uid) = uid {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&registry_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -398,4 +410,222 @@ fn interleaved_top_field_first_arrives_as_caps_and_buffer_flags() {
     let output = receiver.finish();
     assert!(!output.contains("interlace-mode"), "{output}");
     assert!(buffers.iter().all(|b| b.flags & interlaced == 0), "{buffers:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. A refused sender backs off and says so; the receiver counts quietly
+
+fn my_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+/// The uid a sender runs as: another user's (nobody) when this one may switch to it.
+fn other_uid() -> u32 {
+    if my_uid() == 0 { NOBODY } else { my_uid() }
+}
+
+/// A `gst-launch-1.0` sender as `other_uid()`.
+fn sender_as_other_user(dir: &TempDir, name: &str, pipeline: &str) -> Launched {
+    if other_uid() == my_uid() {
+        Launched::new(dir, name, pipeline)
+    } else {
+        Launched::as_user(dir, name, pipeline, other_uid())
+    }
+}
+
+/// The warnings (message and debug text) on `bus` so far.
+fn warnings(bus: &gst::Bus) -> Vec<String> {
+    let mut found = Vec::new();
+    while let Some(message) = bus.pop_filtered(&[gst::MessageType::Warning]) {
+        if let gst::MessageView::Warning(w) = message.view() {
+            found.push(format!("{} | {}", w.error(), w.debug().unwrap_or_default()));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_refused_sender_backs_off_and_says_once_who_refused_it_while_the_receiver_warns_once() {
+    init();
+    let dir = TempDir::new("outside-refused");
+    let socket = dir.path("s");
+    let allowed = other_uid() + 1;
+    let running = Running::launch(&format!(
+        "qtisocketsrc name=src socket={} socket-mode=0666 allowed-uids=\"<{allowed}>\" ! fakesink",
+        path_str(&socket)
+    ));
+    let (src, bus) = (running.element("src"), running.0.bus().unwrap());
+    let sender = sender_as_other_user(
+        &dir,
+        "tx",
+        &format!("videotestsrc is-live=true ! {NV12_64X48} ! qtisocketsink socket=SOCKET"),
+    );
+    let refused = || stat::<u64>(&src, "senders-refused");
+    wait_until("the sender is refused", || refused() >= 1);
+    let (cpu_before, refused_before) = (sender.cpu_time(), refused());
+    let span = Duration::from_secs(3);
+    std::thread::sleep(span);
+    let (cpu, refusals) = (sender.cpu_time() - cpu_before, refused() - refused_before);
+    // Backing off 10, 20, 40 ... ms to 1 s: about ten in 3 s (it was ~24,000 a second).
+    assert!((1..=15).contains(&refusals), "{refusals} refusals in {span:?}");
+    assert!(cpu < span / 6, "the refused sender used {cpu:?} of CPU in {span:?}");
+    assert_eq!(stat::<u64>(&src, "buffers"), 0);
+
+    // The receiver: one warning naming the sender, the rest counted.
+    let warned = warnings(&bus);
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    for word in [format!("pid {}", sender.pid()), format!("uid {}", other_uid()), "allowed-uids".into()] {
+        assert!(warned[0].contains(&word), "{} does not say {word}", warned[0]);
+    }
+    // The sender: once, who refused it (this process listens there) and as whom it runs.
+    let output = sender.finish();
+    let said: Vec<&str> = output.lines().filter(|l| l.starts_with("WARNING: from element")).collect();
+    assert_eq!(said.len(), 1, "{output}");
+    for word in [
+        "closed the connection 3 times in a row before taking anything".to_owned(),
+        format!("pid {}, uid {}", std::process::id(), my_uid()),
+        format!("refuses this sender (uid {})", other_uid()),
+    ] {
+        assert!(said[0].contains(&word), "{} does not say {word}", said[0]);
+    }
+    assert_no_glib_warnings();
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. A second sender to a busy receiver is turned away, and never delivers stale frames
+
+/// A buffer as the receiving pipeline saw it: from which sender, its sender PTS, and when.
+#[derive(Debug, Clone, Copy)]
+struct Arrived {
+    peer_pid: i64,
+    pts: Duration,
+    at: Instant,
+}
+
+#[test]
+fn a_second_sender_is_turned_away_backs_off_and_takes_over_with_fresh_frames() {
+    init();
+    let dir = TempDir::new("outside-busy");
+    let running = Running::launch(&format!(
+        "qtisocketsrc name=src socket={} keep-listening=true timestamp-mode=sender ! fakesink name=out sync=false",
+        path_str(&dir.path("s"))
+    ));
+    let (src, bus) = (running.element("src"), running.0.bus().unwrap());
+    let arrived = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Arrived>::new()));
+    let (seen, probe_src) = (arrived.clone(), src.clone());
+    running.element("out").static_pad("sink").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+        let peer_pid = stat::<i64>(&probe_src, "peer-pid");
+        let pts = Duration::from_nanos(buffer.pts().unwrap().nseconds());
+        seen.lock().unwrap().push(Arrived { peer_pid, pts, at: Instant::now() });
+        gst::PadProbeReturn::Ok
+    });
+    let from = |pid: u32| -> Vec<Arrived> {
+        arrived.lock().unwrap().iter().filter(|a| a.peer_pid == i64::from(pid)).copied().collect()
+    };
+    let sender = format!("videotestsrc is-live=true ! {NV12_64X48} ! qtisocketsink socket=SOCKET");
+    let mut first = Launched::new(&dir, "tx1", &sender);
+    wait_until("the first sender's frames arrive", || from(first.pid()).len() >= 10);
+    let second = Launched::new(&dir, "tx2", &sender);
+    wait_until("the second sender is turned away", || stat::<u64>(&src, "senders-turned-away") >= 3);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(from(second.pid()).is_empty(), "the second sender's frames were delivered while the first was there");
+    let turned_away = warnings(&bus);
+    assert_eq!(turned_away.len(), 1, "{turned_away:#?}");
+    assert!(turned_away[0].contains(&format!("a second sender (pid {}", second.pid())), "{}", turned_away[0]);
+
+    // The first leaves: the second takes over within its backoff, with frames made now.
+    first.kill();
+    wait_until("the second sender's frames arrive", || from(second.pid()).len() >= 10);
+    let frames = from(second.pid());
+    let lag = |a: &Arrived| a.at.duration_since(frames[0].at).as_secs_f64() - (a.pts.as_secs_f64() - frames[0].pts.as_secs_f64());
+    let lags: Vec<f64> = frames.iter().map(lag).collect();
+    let spread = lags.iter().cloned().fold(f64::MIN, f64::max) - lags.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(spread < 0.2, "stale frames: arrival minus PTS varies by {spread:.3} s: {frames:?}");
+    assert!(frames[0].pts > Duration::from_secs(1), "the second sender's first frame is from its start: {frames:?}");
+    let output = second.finish();
+    let said: Vec<&str> = output.lines().filter(|l| l.starts_with("WARNING: from element")).collect();
+    assert_eq!(said.len(), 1, "{output}");
+    assert!(said[0].contains("or serves another sender already"), "{}", said[0]);
+    assert_no_glib_warnings();
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. A receiver that breaks the protocol: one warning per connection
+
+#[test]
+fn a_receiver_that_breaks_the_protocol_gets_one_warning_per_connection() {
+    use gstqtisocket::protocol::{ReceiverMessage, ReturnMessage};
+    use gstqtisocket::transport::{wait_readable, Listener, MessageIn, MessageReader};
+    let dir = TempDir::new("outside-lying-receiver");
+    let listener = Listener::bind(&dir.path("s"), 0o600).unwrap();
+    let sender = Launched::with_debug(
+        &dir,
+        "tx",
+        &format!("videotestsrc is-live=true ! {NV12_64X48} ! qtisocketsink socket=SOCKET"),
+        "qtisocketsink:2",
+    );
+    // Three connections, each answered with a return of a buf_id never sent.
+    let lie = ReceiverMessage::Return(ReturnMessage::new(&[9999]).unwrap()).encode();
+    let mut record = vec![0; gstqtisocket::protocol::MAX_RECORD_LEN + 1];
+    for _ in 0..3 {
+        let connection = loop {
+            wait_readable(std::os::fd::AsFd::as_fd(&listener), Some(Duration::from_secs(10))).unwrap();
+            if let Some(connection) = listener.accept().unwrap() {
+                break connection;
+            }
+        };
+        let mut reader = MessageReader::default();
+        loop {
+            wait_readable(std::os::fd::AsFd::as_fd(&connection), Some(Duration::from_secs(10))).unwrap();
+            if let MessageIn::Message { .. } = reader.read(&connection, &mut record).unwrap() {
+                break;
+            }
+        }
+        connection.send_message(&lie, &[]).unwrap();
+        // The sink hangs up on it.
+        loop {
+            wait_readable(std::os::fd::AsFd::as_fd(&connection), Some(Duration::from_secs(10))).unwrap();
+            if let MessageIn::Hangup = reader.read(&connection, &mut record).unwrap() {
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let output = sender.finish();
+    // The log: one warning per connection, naming the lie.
+    let warned: Vec<&str> = output.lines().filter(|l| l.contains(" WARN ") && l.contains("broke the protocol: ")).collect();
+    assert_eq!(warned.len(), 3, "one warning per connection:\n{output}");
+    assert!(warned.iter().all(|l| l.contains("buf_id 9999")), "{warned:#?}");
+    // The bus: once for the run of them, as for any receiver that takes nothing.
+    let said: Vec<&str> = output.lines().filter(|l| l.starts_with("WARNING: from element")).collect();
+    assert_eq!(said.len(), 1, "{output}");
+    assert!(said[0].contains("broke the protocol 3 times in a row"), "{}", said[0]);
+}
+
+// ---------------------------------------------------------------------------------------
+// 5, through the Rust API: the same rule for any user of Receiver
+
+#[test]
+fn a_receiver_turns_a_second_sender_away_before_it_can_queue_anything() {
+    use gstqtisocket::{Event, Receiver, Sender, SenderEvent};
+    let dir = TempDir::new("outside-api-busy");
+    let socket = dir.path("s");
+    let mut receiver = Receiver::bind(&socket).unwrap();
+    let mut first = Sender::connect(&socket).unwrap();
+    assert!(matches!(receiver.recv(Some(Duration::from_secs(5))).unwrap(), Event::SenderConnected(_)));
+    let mut second = Sender::connect(&socket).unwrap();
+    // The receiver, waiting for the first, turns the second away.
+    assert!(matches!(receiver.recv(Some(Duration::from_millis(200))).unwrap(), Event::Timeout));
+    assert_eq!(receiver.stats().senders_turned_away, 1);
+    assert_eq!(second.next_event(Some(Duration::from_secs(5))).unwrap(), Some(SenderEvent::ReceiverGone));
+    assert_eq!(receiver.last_turned_away().map(|p| p.pid), Some(std::process::id() as i32));
+    // The first goes on; once it leaves, a new sender is taken.
+    drop(first.send_eos());
+    assert!(matches!(receiver.recv(Some(Duration::from_secs(5))).unwrap(), Event::Eos));
+    drop(first);
+    assert!(matches!(receiver.recv(Some(Duration::from_secs(5))).unwrap(), Event::SenderGone));
+    let _third = Sender::connect(&socket).unwrap();
+    assert!(matches!(receiver.recv(Some(Duration::from_secs(5))).unwrap(), Event::SenderConnected(_)));
+    assert_eq!(receiver.stats().senders_accepted, 2);
 }

@@ -297,14 +297,71 @@ fn log_link_event(element: &super::QtiSocketSink, socket: &str, event: LinkEvent
             obj = element,
             "the receiver disconnected again while {still_out} buffers are still out; still draining"
         ),
-        LinkEvent::SendFailed(e) => gst::warning!(CAT, obj = element, "sending failed, the receiver is gone: {e}"),
-        LinkEvent::EosFailed(e) => gst::warning!(CAT, obj = element, "cannot send EOS: {e}"),
+        // One warning per connection: what fails after the first is its consequence.
+        LinkEvent::SendFailed { error, first: true } => {
+            gst::warning!(CAT, obj = element, "sending failed, the receiver is gone: {error}")
+        }
+        LinkEvent::SendFailed { error, first: false } => gst::debug!(CAT, obj = element, "sending failed too: {error}"),
+        LinkEvent::EosFailed { error, first: true } => gst::warning!(CAT, obj = element, "cannot send EOS: {error}"),
+        LinkEvent::EosFailed { error, first: false } => gst::debug!(CAT, obj = element, "cannot send EOS: {error}"),
         LinkEvent::ReceiverGone => {
             gst::info!(CAT, obj = element, "the receiver closed the connection; connecting again")
         }
-        LinkEvent::ReceiverFailed(e) => {
-            gst::warning!(CAT, obj = element, "the receiver broke the protocol: {e}; connecting again")
+        LinkEvent::ReceiverFailed { error, first: true } => {
+            gst::warning!(CAT, obj = element, "the receiver at {socket} broke the protocol: {error}; connecting again")
         }
+        LinkEvent::ReceiverFailed { error, first: false } => {
+            gst::debug!(CAT, obj = element, "the receiver at {socket} broke the protocol too: {error}")
+        }
+        LinkEvent::Unserved { receiver, in_a_row, retry_in, broke_protocol: true } => gst::element_warning!(
+            element,
+            gst::ResourceError::OpenWrite,
+            (
+                "The receiver at {} ({}) broke the protocol {} times in a row before taking anything",
+                socket,
+                receiver.map_or("credentials unknown".to_owned(), |p| format!("pid {}, uid {}", p.pid, p.uid)),
+                in_a_row
+            ),
+            [
+                "Connecting again after a growing delay (now {:?}, at most 1 s); each connection's error is in the \
+                 log (qtisocketsink:2). Said once until a connection is served.",
+                retry_in
+            ]
+        ),
+        LinkEvent::Unserved { receiver, in_a_row, retry_in, broke_protocol: false } => {
+            let by = match receiver {
+                Some(p) => format!("pid {}, uid {}", p.pid, p.uid),
+                None => "credentials unknown".to_owned(),
+            };
+            let uid = rustix::process::getuid().as_raw();
+            let meanwhile = if element.property::<bool>("wait-for-receiver") { "wait" } else { "are dropped" };
+            gst::element_warning!(
+                element,
+                gst::ResourceError::OpenWrite,
+                (
+                    "The receiver at {} ({}) closed the connection {} times in a row before taking anything: it \
+                     refuses this sender (uid {}) or serves another sender already",
+                    socket,
+                    by,
+                    in_a_row,
+                    uid
+                ),
+                [
+                    "Allow uid {} in the receiver's allowed-uids, or stop the other sender on {}. Connecting again \
+                     after a growing delay (now {:?}, at most 1 s); buffers rendered meanwhile {}. Said once until \
+                     a connection is served.",
+                    uid,
+                    socket,
+                    retry_in,
+                    meanwhile
+                ]
+            );
+        }
+        LinkEvent::ServedAgain { after } => gst::info!(
+            CAT,
+            obj = element,
+            "the receiver at {socket} takes this sender now, after {after} connections it closed unserved"
+        ),
         LinkEvent::Drained => {
             gst::info!(CAT, obj = element, "the receiver disconnected and has every buffer back; connecting again")
         }
