@@ -604,6 +604,34 @@ fn a_receiver_that_breaks_the_protocol_gets_one_warning_per_connection() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 3. The live source's latency: a frame, no maximum, so synchronising pipelines work
+
+#[test]
+fn live_pipelines_after_the_source_configure_their_latency() {
+    for (name, tail) in [
+        ("arrival", "timestamp-mode=arrival ! fakesink silent=false sync=true"),
+        ("encoder", "! videoconvert ! vp8enc deadline=1 ! fakesink silent=false sync=true"),
+        ("compositor", "! compositor ! fakesink silent=false sync=true"),
+    ] {
+        let dir = TempDir::new(&format!("outside-latency-{name}"));
+        let receiver = Launched::new(&dir, "rx", &format!("qtisocketsrc socket=SOCKET {tail}"));
+        let sender = Launched::new(
+            &dir,
+            "tx",
+            "videotestsrc is-live=true ! video/x-raw,format=I420,width=64,height=48,framerate=30/1 ! \
+             qtisocketsink socket=SOCKET",
+        );
+        wait_until("frames reach the receiver's sink", || receiver.buffers().len() >= 15);
+        drop(sender);
+        let output = receiver.finish();
+        for complaint in ["Pipeline construction is invalid", "Impossible to configure latency"] {
+            assert!(!output.contains(complaint), "{name}: {output}");
+        }
+        assert!(output.contains("Redistribute latency"), "{name}: {output}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // 5, through the Rust API: the same rule for any user of Receiver
 
 #[test]
