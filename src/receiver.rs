@@ -353,8 +353,8 @@ impl Receiver {
         let Ok(listener) = Listener::bind(self.listener.path(), self.options.socket_mode) else { return };
         // The listener is watched always: while a sender is connected, to turn others away.
         let _ = epoll::delete(&self.poller, &self.listener);
-        if epoll::add(&self.poller, &listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN).is_err()
-        {
+        let watched = epoll::add(&self.poller, &listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN);
+        if watched.is_err() {
             return;
         }
         // Senders that had connected to the old socket stay in its backlog until it goes.

@@ -242,7 +242,8 @@ fn the_sink_refuses_a_socket_path_longer_than_107_bytes_as_the_source_does() {
     let dir = TempDir::new("outside-path");
     let long = format!("/tmp/{}", "x".repeat(103));
     assert_eq!(long.len(), 108);
-    let sender = Launched::new(&dir, "tx", &format!("videotestsrc is-live=true ! {NV12_64X48} ! qtisocketsink socket={long}"));
+    let pipeline = |socket: &str| format!("videotestsrc is-live=true ! {NV12_64X48} ! qtisocketsink socket={socket}");
+    let sender = Launched::new(&dir, "tx", &pipeline(&long));
     let (ok, output) = sender.wait_exit();
     assert!(!ok, "{output}");
     assert!(output.contains("ERROR") && output.contains("108 bytes") && output.contains("107"), "{output}");
@@ -251,7 +252,7 @@ fn the_sink_refuses_a_socket_path_longer_than_107_bytes_as_the_source_does() {
     assert!(!ok && output.contains("107"), "{output}");
     // 107 bytes is a path like any other (nobody listens there: the sink retries).
     let fits = &long[..107];
-    let sender = Launched::new(&dir, "tx-107", &format!("videotestsrc is-live=true ! {NV12_64X48} ! qtisocketsink socket={fits}"));
+    let sender = Launched::new(&dir, "tx-107", &pipeline(fits));
     std::thread::sleep(Duration::from_millis(500));
     let output = sender.finish();
     assert!(!output.contains("ERROR"), "{output}");
@@ -274,7 +275,8 @@ fn behind_a_tee_each_sink_copies_and_counts_each_byte_once() {
         path_str(&dir_b.path("s"))
     ));
     let bus = running.0.bus().unwrap();
-    let end = bus.timed_pop_filtered(gst::ClockTime::from_seconds(20), &[gst::MessageType::Eos, gst::MessageType::Error]);
+    let end =
+        bus.timed_pop_filtered(gst::ClockTime::from_seconds(20), &[gst::MessageType::Eos, gst::MessageType::Error]);
     assert!(matches!(end.as_ref().map(|m| m.view()), Some(gst::MessageView::Eos(_))), "{end:?}");
     let frame = 64 * 48 * 3 / 2;
     for name in ["a", "b"] {
@@ -346,7 +348,10 @@ fn subparse_into_the_sink_sends_utf8_without_markup_and_markup_is_refused() {
         sender = Some(Launched::new(
             &dir,
             "tx",
-            &format!("filesrc location={} ! subparse ! qtisocketsink socket=SOCKET wait-for-receiver=true", path_str(&srt)),
+            &format!(
+                "filesrc location={} ! subparse ! qtisocketsink socket=SOCKET wait-for-receiver=true",
+                path_str(&srt)
+            ),
         ));
     });
     let output = sender.unwrap().finish();
@@ -538,7 +543,9 @@ fn a_second_sender_is_turned_away_backs_off_and_takes_over_with_fresh_frames() {
     first.kill();
     wait_until("the second sender's frames arrive", || from(second.pid()).len() >= 10);
     let frames = from(second.pid());
-    let lag = |a: &Arrived| a.at.duration_since(frames[0].at).as_secs_f64() - (a.pts.as_secs_f64() - frames[0].pts.as_secs_f64());
+    let lag = |a: &Arrived| {
+        a.at.duration_since(frames[0].at).as_secs_f64() - (a.pts.as_secs_f64() - frames[0].pts.as_secs_f64())
+    };
     let lags: Vec<f64> = frames.iter().map(lag).collect();
     let spread = lags.iter().cloned().fold(f64::MIN, f64::max) - lags.iter().cloned().fold(f64::MAX, f64::min);
     assert!(spread < 0.2, "stale frames: arrival minus PTS varies by {spread:.3} s: {frames:?}");
@@ -594,7 +601,8 @@ fn a_receiver_that_breaks_the_protocol_gets_one_warning_per_connection() {
     std::thread::sleep(Duration::from_millis(200));
     let output = sender.finish();
     // The log: one warning per connection, naming the lie.
-    let warned: Vec<&str> = output.lines().filter(|l| l.contains(" WARN ") && l.contains("broke the protocol: ")).collect();
+    let warned: Vec<&str> =
+        output.lines().filter(|l| l.contains(" WARN ") && l.contains("broke the protocol: ")).collect();
     assert_eq!(warned.len(), 3, "one warning per connection:\n{output}");
     assert!(warned.iter().all(|l| l.contains("buf_id 9999")), "{warned:#?}");
     // The bus: once for the run of them, as for any receiver that takes nothing.

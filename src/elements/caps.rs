@@ -47,12 +47,12 @@ impl Interlace {
     /// What one frame's flags say. One field per buffer (ONEFIELD: `interlace-mode=alternate`
     /// upstream) has no caps here: its flags travel on the buffer, its caps stay progressive.
     fn of(flags: u32) -> Interlace {
-        let flags = gst_video::VideoFrameFlags::from_bits_truncate(flags);
-        if !flags.contains(gst_video::VideoFrameFlags::INTERLACED) || flags.contains(gst_video::VideoFrameFlags::ONEFIELD)
-        {
+        use gst_video::VideoFrameFlags as F;
+        let flags = F::from_bits_truncate(flags);
+        if !flags.contains(F::INTERLACED) || flags.contains(F::ONEFIELD) {
             return Interlace::Progressive;
         }
-        Interlace::Interleaved { top_field_first: flags.contains(gst_video::VideoFrameFlags::TFF) }
+        Interlace::Interleaved { top_field_first: flags.contains(F::TFF) }
     }
 }
 
@@ -576,7 +576,8 @@ mod tests {
             assert_eq!(video_format(wire), Ok(format));
             let first = frame(format, size, &vec![0; info.n_planes() as usize], &vec![1; info.n_planes() as usize], 1);
             let key = FormatKey::of(&message(vec![MemoryBlock::Frame(first)])).expect("a known format");
-            assert_eq!(key, FormatKey::Video { format, width: size.0, height: size.1, interlace: Interlace::Progressive });
+            let progressive = Interlace::Progressive;
+            assert_eq!(key, FormatKey::Video { format, width: size.0, height: size.1, interlace: progressive });
             let caps = negotiated(&key, gst::Fraction::new(30, 1));
             let Ok(Format::Video(video)) = Format::from_caps(&caps) else { panic!("{caps}: not video caps") };
             assert_eq!((video.format(), video.width(), video.height()), (format, size.0, size.1), "{caps}");
@@ -651,7 +652,8 @@ mod tests {
     #[test]
     fn video_caps_are_completed_with_rate_and_pixel_aspect_ratio() {
         init();
-        let key = FormatKey::Video { format: VideoFormat::Nv12, width: 1920, height: 1080, interlace: Interlace::Progressive };
+        let key =
+            FormatKey::Video { format: VideoFormat::Nv12, width: 1920, height: 1080, interlace: Interlace::Progressive };
         assert_eq!(key.caps(false), caps("video/x-raw, format=NV12, width=1920, height=1080"));
         let any = key.caps(true);
         assert!(any.features(0).expect("features").is_any());
@@ -831,7 +833,10 @@ mod tests {
                  field-order=bottom-field-first",
             ),
             // One field per buffer: no caps for it; the flags go on the buffer.
-            ((gst_video::VideoFrameFlags::INTERLACED | gst_video::VideoFrameFlags::ONEFIELD).bits(), "video/x-raw, format=NV12, width=64, height=48"),
+            (
+                (gst_video::VideoFrameFlags::INTERLACED | gst_video::VideoFrameFlags::ONEFIELD).bits(),
+                "video/x-raw, format=NV12, width=64, height=48",
+            ),
         ] {
             nv12.flags = flags;
             let key = FormatKey::of(&message(vec![MemoryBlock::Frame(nv12)])).unwrap();

@@ -606,7 +606,10 @@ impl QtiSocketSrc {
                 )
             } else {
                 (
-                    format!("Socket {}: {} more senders refused; the last: {}", stream.socket, count.new, stream.last_refusal),
+                    format!(
+                        "Socket {}: {} more senders refused; the last: {}",
+                        stream.socket, count.new, stream.last_refusal
+                    ),
                     "Set 'allowed-uids' to accept them".to_owned(),
                 )
             };
@@ -624,7 +627,10 @@ impl QtiSocketSrc {
                     stream.socket
                 )
             } else {
-                format!("Socket {}: {} more senders turned away while one is connected; the last: {peer}", stream.socket, count.new)
+                format!(
+                    "Socket {}: {} more senders turned away while one is connected; the last: {peer}",
+                    stream.socket, count.new
+                )
             };
             gst::element_imp_warning!(
                 self,
