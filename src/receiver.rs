@@ -67,6 +67,7 @@ struct Counters {
     protocol_errors: AtomicU64,
     senders_accepted: AtomicU64,
     senders_refused: AtomicU64,
+    senders_turned_away: AtomicU64,
     /// The current connection's cache size, stored after each message.
     fds_cached: AtomicU64,
     /// Times the socket file was found gone and bound again.
@@ -92,6 +93,10 @@ pub struct ReceiverStats {
     pub senders_accepted: u64,
     /// Senders disconnected at once because their uid is not in `allowed_uids`.
     pub senders_refused: u64,
+    /// Senders accepted and closed at once because another sender was connected (one at a
+    /// time), or because they had waited while the receiver was not receiving
+    /// ([`Receiver::turn_away_waiting_senders`]): their queued frames are never delivered.
+    pub senders_turned_away: u64,
     /// Times the socket file was found removed (the deployed sender unlinks it when it
     /// handles DISCONNECT) and was bound again at the same path.
     pub socket_rebinds: u64,
@@ -116,6 +121,8 @@ struct Shared {
     /// DISCONNECT went to the current sender: what it still sends is answered with a
     /// return, not delivered (it was sent before the sender stopped: stale by now).
     disconnecting: AtomicBool,
+    /// The last sender turned away, for whoever reports it.
+    last_turned_away: Mutex<Option<PeerCredentials>>,
 }
 
 /// The connected sender, as other threads see it.
@@ -129,6 +136,13 @@ impl Shared {
         // Only plain assignments happen under this lock: a poisoned one is still consistent.
         self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// What a wait saw ready.
+#[derive(Debug, Default, Clone, Copy)]
+struct Ready {
+    path: bool,
+    listener: bool,
 }
 
 const TOKEN_LISTENER: u64 = 1;
@@ -158,6 +172,8 @@ pub struct Receiver {
     active: Option<Active>,
     record: Box<[u8]>,
     reader: MessageReader,
+    /// The last wait saw a sender waiting to be accepted.
+    listener_ready: bool,
 }
 
 impl Receiver {
@@ -193,7 +209,9 @@ impl Receiver {
                 wake,
                 current: Mutex::new(None),
                 disconnecting: AtomicBool::new(false),
+                last_turned_away: Mutex::new(None),
             }),
+            listener_ready: false,
             active: None,
             record: vec![0; MAX_RECORD_LEN + 1].into_boxed_slice(),
             reader: MessageReader::default(),
@@ -224,7 +242,9 @@ impl Receiver {
             if left == Some(Duration::ZERO) {
                 return Ok(Event::Timeout);
             }
-            if self.wait(left)? {
+            let ready = self.wait(left)?;
+            self.listener_ready = ready.listener;
+            if ready.path {
                 self.on_path_event();
             }
         }
@@ -281,18 +301,6 @@ impl Receiver {
         true
     }
 
-    /// Hangs up on every sender waiting to be accepted; returns how many. For a receiver
-    /// that stopped receiving for a while (paused): what they queued since is stale, and
-    /// a sender connects again at once after a hang-up (the deployed one every 10 ms).
-    pub fn refuse_waiting_senders(&mut self) -> usize {
-        let mut refused = 0;
-        while let Ok(Some(connection)) = self.listener.accept() {
-            connection.shutdown();
-            refused += 1;
-        }
-        refused
-    }
-
     /// Closes the receiver; the same as dropping it, spelled out.
     pub fn close(self) {}
 
@@ -301,15 +309,19 @@ impl Receiver {
         rustix::io::read(&self.shared.wake, &mut count).is_ok()
     }
 
-    /// Waits until something is ready; returns whether the socket's directory changed.
-    fn wait(&self, timeout: Option<Duration>) -> Result<bool, Error> {
+    /// Waits until something is ready; says whether the socket's directory changed and
+    /// whether a sender waits to be accepted.
+    fn wait(&self, timeout: Option<Duration>) -> Result<Ready, Error> {
         // epoll_wait takes at most i32::MAX ms before Linux 5.11: wait a day at most, and again.
         let timeout = timeout.map(|t| t.min(Duration::from_secs(86_400)));
         let timeout = timeout.map(|t| rustix::event::Timespec::try_from(t).expect("a day fits"));
         let mut events = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 4];
         match epoll::wait(&self.poller, &mut events, timeout.as_ref()) {
-            Ok((ready, _)) => Ok(ready.iter().any(|e| e.data.u64() == TOKEN_PATH)),
-            Err(rustix::io::Errno::INTR) => Ok(false),
+            Ok((ready, _)) => Ok(Ready {
+                path: ready.iter().any(|e| e.data.u64() == TOKEN_PATH),
+                listener: ready.iter().any(|e| e.data.u64() == TOKEN_LISTENER),
+            }),
+            Err(rustix::io::Errno::INTR) => Ok(Ready::default()),
             Err(e) => Err(Error::Io { what: "waiting on the receiver's socket".into(), source: e.into() }),
         }
     }
@@ -326,13 +338,11 @@ impl Receiver {
             return;
         }
         let Ok(listener) = Listener::bind(self.listener.path(), self.options.socket_mode) else { return };
-        if self.active.is_none() {
-            let _ = epoll::delete(&self.poller, &self.listener);
-            if epoll::add(&self.poller, &listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN)
-                .is_err()
-            {
-                return;
-            }
+        // The listener is watched always: while a sender is connected, to turn others away.
+        let _ = epoll::delete(&self.poller, &self.listener);
+        let watched = epoll::add(&self.poller, &listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN);
+        if watched.is_err() {
+            return;
         }
         // Senders that had connected to the old socket stay in its backlog until it goes.
         self.listener = listener;
@@ -345,7 +355,14 @@ impl Receiver {
             return self.accept();
         };
         match self.reader.read(&active.connection, &mut self.record) {
-            Ok(MessageIn::WouldBlock) => Ok(None),
+            Ok(MessageIn::WouldBlock) => {
+                // Only once the connected sender has nothing more (its hang-up comes first:
+                // a sender that left and connects again is the next one, not turned away).
+                if std::mem::take(&mut self.listener_ready) {
+                    self.turn_away_waiting_senders();
+                }
+                Ok(None)
+            }
             Ok(MessageIn::Hangup) => {
                 self.end_connection();
                 Ok(Some(Event::SenderGone))
@@ -379,12 +396,10 @@ impl Receiver {
             self.shared.counters.senders_refused.fetch_add(1, Relaxed);
             return Err(Error::SenderRefused { peer, allowed_uids: allowed.clone() });
         }
-        // One sender at a time: others wait in the backlog until this one leaves. The
-        // connection is watched before the listener stops being, so a failure here
-        // leaves the receiver as it was.
+        // One sender at a time: the listener stays watched, and a sender that connects
+        // while this one is here is turned away at once (see `turn_away_waiting_senders`).
         epoll::add(&self.poller, &connection, epoll::EventData::new_u64(TOKEN_CONNECTION), epoll::EventFlags::IN)
             .map_err(|e| io("updating the epoll fd", e.into()))?;
-        epoll::delete(&self.poller, &self.listener).map_err(|e| io("updating the epoll fd", e.into()))?;
         let connection = Arc::new(connection);
         let mut current = self.shared.current();
         *current = Some(Current { connection: connection.clone(), peer });
@@ -392,6 +407,8 @@ impl Receiver {
         drop(current);
         self.active = Some(Active { connection, cache: FdCache::default() });
         self.reader = MessageReader::default();
+        // Whoever made the listener ready was this sender.
+        self.listener_ready = false;
         self.shared.counters.senders_accepted.fetch_add(1, Relaxed);
         Ok(Some(Event::SenderConnected(peer)))
     }
@@ -405,7 +422,46 @@ impl Receiver {
             let _ = epoll::delete(&self.poller, &*active.connection);
             active.connection.shutdown_read();
         }
-        let _ = epoll::add(&self.poller, &self.listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN);
+    }
+
+    /// Accepts every sender waiting to be accepted and closes it at once; returns how many.
+    ///
+    /// One sender at a time: while one is connected, [`Receiver::recv`] does this by itself
+    /// to each sender that connects, rather than leave it in the listen backlog, where it
+    /// would believe itself connected, queue frames nobody reads and stall, and where those
+    /// frames, stale by then, would be delivered when the first sender leaves. A sender
+    /// turned away sees a hang-up before any message and connects again later (ours backs
+    /// off; the deployed one retries every 10 ms). Call it also after not receiving for a
+    /// while (the element does when it resumes from PAUSED): a sender that connected
+    /// meanwhile has queued frames from that time. Counted in
+    /// [`ReceiverStats::senders_turned_away`].
+    pub fn turn_away_waiting_senders(&mut self) -> usize {
+        let mut turned_away = 0;
+        // Every waiting sender, but never more than could have queued up: not a loop that a
+        // stream of connecting senders keeps going.
+        while turned_away < 64 {
+            let Ok(Some(connection)) = self.listener.accept() else { break };
+            let peer = connection.peer_credentials().ok().map(PeerCredentials::from);
+            // Both ways, at once: it sees the hang-up before reading anything.
+            connection.shutdown();
+            drop(connection);
+            *self.shared.last_turned_away.lock().unwrap_or_else(|p| p.into_inner()) = peer;
+            self.shared.counters.senders_turned_away.fetch_add(1, Relaxed);
+            turned_away += 1;
+        }
+        turned_away
+    }
+
+    /// The last sender [`Receiver::turn_away_waiting_senders`] closed, if any.
+    pub fn last_turned_away(&self) -> Option<PeerCredentials> {
+        *self.shared.last_turned_away.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (senders refused for their uid, senders turned away) so far: two atomic loads, for
+    /// a streaming thread to notice new ones without taking any lock.
+    pub fn refusal_counts(&self) -> (u64, u64) {
+        let c = &self.shared.counters;
+        (c.senders_refused.load(Relaxed), c.senders_turned_away.load(Relaxed))
     }
 
     fn on_message(&mut self, len: usize, fds: Vec<OwnedFd>) -> Result<Option<Event>, Error> {
@@ -526,6 +582,7 @@ impl ReceiverHandle {
             protocol_errors: c.protocol_errors.load(Relaxed),
             senders_accepted: c.senders_accepted.load(Relaxed),
             senders_refused: c.senders_refused.load(Relaxed),
+            senders_turned_away: c.senders_turned_away.load(Relaxed),
             socket_rebinds: c.socket_rebinds.load(Relaxed),
             connected: peer.is_some(),
             peer: peer.flatten(),

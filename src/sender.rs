@@ -239,6 +239,12 @@ impl Sender {
     pub fn counts(&self) -> (u64, u64) {
         (self.buffers_sent, self.fds_sent)
     }
+
+    /// The receiver's process, as the kernel saw it when it listened (`SO_PEERCRED`): who
+    /// to name when a receiver turns this sender away.
+    pub fn receiver_credentials(&self) -> Option<crate::PeerCredentials> {
+        self.connection.peer_credentials().ok().map(crate::PeerCredentials::from)
+    }
 }
 
 impl AsFd for Sender {

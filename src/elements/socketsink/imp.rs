@@ -17,7 +17,8 @@ use gst_base::subclass::prelude::*;
 use super::link::{Counters, Link, LinkEvent, Sent};
 use super::memfd_allocator::MemfdAllocator;
 use super::outgoing::{self, CopyPools, Refusal};
-use crate::elements::caps::Format;
+use crate::elements::caps::{Format, TEXT_CAPS};
+use crate::transport::MAX_SOCKET_PATH_LEN;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -155,52 +156,45 @@ impl ElementImpl for QtiSocketSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = "neural-network/tensors; video/x-raw(ANY); text/x-raw".parse::<gst::Caps>().expect("valid caps");
+            // Text: utf8 only. The TEXT payload carries bytes and no format, and receivers label
+            // them utf8: markup must not arrive as plain text (subparse strips it for this caps).
+            let caps = format!("neural-network/tensors; video/x-raw(ANY); {TEXT_CAPS}");
+            let caps = caps.parse::<gst::Caps>().expect("valid caps");
             vec![gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &caps)
                 .expect("a valid pad template")]
         });
         TEMPLATES.as_ref()
     }
+
+    /// The connection lives from READY→PAUSED to PAUSED→READY, as documented: a `socket`
+    /// changed in READY is used, and each run starts with a new connection and new counters.
+    fn change_state(&self, transition: gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::ReadyToPaused {
+            // Before the pad is activated: no buffer can be rendered without a link.
+            if let Err(message) = self.connect() {
+                self.post_error_message(message);
+                return Err(gst::StateChangeError);
+            }
+        }
+        let result = self.parent_change_state(transition);
+        match transition {
+            // After the parent: the pad is deactivated, so no render is running or to come.
+            gst::StateChange::PausedToReady => self.disconnect(),
+            gst::StateChange::ReadyToPaused if result.is_err() => self.disconnect(),
+            _ => {}
+        }
+        result
+    }
 }
 
 impl BaseSinkImpl for QtiSocketSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let socket = lock(&self.settings).socket.clone().ok_or_else(|| {
-            gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("No socket path set"),
-                ["Set the 'socket' property to the path a qtisocketsrc listens on"]
-            )
-        })?;
-        let element = self.obj().downgrade();
-        let path = socket.clone();
-        // Weak: the element owns the link, and the link this callback.
-        let report = Box::new(move |event: LinkEvent| {
-            if let Some(element) = element.upgrade() {
-                log_link_event(&element, &path, event);
-            }
-        });
-        let link = Link::start(PathBuf::from(&socket), report).map_err(|e| {
-            gst::error_msg!(gst::ResourceError::Failed, ("Cannot start the connection thread for {}: {}", socket, e))
-        })?;
-        *lock(&self.link) = Some(Arc::new(link));
-        gst::info!(CAT, imp = self, "connecting to {socket}");
-        Ok(())
+        // NULL→READY: only the settings are checked; the connection starts on READY→PAUSED.
+        self.socket_path().map(drop)
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        if let Some(link) = lock(&self.link).take() {
-            let mut counters = link.counters();
-            // The last reference (render has returned by now): closes the connection and
-            // lets go of every buffer still out with the receiver.
-            drop(link);
-            counters.connected = false;
-            counters.in_flight = 0;
-            *lock(&self.last_counters) = counters;
-        }
-        self.copy_pools.clear();
-        *lock(&self.format) = None;
-        gst::info!(CAT, imp = self, "stopped");
+        self.disconnect();
         Ok(())
     }
 
@@ -303,14 +297,71 @@ fn log_link_event(element: &super::QtiSocketSink, socket: &str, event: LinkEvent
             obj = element,
             "the receiver disconnected again while {still_out} buffers are still out; still draining"
         ),
-        LinkEvent::SendFailed(e) => gst::warning!(CAT, obj = element, "sending failed, the receiver is gone: {e}"),
-        LinkEvent::EosFailed(e) => gst::warning!(CAT, obj = element, "cannot send EOS: {e}"),
+        // One warning per connection: what fails after the first is its consequence.
+        LinkEvent::SendFailed { error, first: true } => {
+            gst::warning!(CAT, obj = element, "sending failed, the receiver is gone: {error}")
+        }
+        LinkEvent::SendFailed { error, first: false } => gst::debug!(CAT, obj = element, "sending failed too: {error}"),
+        LinkEvent::EosFailed { error, first: true } => gst::warning!(CAT, obj = element, "cannot send EOS: {error}"),
+        LinkEvent::EosFailed { error, first: false } => gst::debug!(CAT, obj = element, "cannot send EOS: {error}"),
         LinkEvent::ReceiverGone => {
             gst::info!(CAT, obj = element, "the receiver closed the connection; connecting again")
         }
-        LinkEvent::ReceiverFailed(e) => {
-            gst::warning!(CAT, obj = element, "the receiver broke the protocol: {e}; connecting again")
+        LinkEvent::ReceiverFailed { error, first: true } => {
+            gst::warning!(CAT, obj = element, "the receiver at {socket} broke the protocol: {error}; connecting again")
         }
+        LinkEvent::ReceiverFailed { error, first: false } => {
+            gst::debug!(CAT, obj = element, "the receiver at {socket} broke the protocol too: {error}")
+        }
+        LinkEvent::Unserved { receiver, in_a_row, retry_in, broke_protocol: true } => gst::element_warning!(
+            element,
+            gst::ResourceError::OpenWrite,
+            (
+                "The receiver at {} ({}) broke the protocol {} times in a row before taking anything",
+                socket,
+                receiver.map_or("credentials unknown".to_owned(), |p| format!("pid {}, uid {}", p.pid, p.uid)),
+                in_a_row
+            ),
+            [
+                "Connecting again after a growing delay (now {:?}, at most 1 s); each connection's error is in the \
+                 log (qtisocketsink:2). Said once until a connection is served.",
+                retry_in
+            ]
+        ),
+        LinkEvent::Unserved { receiver, in_a_row, retry_in, broke_protocol: false } => {
+            let by = match receiver {
+                Some(p) => format!("pid {}, uid {}", p.pid, p.uid),
+                None => "credentials unknown".to_owned(),
+            };
+            let uid = rustix::process::getuid().as_raw();
+            let meanwhile = if element.property::<bool>("wait-for-receiver") { "wait" } else { "are dropped" };
+            gst::element_warning!(
+                element,
+                gst::ResourceError::OpenWrite,
+                (
+                    "The receiver at {} ({}) closed the connection {} times in a row before taking anything: it \
+                     refuses this sender (uid {}) or serves another sender already",
+                    socket,
+                    by,
+                    in_a_row,
+                    uid
+                ),
+                [
+                    "Allow uid {} in the receiver's allowed-uids, or stop the other sender on {}. Connecting again \
+                     after a growing delay (now {:?}, at most 1 s); buffers rendered meanwhile {}. Said once until \
+                     a connection is served.",
+                    uid,
+                    socket,
+                    retry_in,
+                    meanwhile
+                ]
+            );
+        }
+        LinkEvent::ServedAgain { after } => gst::info!(
+            CAT,
+            obj = element,
+            "the receiver at {socket} takes this sender now, after {after} connections it closed unserved"
+        ),
         LinkEvent::Drained => {
             gst::info!(CAT, obj = element, "the receiver disconnected and has every buffer back; connecting again")
         }
@@ -318,6 +369,68 @@ fn log_link_event(element: &super::QtiSocketSink, socket: &str, event: LinkEvent
 }
 
 impl QtiSocketSink {
+    /// The `socket` property, checked as the receiver checks its path.
+    fn socket_path(&self) -> Result<String, gst::ErrorMessage> {
+        let socket = lock(&self.settings).socket.clone().ok_or_else(|| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("No socket path set"),
+                ["Set the 'socket' property to the path a qtisocketsrc listens on"]
+            )
+        })?;
+        let len = socket.len();
+        if len == 0 || len > MAX_SOCKET_PATH_LEN {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                (
+                    "Cannot connect to socket '{}': the path is {} bytes long; a UNIX socket path holds 1 to {} \
+                     bytes",
+                    socket,
+                    len,
+                    MAX_SOCKET_PATH_LEN
+                ),
+                ["Set 'socket' to a shorter path (qtisocketsrc refuses this one too)"]
+            ));
+        }
+        Ok(socket)
+    }
+
+    /// READY→PAUSED: starts the thread that connects to the receiver.
+    fn connect(&self) -> Result<(), gst::ErrorMessage> {
+        let socket = self.socket_path()?;
+        let element = self.obj().downgrade();
+        let path = socket.clone();
+        // Weak: the element owns the link, and the link this callback.
+        let report = Box::new(move |event: LinkEvent| {
+            if let Some(element) = element.upgrade() {
+                log_link_event(&element, &path, event);
+            }
+        });
+        let link = Link::start(PathBuf::from(&socket), report).map_err(|e| {
+            gst::error_msg!(gst::ResourceError::Failed, ("Cannot start the connection thread for {}: {}", socket, e))
+        })?;
+        *lock(&self.link) = Some(Arc::new(link));
+        gst::info!(CAT, imp = self, "connecting to {socket}");
+        Ok(())
+    }
+
+    /// PAUSED→READY (and stop): closes the connection, lets go of every buffer still out,
+    /// keeps the run's counters for `stats`.
+    fn disconnect(&self) {
+        if let Some(link) = lock(&self.link).take() {
+            let mut counters = link.counters();
+            // The last reference (render has returned by now): closes the connection and
+            // lets go of every buffer still out with the receiver.
+            drop(link);
+            counters.connected = false;
+            counters.in_flight = 0;
+            *lock(&self.last_counters) = counters;
+            gst::info!(CAT, imp = self, "disconnected");
+        }
+        self.copy_pools.clear();
+        *lock(&self.format) = None;
+    }
+
     /// Posts an error for a buffer the protocol cannot carry.
     fn refuse(&self, reason: &str) -> gst::FlowError {
         let socket = lock(&self.settings).socket.clone().unwrap_or_default();

@@ -8,6 +8,12 @@
 //!
 //! The link knows no element: it tells the element what happened through a
 //! [`LinkEvent`] callback, called outside the lock, and the element logs it.
+//!
+//! A connection the receiver closes before it has said anything (no return, no
+//! `DISCONNECT`) was not served: the receiver refused this sender (`allowed-uids`), serves
+//! another one, or broke the protocol at once. After such a connection the link waits
+//! longer before the next ([`backoff`]: 10 ms, doubling, at most 1 s), instead of
+//! connecting again at once in a loop, and says so once per run of them.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
@@ -20,10 +26,23 @@ use crate::elements::lock;
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 
 use super::outgoing::Prepared;
-use crate::{Error, Sender, SenderEvent};
+use crate::{Error, PeerCredentials, Sender, SenderEvent};
 
 /// How often the deployed sink retries `connect()`; ours too.
 const CONNECT_RETRY: Duration = Duration::from_millis(10);
+/// The longest wait after connections the receiver closed unserved.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Unserved connections in a row after which the link reports them (once per run): one
+/// alone is ordinary (a receiver resuming from a pause closes the connection a sender made
+/// meanwhile), three in a row are a receiver that does not take this sender.
+pub(super) const UNSERVED_TO_REPORT: u32 = 3;
+
+/// How long to wait before connecting again after `unserved` connections in a row that
+/// the receiver closed before serving them: 10 ms after the first, doubling, at most 1 s.
+pub(super) fn backoff(unserved: u32) -> Duration {
+    let doublings = unserved.saturating_sub(1).min(16);
+    (CONNECT_RETRY * (1 << doublings)).min(MAX_BACKOFF)
+}
 
 /// What the `stats` property shows.
 #[derive(Debug, Clone, Default)]
@@ -63,14 +82,22 @@ pub(super) enum LinkEvent {
     /// already draining (a receiver that paused twice), which changes nothing.
     Disconnect { still_out: usize, again: bool },
     /// Sending a buffer failed: the connection is given up (drained, then closed).
-    SendFailed(Error),
+    /// `first`: the first failure reported on this connection (each connection warns once).
+    SendFailed { error: Error, first: bool },
     /// Sending EOS failed.
-    EosFailed(Error),
+    EosFailed { error: Error, first: bool },
     /// The receiver hung up; the link connects again.
     ReceiverGone,
     /// The receiver broke the protocol (or its socket failed); the link hung up and
     /// connects again.
-    ReceiverFailed(Error),
+    ReceiverFailed { error: Error, first: bool },
+    /// `in_a_row` connections ([`UNSERVED_TO_REPORT`]) were closed by the receiver before
+    /// it said anything valid; told once per run of them. `receiver`: who listens there;
+    /// `broke_protocol`: the last one ended with a message that broke the protocol, not a
+    /// hang-up.
+    Unserved { receiver: Option<PeerCredentials>, in_a_row: u32, retry_in: Duration, broke_protocol: bool },
+    /// A connection was served after a reported run of `after` unserved ones.
+    ServedAgain { after: u32 },
     /// Every buffer came back after a `DISCONNECT` or a failed send; the link hung up
     /// and connects again.
     Drained,
@@ -120,6 +147,13 @@ struct State {
     counters: Counters,
     /// No buffer has been sent on the current connection yet.
     unused_connection: bool,
+    /// The receiver has said something valid on the current connection (a return,
+    /// `DISCONNECT`): it serves this sender.
+    served: bool,
+    /// A warning was reported for the current connection: later failures on it are not.
+    warned: bool,
+    /// The current connection's receiver (`SO_PEERCRED`).
+    receiver: Option<PeerCredentials>,
     flushing: bool,
     stopping: bool,
 }
@@ -136,6 +170,11 @@ impl State {
                 released.extend(self.held.remove(index));
             }
         }
+    }
+
+    /// Whether a warning about the current connection is the first one (then it is no more).
+    fn first_warning(&mut self) -> bool {
+        !std::mem::replace(&mut self.warned, true)
     }
 
     /// Closes the connection: nothing out with the receiver will come back.
@@ -178,6 +217,9 @@ impl Link {
                 held: VecDeque::new(),
                 counters: Counters::default(),
                 unused_connection: false,
+                served: false,
+                warned: false,
+                receiver: None,
                 flushing: false,
                 stopping: false,
             }),
@@ -226,18 +268,19 @@ impl Link {
                 c.fds_sent += fds_sent;
                 c.copies += prepared.copies;
                 c.bytes_copied += prepared.bytes_copied;
-                c.bytes_described += prepared.bytes_described();
+                c.bytes_described += prepared.bytes_described;
                 if !ids.is_empty() {
                     state.held.push_back(Held { holds: prepared.holds, ids });
                 }
                 Sent::Sent
             }
             Err(Error::InvalidBuffer(reason)) => Sent::Invalid(reason),
-            Err(e) => {
+            Err(error) => {
                 state.phase.start_draining();
                 state.counters.dropped += 1;
+                let first = state.first_warning();
                 drop(state);
-                (self.shared.report)(LinkEvent::SendFailed(e));
+                (self.shared.report)(LinkEvent::SendFailed { error, first });
                 self.shared.wake_thread();
                 Sent::Dropped
             }
@@ -253,9 +296,10 @@ impl Link {
             Phase::Connected(sender) => sender.send_eos().err(),
             _ => None,
         };
-        if let Some(e) = failed {
+        if let Some(error) = failed {
+            let first = state.first_warning();
             drop(state);
-            (self.shared.report)(LinkEvent::EosFailed(e));
+            (self.shared.report)(LinkEvent::EosFailed { error, first });
             state = lock(&self.shared.state);
         }
         while !state.held.is_empty() && !state.flushing {
@@ -299,6 +343,8 @@ impl Drop for Link {
 fn run(shared: &Shared) {
     // A duplicate of the connected socket, to wait on without holding the lock.
     let mut socket: Option<OwnedFd> = None;
+    // Connections in a row the receiver closed before serving them.
+    let mut unserved = 0;
     loop {
         if lock(&shared.state).stopping {
             return;
@@ -314,20 +360,45 @@ fn run(shared: &Shared) {
                 wait(&[fd.as_fd(), shared.wake.as_fd()], None);
                 let mut counter = [0u8; 8];
                 let _ = rustix::io::read(&shared.wake, &mut counter);
-                if !serve(shared) {
-                    socket = None;
+                let Served::Closed { served, receiver, broke_protocol } = serve(shared) else { continue };
+                socket = None;
+                if served {
+                    if unserved >= UNSERVED_TO_REPORT {
+                        (shared.report)(LinkEvent::ServedAgain { after: unserved });
+                    }
+                    unserved = 0;
+                    continue;
                 }
+                unserved += 1;
+                let retry_in = backoff(unserved);
+                if unserved == UNSERVED_TO_REPORT {
+                    (shared.report)(LinkEvent::Unserved { receiver, in_a_row: unserved, retry_in, broke_protocol });
+                }
+                // Woken early only to stop.
+                wait(&[shared.wake.as_fd()], Some(retry_in));
             }
         }
     }
+}
+
+/// What became of the connection after [`serve`].
+enum Served {
+    Open,
+    /// Closed; `served`: the receiver had said something valid on it; `broke_protocol`: it
+    /// ended on a message that broke the protocol.
+    Closed { served: bool, receiver: Option<PeerCredentials>, broke_protocol: bool },
 }
 
 /// One connection attempt; on success the new connection is published.
 fn try_connect(shared: &Shared) -> Option<OwnedFd> {
     let sender = Sender::connect(&shared.socket).ok()?;
     let fd = sender.as_fd().try_clone_to_owned().ok()?;
+    let receiver = sender.receiver_credentials();
     let mut state = lock(&shared.state);
     state.unused_connection = true;
+    state.served = false;
+    state.warned = false;
+    state.receiver = receiver;
     state.phase = Phase::Connected(sender);
     drop(state);
     shared.changed.notify_all();
@@ -335,8 +406,8 @@ fn try_connect(shared: &Shared) -> Option<OwnedFd> {
     Some(fd)
 }
 
-/// Handles everything the receiver has said. False once the connection is closed.
-fn serve(shared: &Shared) -> bool {
+/// Handles everything the receiver has said.
+fn serve(shared: &Shared) -> Served {
     let mut released = Vec::new();
     let mut events = Vec::new();
     let mut state = lock(&shared.state);
@@ -349,8 +420,12 @@ fn serve(shared: &Shared) -> bool {
         };
         match sender.next_event(Some(Duration::ZERO)) {
             Ok(None) => break,
-            Ok(Some(SenderEvent::Returned(ids))) => state.on_returned(&ids, &mut released),
+            Ok(Some(SenderEvent::Returned(ids))) => {
+                state.served = true;
+                state.on_returned(&ids, &mut released)
+            }
             Ok(Some(SenderEvent::Disconnect)) => {
+                state.served = true;
                 let again = state.phase.start_draining();
                 events.push(LinkEvent::Disconnect { still_out: state.held.len(), again });
             }
@@ -358,17 +433,22 @@ fn serve(shared: &Shared) -> bool {
                 ended = Some(LinkEvent::ReceiverGone);
                 break;
             }
-            Err(e) => {
-                ended = Some(LinkEvent::ReceiverFailed(e));
+            Err(error) => {
+                let first = state.first_warning();
+                ended = Some(LinkEvent::ReceiverFailed { error, first });
                 break;
             }
         }
     }
     let drained = matches!(&state.phase, Phase::Draining(sender) if sender.in_flight() == 0);
     let closing = ended.is_some() || drained || state.stopping || matches!(state.phase, Phase::Connecting);
-    if closing {
+    let served = if closing {
         state.close(&mut released);
-    }
+        let broke_protocol = matches!(ended, Some(LinkEvent::ReceiverFailed { .. }));
+        Served::Closed { served: state.served, receiver: state.receiver, broke_protocol }
+    } else {
+        Served::Open
+    };
     drop(state);
     shared.changed.notify_all();
     events.extend(ended.or(drained.then_some(LinkEvent::Drained)));
@@ -377,7 +457,7 @@ fn serve(shared: &Shared) -> bool {
     }
     // Pooled buffers go back to their pools outside the lock.
     drop(released);
-    !closing
+    served
 }
 
 /// Waits until one of `fds` is readable or `timeout` passes.
@@ -386,4 +466,17 @@ fn wait(fds: &[std::os::fd::BorrowedFd<'_>], timeout: Option<Duration>) {
     let timespec = timeout.and_then(|t| rustix::event::Timespec::try_from(t).ok());
     // EINTR and the like: the caller looks at the state and waits again.
     let _ = rustix::event::poll(&mut poll_fds, timespec.as_ref());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_after_unserved_connections_starts_at_the_deployed_retry_and_doubles_to_a_second() {
+        let waits: Vec<u128> = (1..=9).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert_eq!(backoff(0), CONNECT_RETRY);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
 }

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use gst::prelude::*;
+use gst_video::prelude::*;
 
 use super::memfd_allocator::MemfdAllocator;
-use crate::elements::caps::{frame_from, Format};
+use crate::elements::caps::{frame_flags, frame_from, Format};
 use crate::elements::meta;
 use crate::protocol::{MemoryBlock, Metas, TensorPayload, TextPayload, MAX_PLANES, MAX_TENSOR_DIMENSIONS, MAX_TEXT_LEN};
 use crate::{OutgoingBlock, OutgoingBuffer};
@@ -99,13 +100,12 @@ pub(super) struct Prepared {
     /// Memories copied into memfds, and their bytes.
     pub copies: u64,
     pub bytes_copied: u64,
+    /// Bytes sent as the fds they already had: described, never copied. A copied block
+    /// counts in `bytes_copied` only, so each byte is counted once.
+    pub bytes_described: u64,
 }
 
 impl Prepared {
-    /// Bytes the receiver gets as fds (described, not copied by us or the socket).
-    pub fn bytes_described(&self) -> u64 {
-        self.blocks.iter().filter(|(fd, _)| fd.is_some()).map(|(_, b)| b.size()).sum()
-    }
 
     /// The sender's view of this buffer.
     pub fn outgoing(&self) -> OutgoingBuffer<'_> {
@@ -171,6 +171,7 @@ pub(super) fn prepare(buffer: &gst::Buffer, format: &Format, pools: &CopyPools) 
         metas: meta::sent_metas(buffer, matches!(format, Format::Video(_))),
         copies: 0,
         bytes_copied: 0,
+        bytes_described: 0,
     };
     match format {
         Format::Text => prepare_text(buffer, &mut prepared)?,
@@ -201,15 +202,14 @@ fn prepare_video(
     prepared: &mut Prepared,
 ) -> Result<(), Refusal> {
     let mut frame = match buffer.meta::<gst_video::VideoMeta>() {
-        Some(meta) => frame_from(
-            meta.format(),
-            meta.width(),
-            meta.height(),
-            meta.offset(),
-            meta.stride(),
-            meta.video_frame_flags().bits(),
-        ),
-        None => frame_from(info.format(), info.width(), info.height(), info.offset(), info.stride(), 0),
+        Some(meta) => {
+            let flags = frame_flags(info, buffer.video_flags(), meta.video_frame_flags().bits());
+            frame_from(meta.format(), meta.width(), meta.height(), meta.offset(), meta.stride(), flags)
+        }
+        None => {
+            let flags = frame_flags(info, buffer.video_flags(), 0);
+            frame_from(info.format(), info.width(), info.height(), info.offset(), info.stride(), flags)
+        }
     };
     if frame.n_planes as usize > MAX_PLANES {
         return Err(Refusal::Invalid(format!("{} planes; the protocol carries at most {MAX_PLANES}", frame.n_planes)));
@@ -225,6 +225,7 @@ fn prepare_video(
             }
             frame.size = offset + memory.size() as u64;
             frame.maxsize = memory.maxsize() as u64;
+            prepared.bytes_described += memory.size() as u64;
             prepared.holds.push(buffer.clone());
             prepared.blocks.push((Some(fd), MemoryBlock::Frame(frame)));
         }
@@ -286,6 +287,7 @@ fn prepare_tensors(
         match fd_of(memory).filter(|_| memory.offset() == 0) {
             Some(fd) => {
                 tensor.maxsize = memory.maxsize() as u64;
+                prepared.bytes_described += memory.size() as u64;
                 prepared.blocks.push((Some(fd), MemoryBlock::Tensor(tensor)));
             }
             None => {

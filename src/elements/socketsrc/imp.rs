@@ -128,6 +128,52 @@ struct Stream {
     last_message: Instant,
     /// `timestamp-mode=rebased`: this pipeline's running time minus the sender's PTS.
     rebase_offset: Option<i128>,
+    /// Senders refused for their uid, and turned away while another was connected: how
+    /// many were reported on the bus, and when.
+    refusals: RateLimited,
+    turned_away: RateLimited,
+    /// The last refusal, as the receiver worded it.
+    last_refusal: String,
+}
+
+/// The most often a kind of refusal is reported on the bus after its first.
+const REFUSAL_REPORT_PERIOD: Duration = Duration::from_secs(10);
+
+/// A counter reported on the bus rate-limited: its first at once, then how many more, at
+/// most once per [`REFUSAL_REPORT_PERIOD`].
+#[derive(Debug, Default)]
+struct RateLimited {
+    reported: u64,
+    last_report: Option<Instant>,
+}
+
+/// What a [`RateLimited`] report says: how many since the last, and whether it is the first.
+#[derive(Debug, PartialEq, Eq)]
+struct Due {
+    new: u64,
+    first: bool,
+}
+
+impl RateLimited {
+    /// Given the counter's `total` now: what to report, when a report is due.
+    fn due(&mut self, total: u64, now: Instant) -> Option<Due> {
+        if total <= self.reported {
+            return None;
+        }
+        let first = self.last_report.is_none();
+        if self.last_report.is_some_and(|last| now.duration_since(last) < REFUSAL_REPORT_PERIOD) {
+            return None;
+        }
+        let new = total - self.reported;
+        self.reported = total;
+        self.last_report = Some(now);
+        Some(Due { new, first })
+    }
+
+    /// `n` more that need no report (expected ones).
+    fn absorb(&mut self, n: u64) {
+        self.reported += n;
+    }
 }
 
 #[derive(Default)]
@@ -210,8 +256,9 @@ impl ObjectImpl for QtiSocketSrc {
                     .nick("Allowed sender uids")
                     .blurb(
                         "If not empty, only senders whose process runs as one of these uids (checked with \
-                         SO_PEERCRED when they connect) are accepted; any other is disconnected at once, \
-                         with a warning naming its pid and uid, and the element waits for the next. \
+                         SO_PEERCRED when they connect) are accepted; any other is disconnected at once \
+                         (the first with a warning naming its pid and uid, later ones counted and reported \
+                         at most every 10 s), and the element waits for the next. \
                          gst-launch-1.0: allowed-uids=\"<1000,1001>\". Empty (the default): any sender \
                          that may open the socket file (see socket-mode).",
                     )
@@ -224,7 +271,8 @@ impl ObjectImpl for QtiSocketSrc {
                         "Read-only counters since the element started (the last run's once stopped): \
                          buffers, bytes-described (bytes that arrived without a copy), fds-received, \
                          fds-cached (pooled fds held now), returns-sent, protocol-errors (messages \
-                         rejected), senders-accepted, senders-refused (uid not allowed), socket-rebinds \
+                         rejected), senders-accepted, senders-refused (uid not allowed), senders-turned-away \
+                         (closed at once: another sender was connected, or they came while paused), socket-rebinds \
                          (times the socket file was removed by someone, e.g. a deployed sender on \
                          DISCONNECT, and created again), memories-reused (blocks served from a cached \
                          GstMemory), connected, peer-pid, peer-uid, peer-gid (the connected sender's \
@@ -373,6 +421,9 @@ impl BaseSrcImpl for QtiSocketSrc {
             discont: true,
             last_message: Instant::now(),
             rebase_offset: None,
+            refusals: RateLimited::default(),
+            turned_away: RateLimited::default(),
+            last_refusal: String::new(),
         });
         Ok(())
     }
@@ -488,7 +539,9 @@ impl QtiSocketSrc {
             let wait = (timeout_ms > 0).then(|| {
                 (stream.last_message + Duration::from_millis(timeout_ms)).saturating_duration_since(Instant::now())
             });
-            match stream.receiver.recv(wait) {
+            let received = stream.receiver.recv(wait);
+            self.report_refusals(stream, received.as_ref().err());
+            match received {
                 Ok(Event::Buffer(buffer)) => {
                     stream.last_message = Instant::now();
                     if let Some(buffer) = self.gst_buffer(stream, buffer)? {
@@ -526,14 +579,8 @@ impl QtiSocketSrc {
                         ["The message was rejected, its fds closed and its buffer returned; the stream goes on"]
                     );
                 }
-                Err(e @ Error::SenderRefused { .. }) => {
-                    gst::element_imp_warning!(
-                        self,
-                        gst::ResourceError::NotAuthorized,
-                        ("Socket {}: {}", stream.socket, e),
-                        ["Set 'allowed-uids' to accept it; the element waits for the next sender"]
-                    );
-                }
+                // Reported above, rate-limited.
+                Err(Error::SenderRefused { .. }) => {}
                 Err(e) => {
                     gst::element_imp_error!(
                         self,
@@ -546,6 +593,63 @@ impl QtiSocketSrc {
         }
     }
 
+    /// Posts the senders refused (uid) and turned away (another sender connected) since the
+    /// last report: the first of each kind at once, then how many more, at most every
+    /// [`REFUSAL_REPORT_PERIOD`], so that a sender retrying in a loop cannot flood the bus.
+    fn report_refusals(&self, stream: &mut Stream, error: Option<&Error>) {
+        let (refused, turned_away) = stream.receiver.refusal_counts();
+        if let Some(e @ Error::SenderRefused { .. }) = error {
+            stream.last_refusal = e.to_string();
+        }
+        let now = Instant::now();
+        if let Some(count) = stream.refusals.due(refused, now) {
+            let (text, detail) = if count.first {
+                (
+                    format!("Socket {}: {}", stream.socket, stream.last_refusal),
+                    format!(
+                        "Set 'allowed-uids' to accept it; the element waits for the next sender. Further refusals \
+                         are counted in stats (senders-refused) and reported at most every {}s",
+                        REFUSAL_REPORT_PERIOD.as_secs()
+                    ),
+                )
+            } else {
+                (
+                    format!(
+                        "Socket {}: {} more senders refused; the last: {}",
+                        stream.socket, count.new, stream.last_refusal
+                    ),
+                    "Set 'allowed-uids' to accept them".to_owned(),
+                )
+            };
+            gst::element_imp_warning!(self, gst::ResourceError::NotAuthorized, ("{}", text), ["{}", detail]);
+        }
+        if let Some(count) = stream.turned_away.due(turned_away, now) {
+            let peer = match stream.receiver.last_turned_away() {
+                Some(p) => format!("pid {}, uid {}, gid {}", p.pid, p.uid, p.gid),
+                None => "credentials unknown".to_owned(),
+            };
+            let text = if count.first {
+                format!(
+                    "Socket {}: a second sender ({peer}) connected while one is connected; it was closed at once \
+                     (one sender at a time)",
+                    stream.socket
+                )
+            } else {
+                format!(
+                    "Socket {}: {} more senders turned away while one is connected; the last: {peer}",
+                    stream.socket, count.new
+                )
+            };
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Busy,
+                ("{}", text),
+                ["Each qtisocketsrc serves one sender; give each sender its own socket. Counted in stats \
+                  (senders-turned-away)"]
+            );
+        }
+    }
+
     /// `unlock()` or a pause woke `create()`. A flush or stop ends it; a pause waits for
     /// PLAYING as GstBaseSrc asks of a live source that blocks in `create()`. (Returning
     /// FLUSHING on a pause would leave the streaming task paused for good after resuming.)
@@ -555,9 +659,9 @@ impl QtiSocketSrc {
             State::Stopped { .. } => (true, false),
         };
         if !playing {
-            // FLUSHING when the element stops or flushes meanwhile. Our flag goes down
-            // before GstBaseSrc takes the pause in: until it does (microseconds, on the
-            // state-change thread), wait_playing() still answers at once.
+            // FLUSHING when the element stops or flushes meanwhile. GstBaseSrc hears of the
+            // pause after us (change_state calls `pause()` before the parent): until it has,
+            // wait_playing() returns at once. Only our own flag says the pause is over.
             loop {
                 self.obj().wait_playing()?;
                 if self.is_playing() {
@@ -590,9 +694,10 @@ impl QtiSocketSrc {
             self.on_sender_gone(stream, true)?;
         }
         if !stream.receiver.is_connected() {
-            let refused = stream.receiver.refuse_waiting_senders();
-            if refused > 0 {
-                gst::info!(CAT, imp = self, "hung up on {refused} sender(s) that connected while paused; they connect again");
+            let stale = stream.receiver.turn_away_waiting_senders();
+            if stale > 0 {
+                stream.turned_away.absorb(stale as u64);
+                gst::info!(CAT, imp = self, "closed {stale} senders that connected while paused; they connect again");
             }
         }
         Ok(())
@@ -616,6 +721,7 @@ impl QtiSocketSrc {
             .field("protocol-errors", stats.protocol_errors)
             .field("senders-accepted", stats.senders_accepted)
             .field("senders-refused", stats.senders_refused)
+            .field("senders-turned-away", stats.senders_turned_away)
             .field("socket-rebinds", stats.socket_rebinds)
             .field("memories-reused", self.memories_reused.load(Ordering::Relaxed))
             .field("connected", stats.connected)
@@ -693,7 +799,7 @@ impl QtiSocketSrc {
         let mode = lock(&self.settings).timestamp_mode;
         let message = received.message();
         let key = match FormatKey::of(message) {
-            Ok(key) => key,
+            Ok(key) => key.following(stream.negotiated.as_ref().map(|n| &n.key)),
             Err(reason) => {
                 self.reject(&stream.socket, message, &reason);
                 return Ok(None);
@@ -871,4 +977,27 @@ fn rebase_offset(offset: &mut Option<i128>, discont: bool, sender_time: Option<g
     let fresh = now - sender;
     let keep = offset.filter(|&o| !discont && sender + o >= now - REBASE_TOLERANCE.as_nanos() as i128);
     *offset.insert(keep.unwrap_or(fresh))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_reported_first_at_once_then_counted_at_most_every_period() {
+        let start = Instant::now();
+        let mut report = RateLimited::default();
+        assert_eq!(report.due(0, start), None);
+        assert_eq!(report.due(1, start), Some(Due { new: 1, first: true }));
+        // A sender retrying in a loop: nothing more until the period is over, then the count.
+        for total in 2..=500 {
+            assert_eq!(report.due(total, start + Duration::from_millis(total)), None);
+        }
+        assert_eq!(report.due(500, start + REFUSAL_REPORT_PERIOD), Some(Due { new: 499, first: false }));
+        assert_eq!(report.due(500, start + 3 * REFUSAL_REPORT_PERIOD), None, "nothing new, nothing said");
+        assert_eq!(report.due(501, start + 3 * REFUSAL_REPORT_PERIOD), Some(Due { new: 1, first: false }));
+        // Expected ones are not reported.
+        report.absorb(2);
+        assert_eq!(report.due(503, start + 5 * REFUSAL_REPORT_PERIOD), None);
+    }
 }
