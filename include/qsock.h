@@ -21,6 +21,23 @@
  * that getters hand out belong to the object they came from and live as long as it.
  * No function keeps a pointer the caller passed in. Errors: a status, and the words in
  * qsock_last_error().
+ *
+ * What blocks, and for how long:
+ * - qsock_receiver_recv_buffer and qsock_sender_next_event wait as long as their
+ *   timeout says (negative: until something comes).
+ * - qsock_sender_send and qsock_sender_send_eos wait only while the receiver's socket
+ *   is full, at most 2 s (then QSOCK_IO_ERROR: the receiver is given up). Meanwhile
+ *   they read the receiver's returns, which then wait for qsock_sender_next_event.
+ * - qsock_receiver_release, qsock_receiver_send_disconnect and qsock_receiver_close
+ *   never wait: what the sender's full socket cannot take yet is queued and sent by a
+ *   thread of qsock's as soon as the sender reads, even if the receiver is not called
+ *   again (while the process lives: a sender whose receiver exited gets all its memory
+ *   back with QSOCK_RECEIVER_GONE).
+ * So a sender may keep any number of buffers in flight and read its events only when
+ * it needs memory back, and both ends may run in one thread: neither end waits on the
+ * other for ever. The receiving app must keep calling qsock_receiver_recv_buffer (or
+ * send DISCONNECT before it stops): a sender gives up on a receiver that has not read
+ * for 2 s while its socket is full.
  */
 
 #ifndef QSOCK_H
@@ -392,18 +409,30 @@ qsock_status qsock_receiver_open_with_options(const char *socket_path, const qso
 // sender), `QSOCK_PROTOCOL_ERROR` (one message rejected; call again to go on),
 // `QSOCK_SENDER_REFUSED` (a sender of a uid not allowed was disconnected; call again to
 // go on), or an error. Calls on one receiver from several threads take turns.
+//
+// What it waits for is the sender: the sender, in turn, blocks in `qsock_sender_send`
+// (at most 2 s, then it gives up on this receiver) while this receiver does not read.
+// An app that stops receiving for longer should say DISCONNECT first
+// (`qsock_receiver_send_disconnect`).
 qsock_status qsock_receiver_recv_buffer(qsock_receiver *receiver, int32_t timeout_ms, qsock_buffer **buffer_out);
 
 // Releases a buffer: its fds are closed (pooled ones stay cached for their next use)
 // and the return goes to the sender, so it can reuse the memory. Safe from any thread,
 // also after the receiver that gave it out was closed. `buffer` must not be used
 // afterwards. NULL is a no-op.
+//
+// Never blocks: when the sender's socket is full (a sender that does not read its
+// returns), the return is queued, and a thread of qsock's sends what is queued as soon
+// as the sender reads, whether or not this receiver is called again. The queue holds at
+// most one return per buffer the sender has out. What is still queued when the process
+// exits is lost with its socket: the sender then sees the receiver gone, which gives it
+// all its memory back as well.
 void qsock_receiver_release(qsock_buffer *buffer);
 
 // Closes the receiver: answers every message still queued with a return, stops
 // reading, closes the cached fds no buffer still uses, and removes the socket file.
 // Buffers not yet released stay valid; release them as usual. No other call on this
-// receiver may be in progress, and none may follow. NULL is a no-op.
+// receiver may be in progress, and none may follow. NULL is a no-op. Never blocks.
 void qsock_receiver_close(qsock_receiver *receiver);
 
 // An fd to put in the app's event loop: it polls readable (POLLIN) whenever
@@ -415,7 +444,8 @@ int qsock_receiver_get_fd(const qsock_receiver *receiver);
 // Sends DISCONNECT to the sender, as the deployed receiver does when it pauses: the
 // sender stops sending, waits for its buffers to come back, and reconnects later.
 // `QSOCK_SENDER_GONE` if no sender is connected. Safe from any thread, also while
-// another waits in `qsock_receiver_recv_buffer`.
+// another waits in `qsock_receiver_recv_buffer`. Never blocks: when the sender's socket
+// is full, DISCONNECT is queued with the returns.
 qsock_status qsock_receiver_send_disconnect(qsock_receiver *receiver);
 
 // Fills `*stats_out` with the receiver's counters. Safe from any thread, also while
@@ -434,23 +464,36 @@ qsock_status qsock_sender_connect(const char *socket_path, qsock_sender **sender
 // is never returned). `QSOCK_INVALID_ARGUMENT` (nothing sent) when the buffer breaks a
 // rule a receiver checks: sizes past the fd's object, plane offsets past the size, text
 // over 1024 bytes, ... `QSOCK_IO_ERROR` when the socket failed (the receiver is gone).
+//
+// Blocks only while the receiver's socket is full, at most 2 s (then `QSOCK_IO_ERROR`
+// "the peer has not read its socket for 2 s", and the connection is closed). While it
+// waits it reads what the receiver says (returns, DISCONNECT), so a receiver that is
+// itself waiting for room for its returns can go on; what it read waits, in order, for
+// `qsock_sender_next_event`. A sender that keeps many buffers in flight should take
+// its events now and then (`qsock_sender_next_event(sender, 0, ...)` until
+// `QSOCK_TIMEOUT`): every return read and not taken is kept for it.
 qsock_status qsock_sender_send(qsock_sender *sender, const qsock_send_buffer *buffer);
 
-// Sends EOS: the receiver ends its stream.
+// Sends EOS: the receiver ends its stream. Blocks as `qsock_sender_send` does.
 qsock_status qsock_sender_send_eos(qsock_sender *sender);
 
 // Waits up to `timeout_ms` (negative: for ever; 0: just look) for what the receiver
 // says next: `QSOCK_OK` with `*event_out` filled, `QSOCK_TIMEOUT`, or
 // `QSOCK_RECEIVER_GONE` (nothing outstanding will come back: all memory is yours again).
-// Every status but `QSOCK_OK` leaves `*event_out` unchanged and says why in
+// What `qsock_sender_send` read while it waited for room comes first, in order. Every
+// status but `QSOCK_OK` leaves `*event_out` unchanged and says why in
 // `qsock_last_error()`.
 qsock_status qsock_sender_next_event(qsock_sender *sender, int32_t timeout_ms, qsock_sender_event *event_out);
 
-// Memory blocks sent and not yet returned (0 for NULL).
+// Memory blocks sent and not yet returned (0 for NULL). Returns that `qsock_sender_send`
+// read while it waited count as returned already, before `qsock_sender_next_event`
+// reports them.
 size_t qsock_sender_in_flight(const qsock_sender *sender);
 
 // An fd for the app's event loop: polls readable when `qsock_sender_next_event` has
-// something. Owned by the sender (do not close it). -1 if `sender` is NULL.
+// something to read (call it also after a `qsock_sender_send`: what a send read while it
+// waited no longer polls readable). Owned by the sender (do not close it). -1 if
+// `sender` is NULL.
 int qsock_sender_get_fd(const qsock_sender *sender);
 
 // Closes the connection and frees the sender. Buffers not yet returned never will be:

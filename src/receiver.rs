@@ -14,7 +14,7 @@ use crate::protocol::{
     DataMessage, MemoryKind, ReceiverMessage, ReturnMessage, SenderMessage,
     MAX_RECORD_LEN,
 };
-use crate::transport::{Connection, Listener, MessageIn, MessageReader};
+use crate::transport::{wait, Connection, Listener, MessageIn, MessageReader, Queued, Want};
 use crate::Error;
 
 /// What [`Receiver::recv`] brought.
@@ -97,7 +97,8 @@ pub struct ReceiverStats {
     pub fds_received: u64,
     /// fds cached now, for the current sender's pooled buffers.
     pub fds_cached: u64,
-    /// Return messages sent.
+    /// Return messages sent (or queued, while the sender's socket is full, to go out
+    /// as soon as it has room).
     pub returns_sent: u64,
     /// Messages rejected for breaking the protocol.
     pub protocol_errors: u64,
@@ -155,6 +156,12 @@ const TOKEN_PATH: u64 = 4;
 /// socket with a return, stops reading, closes every cached fd that no buffer still
 /// uses and removes the socket file (if it is still ours). Buffers still held stay
 /// valid; their returns are still sent when they are dropped.
+///
+/// Returns never wait: dropping a buffer sends its return if the sender's socket has
+/// room, and otherwise queues it; a thread of the receiver's (`qsock-returns`, started
+/// only while something is queued) sends what is queued as soon as the sender reads,
+/// whether or not `recv` is ever called again. The queue holds at most one return per
+/// buffer the sender has out with us.
 ///
 /// The socket file is watched (inotify on its directory): when it is removed, as the
 /// deployed sender does when it handles DISCONNECT, the receiver binds the path again
@@ -543,8 +550,7 @@ impl ReceiverHandle {
         // Set under the lock, so that a sender accepted meanwhile is not affected.
         self.0.disconnecting.store(true, Relaxed);
         drop(current);
-        connection
-            .send_message(&ReceiverMessage::Disconnect.encode(), &[])
+        send_without_waiting(&connection, &ReceiverMessage::Disconnect.encode())
             .map_err(|source| Error::Io { what: "sending DISCONNECT".into(), source })?;
         Ok(true)
     }
@@ -555,7 +561,8 @@ impl ReceiverHandle {
     }
 }
 
-/// Sends a buffer's return on the connection it came from, from whatever thread.
+/// Sends a buffer's return on the connection it came from, from whatever thread,
+/// without ever waiting.
 struct Returner {
     connection: Arc<Connection>,
     shared: Arc<Shared>,
@@ -565,8 +572,40 @@ impl Returner {
     fn send_return(&self, buf_ids: &[i32]) {
         let Some(ret) = ReturnMessage::new(buf_ids) else { return };
         // A failure means the sender is gone: nobody is left to give the buffer back to.
-        if self.connection.send_message(&ReceiverMessage::Return(ret).encode(), &[]).is_ok() {
+        if send_without_waiting(&self.connection, &ReceiverMessage::Return(ret).encode()).is_ok() {
             self.shared.counters.returns_sent.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Sends a message to the sender without waiting: what its full socket cannot take yet
+/// waits in the connection's outbox, and a `qsock-returns` thread sends it as room comes.
+/// Whoever drops a buffer (a streaming thread, an app's thread) must not wait for the
+/// sender to read: the sender may itself be waiting for us to read.
+fn send_without_waiting(connection: &Arc<Connection>, record: &[u8]) -> std::io::Result<()> {
+    if connection.queue_message(record)? == Queued::FlushNeeded {
+        let spawned = std::thread::Builder::new().name("qsock-returns".into()).spawn({
+            let connection = connection.clone();
+            move || flush_when_writable(&connection)
+        });
+        if spawned.is_err() {
+            // No thread to be had: what waits goes out with the next message sent.
+            connection.give_up_flushing();
+        }
+    }
+    Ok(())
+}
+
+/// The outbox's flusher: waits for room and sends, until the outbox is empty or the
+/// connection failed (the sender hung up: nothing is owed to it any more).
+fn flush_when_writable(connection: &Connection) {
+    loop {
+        if wait(connection.as_fd(), Want::Write, None, None).is_err() {
+            connection.give_up_flushing();
+            return;
+        }
+        if !matches!(connection.flush_queued(), Ok(false)) {
+            return;
         }
     }
 }

@@ -2,8 +2,14 @@
 //! description, sends a pooled fd only when the receiver does not hold that object yet,
 //! and reports returns and `DISCONNECT`. Reconnecting is the caller's policy: a new
 //! `Sender` is a new connection, with nothing cached on the other side.
+//!
+//! Neither end waits for ever on the other: a send that finds the receiver's socket full
+//! waits for room at most [`SEND_TIMEOUT`], and takes in what the receiver says meanwhile
+//! (its returns would otherwise fill the other direction, and a receiver that waits to
+//! return a buffer before it reads on would wait for us). What it took in waits, in
+//! order, for [`Sender::next_event`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,7 +18,9 @@ use crate::protocol::{
     BufferInfo, DataMessage, MemoryBlock, Metas, ProtocolError, ReceiverMessage, SenderMessage, MAX_MEMORY_BLOCKS,
     MAX_RECORD_LEN, MAX_TEXT_LEN,
 };
-use crate::transport::{object_size, wait_readable, Connection, MessageIn, MessageReader};
+use crate::transport::{
+    object_size, peer_not_reading, wait, Connection, MessageIn, MessageReader, Progress, Ready, Want, SEND_TIMEOUT,
+};
 use crate::Error;
 
 /// One memory block to send: its description and, unless it is text, its fd.
@@ -72,6 +80,10 @@ pub struct Sender {
     in_flight: HashMap<i32, usize>,
     fds_sent: u64,
     buffers_sent: u64,
+    /// What the receiver said while a send waited for room, oldest first, for
+    /// `next_event`. At most one entry per message the receiver sent: returns (one per
+    /// buffer sent), DISCONNECT, the hang-up, or the error that ended reading.
+    taken_in: VecDeque<Result<SenderEvent, Error>>,
 }
 
 fn invalid(reason: String) -> Error {
@@ -92,6 +104,7 @@ impl Sender {
             in_flight: HashMap::new(),
             fds_sent: 0,
             buffers_sent: 0,
+            taken_in: VecDeque::new(),
         })
     }
 
@@ -108,6 +121,10 @@ impl Sender {
 
     /// Sends one buffer. Fails without sending anything when the buffer is not one a
     /// receiver would accept (the same rules a receiver checks), or when the socket fails.
+    ///
+    /// When the receiver's socket is full, waits for room at most [`SEND_TIMEOUT`] (then
+    /// fails, and the connection is shut down), taking in what the receiver says
+    /// meanwhile: [`Sender::next_event`] reports it.
     pub fn send(&mut self, buffer: &OutgoingBuffer<'_>) -> Result<(), Error> {
         let blocks = &buffer.blocks;
         if !(1..=MAX_MEMORY_BLOCKS).contains(&blocks.len()) {
@@ -159,8 +176,7 @@ impl Sender {
         let record = SenderMessage::Data(message).encode();
         // The same rules a receiver applies: never send what ours would reject.
         SenderMessage::parse(&record, fds.len()).map_err(|e| invalid(e.to_string()))?;
-        self.connection
-            .send_message(&record, &fds)
+        self.send_message(&record, &fds)
             .map_err(|source| Error::Io { what: "sending a buffer to the receiver".into(), source })?;
         self.buffers_sent += 1;
         self.fds_sent += fds.len() as u64;
@@ -173,35 +189,91 @@ impl Sender {
         Ok(())
     }
 
-    /// Sends EOS: the receiver ends its stream.
+    /// Sends EOS: the receiver ends its stream. Waits for room as [`Sender::send`] does.
     pub fn send_eos(&mut self) -> Result<(), Error> {
-        self.connection
-            .send_message(&SenderMessage::Eos.encode(), &[])
+        self.send_message(&SenderMessage::Eos.encode(), &[])
             .map_err(|source| Error::Io { what: "sending EOS to the receiver".into(), source })
     }
 
-    /// Waits up to `timeout` (`None`: for ever) for what the receiver says next.
-    /// `Ok(None)` on timeout.
-    pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<SenderEvent>, Error> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+    /// Sends a whole message; while the socket is full, takes in what the receiver says
+    /// and waits for room, at most [`SEND_TIMEOUT`]. On failure the connection is shut down.
+    fn send_message(&mut self, record: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+        let deadline = Instant::now() + SEND_TIMEOUT;
+        let mut progress = self.connection.try_send_message(record, fds)?;
         loop {
-            match self.reader.read(&self.connection, &mut self.record)? {
-                MessageIn::Message { len, fds } => return self.on_message(len, fds.len()).map(Some),
-                MessageIn::Hangup => {
-                    self.in_flight.clear();
-                    self.cached_by_receiver.clear();
-                    return Ok(Some(SenderEvent::ReceiverGone));
-                }
-                MessageIn::WouldBlock => {
-                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                    if left == Some(Duration::ZERO) {
-                        return Ok(None);
+            match progress {
+                Progress::Sent => return Ok(()),
+                Progress::LengthRecordOnly if self.connection.try_send_record(record, fds)? => return Ok(()),
+                Progress::LengthRecordOnly => {}
+                Progress::Nothing => {
+                    progress = self.connection.try_send_message(record, fds)?;
+                    if progress == Progress::Sent {
+                        return Ok(());
                     }
-                    wait_readable(self.connection.as_fd(), left)
-                        .map_err(|source| Error::Io { what: "waiting for the receiver".into(), source })?;
+                }
+            }
+            // No room: the receiver may be waiting for room for its returns to us.
+            self.take_in();
+            match wait(self.connection.as_fd(), Want::ReadOrWrite, None, Some(deadline)) {
+                Ok(Ready::TimedOut) => {
+                    self.connection.shutdown();
+                    return Err(peer_not_reading());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.connection.shutdown();
+                    return Err(e);
                 }
             }
         }
+    }
+
+    /// Reads what the receiver said, without waiting, into `taken_in`.
+    fn take_in(&mut self) {
+        while !matches!(self.taken_in.back(), Some(Err(_) | Ok(SenderEvent::ReceiverGone))) {
+            match self.read_event() {
+                Ok(None) => return,
+                Ok(Some(event)) => self.taken_in.push_back(Ok(event)),
+                Err(e) => self.taken_in.push_back(Err(e)),
+            }
+        }
+    }
+
+    /// One message from the receiver, without waiting.
+    fn read_event(&mut self) -> Result<Option<SenderEvent>, Error> {
+        match self.reader.read(&self.connection, &mut self.record)? {
+            MessageIn::Message { len, fds } => self.on_message(len, fds.len()).map(Some),
+            MessageIn::Hangup => {
+                self.in_flight.clear();
+                self.cached_by_receiver.clear();
+                Ok(Some(SenderEvent::ReceiverGone))
+            }
+            MessageIn::WouldBlock => Ok(None),
+        }
+    }
+
+    /// Waits up to `timeout` (`None`: for ever) for what the receiver says next.
+    /// `Ok(None)` on timeout. What a send took in comes first.
+    pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<SenderEvent>, Error> {
+        if let Some(taken_in) = self.taken_in.pop_front() {
+            return taken_in.map(Some);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(event) = self.read_event()? {
+                return Ok(Some(event));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            wait(self.connection.as_fd(), Want::Read, None, deadline)
+                .map_err(|source| Error::Io { what: "waiting for the receiver".into(), source })?;
+        }
+    }
+
+    /// Whether a send took in something that [`Sender::next_event`] has not reported yet.
+    pub fn has_taken_in(&self) -> bool {
+        !self.taken_in.is_empty()
     }
 
     fn on_message(&mut self, len: usize, n_fds: usize) -> Result<SenderEvent, Error> {

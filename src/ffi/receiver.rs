@@ -100,6 +100,11 @@ fn open(socket_path: *const c_char, options: &ReceiverOptions, receiver_out: *mu
 /// sender), `QSOCK_PROTOCOL_ERROR` (one message rejected; call again to go on),
 /// `QSOCK_SENDER_REFUSED` (a sender of a uid not allowed was disconnected; call again to
 /// go on), or an error. Calls on one receiver from several threads take turns.
+///
+/// What it waits for is the sender: the sender, in turn, blocks in `qsock_sender_send`
+/// (at most 2 s, then it gives up on this receiver) while this receiver does not read.
+/// An app that stops receiving for longer should say DISCONNECT first
+/// (`qsock_receiver_send_disconnect`).
 #[no_mangle]
 pub extern "C" fn qsock_receiver_recv_buffer(
     receiver: *mut qsock_receiver,
@@ -134,6 +139,13 @@ pub extern "C" fn qsock_receiver_recv_buffer(
 /// and the return goes to the sender, so it can reuse the memory. Safe from any thread,
 /// also after the receiver that gave it out was closed. `buffer` must not be used
 /// afterwards. NULL is a no-op.
+///
+/// Never blocks: when the sender's socket is full (a sender that does not read its
+/// returns), the return is queued, and a thread of qsock's sends what is queued as soon
+/// as the sender reads, whether or not this receiver is called again. The queue holds at
+/// most one return per buffer the sender has out. What is still queued when the process
+/// exits is lost with its socket: the sender then sees the receiver gone, which gives it
+/// all its memory back as well.
 #[no_mangle]
 pub extern "C" fn qsock_receiver_release(buffer: *mut qsock_buffer) {
     boundary(|| {
@@ -145,7 +157,7 @@ pub extern "C" fn qsock_receiver_release(buffer: *mut qsock_buffer) {
 /// Closes the receiver: answers every message still queued with a return, stops
 /// reading, closes the cached fds no buffer still uses, and removes the socket file.
 /// Buffers not yet released stay valid; release them as usual. No other call on this
-/// receiver may be in progress, and none may follow. NULL is a no-op.
+/// receiver may be in progress, and none may follow. NULL is a no-op. Never blocks.
 #[no_mangle]
 pub extern "C" fn qsock_receiver_close(receiver: *mut qsock_receiver) {
     boundary(|| {
@@ -166,7 +178,8 @@ pub extern "C" fn qsock_receiver_get_fd(receiver: *const qsock_receiver) -> c_in
 /// Sends DISCONNECT to the sender, as the deployed receiver does when it pauses: the
 /// sender stops sending, waits for its buffers to come back, and reconnects later.
 /// `QSOCK_SENDER_GONE` if no sender is connected. Safe from any thread, also while
-/// another waits in `qsock_receiver_recv_buffer`.
+/// another waits in `qsock_receiver_recv_buffer`. Never blocks: when the sender's socket
+/// is full, DISCONNECT is queued with the returns.
 #[no_mangle]
 pub extern "C" fn qsock_receiver_send_disconnect(receiver: *mut qsock_receiver) -> qsock_status {
     call(|| match handle(receiver, "receiver")?.handle.send_disconnect()? {

@@ -143,6 +143,14 @@ pub extern "C" fn qsock_sender_connect(socket_path: *const c_char, sender_out: *
 /// is never returned). `QSOCK_INVALID_ARGUMENT` (nothing sent) when the buffer breaks a
 /// rule a receiver checks: sizes past the fd's object, plane offsets past the size, text
 /// over 1024 bytes, ... `QSOCK_IO_ERROR` when the socket failed (the receiver is gone).
+///
+/// Blocks only while the receiver's socket is full, at most 2 s (then `QSOCK_IO_ERROR`
+/// "the peer has not read its socket for 2 s", and the connection is closed). While it
+/// waits it reads what the receiver says (returns, DISCONNECT), so a receiver that is
+/// itself waiting for room for its returns can go on; what it read waits, in order, for
+/// `qsock_sender_next_event`. A sender that keeps many buffers in flight should take
+/// its events now and then (`qsock_sender_next_event(sender, 0, ...)` until
+/// `QSOCK_TIMEOUT`): every return read and not taken is kept for it.
 #[no_mangle]
 pub extern "C" fn qsock_sender_send(sender: *mut qsock_sender, buffer: *const qsock_send_buffer) -> qsock_status {
     call(|| {
@@ -172,7 +180,7 @@ pub extern "C" fn qsock_sender_send(sender: *mut qsock_sender, buffer: *const qs
     })
 }
 
-/// Sends EOS: the receiver ends its stream.
+/// Sends EOS: the receiver ends its stream. Blocks as `qsock_sender_send` does.
 #[no_mangle]
 pub extern "C" fn qsock_sender_send_eos(sender: *mut qsock_sender) -> qsock_status {
     call(|| Ok(handle_mut(sender, "sender")?.sender.send_eos()?))
@@ -181,7 +189,8 @@ pub extern "C" fn qsock_sender_send_eos(sender: *mut qsock_sender) -> qsock_stat
 /// Waits up to `timeout_ms` (negative: for ever; 0: just look) for what the receiver
 /// says next: `QSOCK_OK` with `*event_out` filled, `QSOCK_TIMEOUT`, or
 /// `QSOCK_RECEIVER_GONE` (nothing outstanding will come back: all memory is yours again).
-/// Every status but `QSOCK_OK` leaves `*event_out` unchanged and says why in
+/// What `qsock_sender_send` read while it waited for room comes first, in order. Every
+/// status but `QSOCK_OK` leaves `*event_out` unchanged and says why in
 /// `qsock_last_error()`.
 #[no_mangle]
 pub extern "C" fn qsock_sender_next_event(
@@ -210,14 +219,18 @@ pub extern "C" fn qsock_sender_next_event(
     })
 }
 
-/// Memory blocks sent and not yet returned (0 for NULL).
+/// Memory blocks sent and not yet returned (0 for NULL). Returns that `qsock_sender_send`
+/// read while it waited count as returned already, before `qsock_sender_next_event`
+/// reports them.
 #[no_mangle]
 pub extern "C" fn qsock_sender_in_flight(sender: *const qsock_sender) -> usize {
     boundary(|| Ok(handle(sender, "sender")?.sender.in_flight()))
 }
 
 /// An fd for the app's event loop: polls readable when `qsock_sender_next_event` has
-/// something. Owned by the sender (do not close it). -1 if `sender` is NULL.
+/// something to read (call it also after a `qsock_sender_send`: what a send read while it
+/// waited no longer polls readable). Owned by the sender (do not close it). -1 if
+/// `sender` is NULL.
 #[no_mangle]
 pub extern "C" fn qsock_sender_get_fd(sender: *const qsock_sender) -> c_int {
     boundary(|| Ok(handle(sender, "sender")?.sender.as_fd().as_raw_fd()))
