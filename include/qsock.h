@@ -20,7 +20,9 @@
  * caller's until it is given back to the one function that frees it. Pointers and fds
  * that getters hand out belong to the object they came from and live as long as it.
  * No function keeps a pointer the caller passed in. Errors: a status, and the words in
- * qsock_last_error().
+ * qsock_last_error(). Every argument is checked before it is used: enums and counts
+ * before any array is read on their word, and every out-pointer the documentation says
+ * is set is set on every path.
  *
  * What blocks, and for how long:
  * - qsock_receiver_recv_buffer and qsock_sender_next_event wait as long as their
@@ -67,8 +69,25 @@
 // At most this many bytes per text block.
 #define QSOCK_MAX_TEXT 1024
 
+// At most this many labels per classification meta.
+#define QSOCK_MAX_CLASS_LABELS 32
+
+// At most this many keypoints per landmarks meta.
+#define QSOCK_MAX_KEYPOINTS 64
+
+// At most this many links per landmarks meta.
+#define QSOCK_MAX_LINKS 64
+
+// At most this many bytes in a buffer's whole description on the wire (its blocks and
+// every meta): it bounds the metas per buffer, e.g. 445 ROI metas, or 26 classification
+// metas. A meta payload takes 1044 (protection), 588 (ROI), 9876 (classification) or
+// 4140 (landmarks) bytes; a block 88 (video), 60 (tensor) or 1044 (text); 80 more for
+// the buffer.
+#define QSOCK_MAX_MESSAGE (256 * 1024)
+
 // What a qsock function reports. Every function that can fail returns one; when it is
-// not `QSOCK_OK`, `qsock_last_error()` says what went wrong, in words.
+// not `QSOCK_OK`, `qsock_last_error()` says what went wrong, in words. Values may be
+// added at the end in later versions.
 typedef enum {
     // Success. From `qsock_receiver_recv_buffer`: a buffer was received.
     QSOCK_OK = 0,
@@ -97,7 +116,8 @@ typedef enum {
     QSOCK_SENDER_REFUSED = 10,
 } qsock_status;
 
-// The kind of a buffer's memory blocks.
+// The kind of a buffer's memory blocks. (`qsock_send_buffer.kind` is an `int` holding
+// one of these: qsock checks the value it reads instead of trusting it.)
 typedef enum {
     // Video frames: one block per frame, described by `qsock_video_info`.
     QSOCK_KIND_VIDEO = 1,
@@ -213,10 +233,11 @@ typedef struct {
     const char *xtraparams;
 } qsock_class_label;
 
-// An image classification result. Arrays and strings belong to the buffer.
+// An image classification result. Received: arrays and strings belong to the buffer.
 typedef struct {
     uint32_t id;
     int32_t parent_id;
+    // At most `QSOCK_MAX_CLASS_LABELS`.
     size_t n_labels;
     const qsock_class_label *labels;
 } qsock_class_meta;
@@ -236,13 +257,15 @@ typedef struct {
     uint32_t d_kp_idx;
 } qsock_link;
 
-// A pose or landmarks result. Arrays and strings belong to the buffer.
+// A pose or landmarks result. Received: arrays and strings belong to the buffer.
 typedef struct {
     uint32_t id;
     int32_t parent_id;
     double confidence;
+    // At most `QSOCK_MAX_KEYPOINTS`.
     size_t n_keypoints;
     const qsock_keypoint *keypoints;
+    // At most `QSOCK_MAX_LINKS`.
     size_t n_links;
     const qsock_link *links;
     // A serialized GstStructure; NULL when absent.
@@ -293,7 +316,8 @@ typedef struct {
 typedef struct {
     // The memory's fd (a DMA-BUF or memfd; ignored for text). Its number becomes the
     // block's buf_id, and returns name it: keep it open and the memory unchanged until
-    // its return arrives. qsock does not take ownership.
+    // its return arrives. qsock does not take ownership. A negative value (or one that is
+    // no open fd) for video or tensors is `QSOCK_INVALID_ARGUMENT`.
     int fd;
     // Bytes in use from offset 0, and the memory's whole size (at most the fd's size).
     uint64_t size;
@@ -302,14 +326,21 @@ typedef struct {
     qsock_video_info video;
     // For QSOCK_KIND_TENSOR: the shape (`type_name` is ignored).
     qsock_tensor_info tensor;
-    // For QSOCK_KIND_TEXT: `size` bytes (at most 1024), copied into the message.
+    // For QSOCK_KIND_TEXT: `size` bytes (at most `QSOCK_MAX_TEXT`), copied into the
+    // message; `size` is checked before they are read.
     const uint8_t *text;
 } qsock_send_block;
 
-// A buffer to send. Everything it points to is read during the call only.
+// A buffer to send. Everything it points to is read during the call only, and only
+// after `kind` and every count were checked: a count is never trusted to read past an
+// array. A count past what the wire carries (more than `QSOCK_MAX_CLASS_LABELS` labels,
+// a description over `QSOCK_MAX_MESSAGE` bytes, ...) is refused with
+// `QSOCK_INVALID_ARGUMENT` naming the limit.
 typedef struct {
-    qsock_kind kind;
-    // 1..=10 blocks, all of `kind`.
+    // A `qsock_kind` (`QSOCK_KIND_VIDEO`, `QSOCK_KIND_TENSOR` or `QSOCK_KIND_TEXT`); any
+    // other value, 0 from a zeroed struct included, is `QSOCK_INVALID_ARGUMENT`.
+    int kind;
+    // 1..=10 (`QSOCK_MAX_BLOCKS`) blocks, all of `kind`.
     size_t n_blocks;
     const qsock_send_block *blocks;
     // Running time in ns; `QSOCK_CLOCK_TIME_NONE` when unset.
@@ -341,8 +372,10 @@ typedef struct {
 extern "C" {
 #endif // __cplusplus
 
-// The status's name, e.g. "QSOCK_TIMEOUT". A static string; never NULL.
-const char *qsock_status_name(qsock_status status);
+// The name of the status whose value is `status`, e.g. "QSOCK_TIMEOUT";
+// "QSOCK_UNKNOWN_STATUS" for any other int (any value may be passed). A static string;
+// never NULL.
+const char *qsock_status_name(int status);
 
 // Fills `*info_out` with the buffer's kind, block count, timestamps and meta counts.
 qsock_status qsock_buffer_get_info(const qsock_buffer *buffer, qsock_buffer_info *info_out);
@@ -404,7 +437,8 @@ qsock_status qsock_receiver_open_with_options(const char *socket_path, const qso
 //
 // Returns `QSOCK_OK` with `*buffer_out` set to a new buffer, owned by the caller, who
 // must hand it back with `qsock_receiver_release` (that returns it to the sender).
-// Any other status leaves `*buffer_out` NULL and says why in `qsock_last_error()`:
+// Any other status leaves `*buffer_out` NULL (when `buffer_out` is not NULL itself,
+// whatever else is wrong) and says why in `qsock_last_error()`:
 // `QSOCK_TIMEOUT`, `QSOCK_EOS`, `QSOCK_SENDER_GONE` (call again to wait for the next
 // sender), `QSOCK_PROTOCOL_ERROR` (one message rejected; call again to go on),
 // `QSOCK_SENDER_REFUSED` (a sender of a uid not allowed was disconnected; call again to
@@ -456,14 +490,16 @@ qsock_status qsock_receiver_get_stats(const qsock_receiver *receiver, qsock_rece
 // Connects to a receiver listening at `socket_path` (one attempt). `QSOCK_IO_ERROR`
 // when none listens there yet: retry (the deployed sender retries every 10 ms).
 // On `QSOCK_OK`, `*sender_out` is a new sender owned by the caller, freed with
-// `qsock_sender_close`.
+// `qsock_sender_close`; on failure `*sender_out` is left unchanged.
 qsock_status qsock_sender_connect(const char *socket_path, qsock_sender **sender_out);
 
 // Sends one buffer. The memory behind its fds must stay unchanged until each block's
 // buf_id (its fd number) comes back in a `QSOCK_EVENT_RETURN` (text holds no memory and
 // is never returned). `QSOCK_INVALID_ARGUMENT` (nothing sent) when the buffer breaks a
-// rule a receiver checks: sizes past the fd's object, plane offsets past the size, text
-// over 1024 bytes, ... `QSOCK_IO_ERROR` when the socket failed (the receiver is gone).
+// rule a receiver checks or the wire cannot carry it: `kind` or a count out of range,
+// a negative fd, sizes past the fd's object, plane offsets past the size, text over
+// `QSOCK_MAX_TEXT` bytes, a meta array over its limit, ... `QSOCK_IO_ERROR`
+// when the socket failed (the receiver is gone).
 //
 // Blocks only while the receiver's socket is full, at most 2 s (then `QSOCK_IO_ERROR`
 // "the peer has not read its socket for 2 s", and the connection is closed). While it

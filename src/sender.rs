@@ -174,6 +174,11 @@ impl Sender {
             metas: buffer.metas.clone(),
         };
         let record = SenderMessage::Data(message).encode();
+        if record.len() > MAX_RECORD_LEN {
+            let len = record.len();
+            let max = MAX_RECORD_LEN;
+            return Err(invalid(format!("the buffer's description takes {len} bytes; a message holds at most {max}")));
+        }
         // The same rules a receiver applies: never send what ours would reject.
         SenderMessage::parse(&record, fds.len()).map_err(|e| invalid(e.to_string()))?;
         self.send_message(&record, &fds)

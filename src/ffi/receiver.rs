@@ -48,7 +48,11 @@ impl qsock_receiver {
 #[no_mangle]
 pub extern "C" fn qsock_receiver_options_init(options: *mut qsock_receiver_options) -> qsock_status {
     call(|| {
-        let defaults = qsock_receiver_options { socket_mode: DEFAULT_SOCKET_MODE, allowed_uids: std::ptr::null(), n_allowed_uids: 0 };
+        let defaults = qsock_receiver_options {
+            socket_mode: DEFAULT_SOCKET_MODE,
+            allowed_uids: std::ptr::null(),
+            n_allowed_uids: 0,
+        };
         write_out(options, "options", defaults)
     })
 }
@@ -79,7 +83,8 @@ pub extern "C" fn qsock_receiver_open_with_options(
         if !options.is_null() {
             let options = arg(options, "options")?;
             rust_options.socket_mode = options.socket_mode;
-            rust_options.allowed_uids = items(options.allowed_uids, options.n_allowed_uids, "options->allowed_uids")?.to_vec();
+            let uids = items(options.allowed_uids, options.n_allowed_uids, usize::MAX, "options->allowed_uids")?;
+            rust_options.allowed_uids = uids.to_vec();
         }
         open(socket_path, &rust_options, receiver_out)
     })
@@ -95,7 +100,8 @@ fn open(socket_path: *const c_char, options: &ReceiverOptions, receiver_out: *mu
 ///
 /// Returns `QSOCK_OK` with `*buffer_out` set to a new buffer, owned by the caller, who
 /// must hand it back with `qsock_receiver_release` (that returns it to the sender).
-/// Any other status leaves `*buffer_out` NULL and says why in `qsock_last_error()`:
+/// Any other status leaves `*buffer_out` NULL (when `buffer_out` is not NULL itself,
+/// whatever else is wrong) and says why in `qsock_last_error()`:
 /// `QSOCK_TIMEOUT`, `QSOCK_EOS`, `QSOCK_SENDER_GONE` (call again to wait for the next
 /// sender), `QSOCK_PROTOCOL_ERROR` (one message rejected; call again to go on),
 /// `QSOCK_SENDER_REFUSED` (a sender of a uid not allowed was disconnected; call again to
@@ -112,8 +118,9 @@ pub extern "C" fn qsock_receiver_recv_buffer(
     buffer_out: *mut *mut qsock_buffer,
 ) -> qsock_status {
     call(|| {
-        let receiver = handle(receiver, "receiver")?;
+        // Set first, so that it is NULL on every path that fails.
         write_out(buffer_out, "buffer_out", std::ptr::null_mut())?;
+        let receiver = handle(receiver, "receiver")?;
         let deadline = u64::try_from(timeout_ms).ok().map(|ms| Instant::now() + Duration::from_millis(ms));
         let mut receiver = receiver.lock();
         loop {
@@ -146,6 +153,7 @@ pub extern "C" fn qsock_receiver_recv_buffer(
 /// most one return per buffer the sender has out. What is still queued when the process
 /// exits is lost with its socket: the sender then sees the receiver gone, which gives it
 /// all its memory back as well.
+
 #[no_mangle]
 pub extern "C" fn qsock_receiver_release(buffer: *mut qsock_buffer) {
     boundary(|| {
@@ -158,6 +166,7 @@ pub extern "C" fn qsock_receiver_release(buffer: *mut qsock_buffer) {
 /// reading, closes the cached fds no buffer still uses, and removes the socket file.
 /// Buffers not yet released stay valid; release them as usual. No other call on this
 /// receiver may be in progress, and none may follow. NULL is a no-op. Never blocks.
+
 #[no_mangle]
 pub extern "C" fn qsock_receiver_close(receiver: *mut qsock_receiver) {
     boundary(|| {

@@ -19,6 +19,13 @@ pub struct qsock_sender {
 
 impl Handle for qsock_sender {}
 
+/// Meta payloads that fit in one message: a count past these is refused before its
+/// array is read (the whole description is checked against QSOCK_MAX_MESSAGE later).
+const MAX_PROTECTION_METAS: usize = QSOCK_MAX_MESSAGE / 1044;
+const MAX_ROI_METAS: usize = QSOCK_MAX_MESSAGE / 588;
+const MAX_CLASS_METAS: usize = QSOCK_MAX_MESSAGE / 9876;
+const MAX_LANDMARKS_METAS: usize = QSOCK_MAX_MESSAGE / 4140;
+
 /// An owned copy of the C string at `ptr`, or a failure naming it if NULL.
 fn owned_string(ptr: *const c_char, name: &str) -> Result<CString, Failure> {
     Ok(string(ptr, name)?.to_owned())
@@ -28,7 +35,7 @@ fn optional_owned_string(ptr: *const c_char) -> Option<CString> {
     optional_string(ptr).map(CStr::to_owned)
 }
 
-fn block_description(kind: qsock_kind, b: &qsock_send_block) -> Result<MemoryBlock, Failure> {
+fn block_description(kind: qsock_kind, index: usize, b: &qsock_send_block) -> Result<MemoryBlock, Failure> {
     Ok(match kind {
         qsock_kind::QSOCK_KIND_VIDEO => MemoryBlock::Frame(FramePayload {
             width: b.video.width,
@@ -49,29 +56,35 @@ fn block_description(kind: qsock_kind, b: &qsock_send_block) -> Result<MemoryBlo
             maxsize: b.maxsize,
         }),
         qsock_kind::QSOCK_KIND_TEXT => {
-            let len = usize::try_from(b.size).map_err(|_| invalid("text size too large"))?;
-            if len > QSOCK_MAX_TEXT {
-                return Err(invalid(format!("text of {len} bytes; a text block holds at most {QSOCK_MAX_TEXT}")));
-            }
-            MemoryBlock::Text(TextPayload { contents: items(b.text, len, "text")?.to_vec(), maxsize: b.maxsize.max(b.size) })
+            let name = format!("blocks[{index}].text");
+            // Checked before the bytes are read: `size` is how many the call reads.
+            let len = usize::try_from(b.size).unwrap_or(usize::MAX);
+            let contents = items(b.text, len, QSOCK_MAX_TEXT, &name).map_err(|_| {
+                let size = b.size;
+                invalid(format!("{name}: {size} bytes; a text block holds at most {QSOCK_MAX_TEXT} (QSOCK_MAX_TEXT)"))
+            })?;
+            MemoryBlock::Text(TextPayload { contents: contents.to_vec(), maxsize: b.maxsize.max(b.size) })
         }
     })
 }
 
 fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
-    let protection = items(buffer.protection_metas, buffer.n_protection_metas, "protection_metas")?
+    let n_protection = buffer.n_protection_metas;
+    let protection = items(buffer.protection_metas, n_protection, MAX_PROTECTION_METAS, "protection_metas")?
         .iter()
-        .map(|&s| {
-            let structure = owned_string(s, "a protection meta")?;
+        .enumerate()
+        .map(|(i, &s)| {
+            let structure = owned_string(s, &format!("protection_metas[{i}]"))?;
             let size = structure.as_bytes().len() as u64;
             Ok(ProtectionMeta { structure, size, maxsize: size })
         })
         .collect::<Result<_, Failure>>()?;
-    let roi = items(buffer.roi_metas, buffer.n_roi_metas, "roi_metas")?
+    let roi = items(buffer.roi_metas, buffer.n_roi_metas, MAX_ROI_METAS, "roi_metas")?
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             Ok(RoiMeta {
-                label: owned_string(r.label, "roi label")?,
+                label: owned_string(r.label, &format!("roi_metas[{i}].label"))?,
                 id: r.id,
                 parent_id: r.parent_id,
                 x: r.x,
@@ -83,14 +96,17 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
             })
         })
         .collect::<Result<_, Failure>>()?;
-    let class = items(buffer.class_metas, buffer.n_class_metas, "class_metas")?
+    let class = items(buffer.class_metas, buffer.n_class_metas, MAX_CLASS_METAS, "class_metas")?
         .iter()
-        .map(|c| {
-            let labels = items(c.labels, c.n_labels, "class labels")?
+        .enumerate()
+        .map(|(i, c)| {
+            let labels_name = format!("class_metas[{i}].labels (QSOCK_MAX_CLASS_LABELS)");
+            let labels = items(c.labels, c.n_labels, QSOCK_MAX_CLASS_LABELS, &labels_name)?
                 .iter()
-                .map(|l| {
+                .enumerate()
+                .map(|(j, l)| {
                     Ok(ClassLabel {
-                        name: owned_string(l.name, "class label name")?,
+                        name: owned_string(l.name, &format!("class_metas[{i}].labels[{j}].name"))?,
                         confidence: l.confidence,
                         color: l.color,
                         xtraparams: optional_owned_string(l.xtraparams),
@@ -100,16 +116,21 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
             Ok(ClassMeta { id: c.id, parent_id: c.parent_id, labels })
         })
         .collect::<Result<_, Failure>>()?;
-    let landmarks = items(buffer.landmarks_metas, buffer.n_landmarks_metas, "landmarks_metas")?
+    let landmarks = items(buffer.landmarks_metas, buffer.n_landmarks_metas, MAX_LANDMARKS_METAS, "landmarks_metas")?
         .iter()
-        .map(|m| {
-            let keypoints = items(m.keypoints, m.n_keypoints, "keypoints")?
+        .enumerate()
+        .map(|(i, m)| {
+            let keypoints_name = format!("landmarks_metas[{i}].keypoints (QSOCK_MAX_KEYPOINTS)");
+            let keypoints = items(m.keypoints, m.n_keypoints, QSOCK_MAX_KEYPOINTS, &keypoints_name)?
                 .iter()
-                .map(|k| {
-                    Ok(Keypoint { name: owned_string(k.name, "keypoint name")?, confidence: k.confidence, color: k.color, x: k.x, y: k.y })
+                .enumerate()
+                .map(|(j, k)| {
+                    let name = owned_string(k.name, &format!("landmarks_metas[{i}].keypoints[{j}].name"))?;
+                    Ok(Keypoint { name, confidence: k.confidence, color: k.color, x: k.x, y: k.y })
                 })
-                .collect::<Result<_, Failure>>()?;
-            let links = items(m.links, m.n_links, "links")?
+                .collect::<Result<Vec<_>, Failure>>()?;
+            let links_name = format!("landmarks_metas[{i}].links (QSOCK_MAX_LINKS)");
+            let links = items(m.links, m.n_links, QSOCK_MAX_LINKS, &links_name)?
                 .iter()
                 .map(|l| Link { s_kp_idx: l.s_kp_idx, d_kp_idx: l.d_kp_idx })
                 .collect();
@@ -129,7 +150,7 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
 /// Connects to a receiver listening at `socket_path` (one attempt). `QSOCK_IO_ERROR`
 /// when none listens there yet: retry (the deployed sender retries every 10 ms).
 /// On `QSOCK_OK`, `*sender_out` is a new sender owned by the caller, freed with
-/// `qsock_sender_close`.
+/// `qsock_sender_close`; on failure `*sender_out` is left unchanged.
 #[no_mangle]
 pub extern "C" fn qsock_sender_connect(socket_path: *const c_char, sender_out: *mut *mut qsock_sender) -> qsock_status {
     call(|| {
@@ -141,8 +162,10 @@ pub extern "C" fn qsock_sender_connect(socket_path: *const c_char, sender_out: *
 /// Sends one buffer. The memory behind its fds must stay unchanged until each block's
 /// buf_id (its fd number) comes back in a `QSOCK_EVENT_RETURN` (text holds no memory and
 /// is never returned). `QSOCK_INVALID_ARGUMENT` (nothing sent) when the buffer breaks a
-/// rule a receiver checks: sizes past the fd's object, plane offsets past the size, text
-/// over 1024 bytes, ... `QSOCK_IO_ERROR` when the socket failed (the receiver is gone).
+/// rule a receiver checks or the wire cannot carry it: `kind` or a count out of range,
+/// a negative fd, sizes past the fd's object, plane offsets past the size, text over
+/// `QSOCK_MAX_TEXT` bytes, a meta array over its limit, ... `QSOCK_IO_ERROR`
+/// when the socket failed (the receiver is gone).
 ///
 /// Blocks only while the receiver's socket is full, at most 2 s (then `QSOCK_IO_ERROR`
 /// "the peer has not read its socket for 2 s", and the connection is closed). While it
@@ -156,16 +179,28 @@ pub extern "C" fn qsock_sender_send(sender: *mut qsock_sender, buffer: *const qs
     call(|| {
         let sender = handle_mut(sender, "sender")?;
         let buffer = arg(buffer, "buffer")?;
-        let blocks = items(buffer.blocks, buffer.n_blocks, "blocks")?
+        // The enum and the counts first: nothing is read on their word before they are checked.
+        let kind = qsock_kind::from_c(buffer.kind).ok_or_else(|| {
+            invalid(format!(
+                "kind {} is not a qsock_kind (QSOCK_KIND_VIDEO 1, QSOCK_KIND_TENSOR 2, QSOCK_KIND_TEXT 3)",
+                buffer.kind
+            ))
+        })?;
+        if !(1..=QSOCK_MAX_BLOCKS).contains(&buffer.n_blocks) {
+            let (n_blocks, max) = (buffer.n_blocks, QSOCK_MAX_BLOCKS);
+            return Err(invalid(format!("n_blocks is {n_blocks}; a buffer has 1..={max} (QSOCK_MAX_BLOCKS)")));
+        }
+        let blocks = items(buffer.blocks, buffer.n_blocks, QSOCK_MAX_BLOCKS, "blocks")?
             .iter()
-            .map(|b| {
-                let fd = match buffer.kind {
+            .enumerate()
+            .map(|(i, b)| {
+                let fd = match kind {
                     qsock_kind::QSOCK_KIND_TEXT => None,
-                    _ if b.fd < 0 => return Err(invalid(format!("fd {} is not an fd", b.fd))),
+                    _ if b.fd < 0 => return Err(invalid(format!("blocks[{i}].fd: fd {} is not an fd", b.fd))),
                     // SAFETY: not negative (checked); the caller keeps it open for the call.
                     _ => Some(unsafe { BorrowedFd::borrow_raw(b.fd) }),
                 };
-                Ok(OutgoingBlock { fd, description: block_description(buffer.kind, b)? })
+                Ok(OutgoingBlock { fd, description: block_description(kind, i, b)? })
             })
             .collect::<Result<Vec<_>, Failure>>()?;
         let outgoing = OutgoingBuffer {
@@ -200,7 +235,7 @@ pub extern "C" fn qsock_sender_next_event(
 ) -> qsock_status {
     call(|| {
         let sender = handle_mut(sender, "sender")?;
-        arg(event_out, "event_out")?;
+        arg_mut(event_out, "event_out")?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
         let mut event = qsock_sender_event { type_: qsock_event_type::QSOCK_EVENT_RETURN, n_buf_ids: 0, buf_ids: [-1; QSOCK_MAX_BLOCKS] };
         match sender.sender.next_event(timeout)? {
