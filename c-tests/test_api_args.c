@@ -2,8 +2,9 @@
  * Arguments as a C caller may pass them, right or wrong: every enum argument and field
  * with values outside the enum, counts larger than the arrays they describe (each array
  * ends where an unmapped page begins, so a read past its end faults), negative fds,
- * and out-pointers on failing paths. Nothing may crash or panic (QSOCK_INTERNAL_ERROR,
- * words on stderr).
+ * out-pointers on failing paths, and meta strings and arrays at and past what the wire
+ * holds (refused naming the limit, never cut; at the limit, received intact). Nothing
+ * may crash, panic (QSOCK_INTERNAL_ERROR, words on stderr) or be cut silently.
  *
  * usage: test_api_args
  */
@@ -61,6 +62,26 @@ static qsock_send_block video_block(void) {
 static qsock_send_buffer video_buffer(const qsock_send_block *block) {
     return (qsock_send_buffer){.kind = QSOCK_KIND_VIDEO, .n_blocks = 1, .blocks = block, .pts = 1,
                                .dts = QSOCK_CLOCK_TIME_NONE, .duration = 1};
+}
+
+/* Receives what was just sent; the caller releases it. */
+static qsock_buffer *receive(void) {
+    qsock_buffer *buf = NULL;
+    CHECK_STATUS(qsock_receiver_recv_buffer(rx, 5000, &buf), QSOCK_OK, NULL);
+    return buf;
+}
+
+/* Takes the return of what was received and released. */
+static void take_return(void) {
+    qsock_sender_event event;
+    CHECK_STATUS(qsock_sender_next_event(tx, 5000, &event), QSOCK_OK, NULL);
+}
+
+static char *repeated(char c, size_t n) {
+    char *s = malloc(n + 1);
+    memset(s, c, n);
+    s[n] = '\0';
+    return s;
 }
 
 static int status_names(void) {
@@ -200,6 +221,138 @@ static int out_pointers(void) {
     return failures > before;
 }
 
+/* Sends `buffer`, which must be refused naming `limit`. */
+#define REFUSED(buffer, limit)                                                             \
+    CHECK_STATUS(qsock_sender_send(tx, &(buffer)), QSOCK_INVALID_ARGUMENT, limit)
+
+static int meta_limits(void) {
+    int before = failures;
+    qsock_send_block block = video_block();
+    char *name_max = repeated('n', QSOCK_MAX_NAME), *name_over = repeated('n', QSOCK_MAX_NAME + 1);
+    char *structure_max = repeated('s', QSOCK_MAX_STRUCTURE), *structure_over = repeated('s', QSOCK_MAX_STRUCTURE + 1);
+    char *protection_max = repeated('p', QSOCK_MAX_PROTECTION);
+    char *protection_over = repeated('p', QSOCK_MAX_PROTECTION + 1);
+
+    /* Past each limit: refused, naming it. */
+    qsock_send_buffer buffer = video_buffer(&block);
+    qsock_roi_meta roi = {.label = name_over, .w = 1, .h = 1};
+    buffer.roi_metas = &roi;
+    buffer.n_roi_metas = 1;
+    REFUSED(buffer, "QSOCK_MAX_NAME");
+    roi = (qsock_roi_meta){.label = "face", .det_meta = structure_over};
+    REFUSED(buffer, "QSOCK_MAX_STRUCTURE");
+    roi = (qsock_roi_meta){.label = "face", .xtraparams = structure_over};
+    REFUSED(buffer, "QSOCK_MAX_STRUCTURE");
+    buffer = video_buffer(&block);
+    qsock_class_label labels[QSOCK_MAX_CLASS_LABELS];
+    for (int i = 0; i < QSOCK_MAX_CLASS_LABELS; i++)
+        labels[i] = (qsock_class_label){.name = name_max, .confidence = i, .color = i, .xtraparams = structure_max};
+    labels[3].name = name_over;
+    qsock_class_meta class = {.id = 1, .parent_id = -1, .n_labels = QSOCK_MAX_CLASS_LABELS, .labels = labels};
+    buffer.class_metas = &class;
+    buffer.n_class_metas = 1;
+    REFUSED(buffer, "QSOCK_MAX_NAME");
+    labels[3].name = name_max;
+    labels[5].xtraparams = structure_over;
+    REFUSED(buffer, "QSOCK_MAX_STRUCTURE");
+    labels[5].xtraparams = structure_max;
+    buffer = video_buffer(&block);
+    qsock_keypoint keypoints[QSOCK_MAX_KEYPOINTS];
+    qsock_link links[QSOCK_MAX_LINKS];
+    for (int i = 0; i < QSOCK_MAX_KEYPOINTS; i++)
+        keypoints[i] = (qsock_keypoint){.name = name_max, .confidence = 1, .x = i, .y = i};
+    for (int i = 0; i < QSOCK_MAX_LINKS; i++)
+        links[i] = (qsock_link){i, (i + 1) % QSOCK_MAX_KEYPOINTS};
+    keypoints[63].name = name_over;
+    qsock_landmarks_meta landmarks = {.id = 2, .parent_id = -1, .confidence = 0.5, .n_keypoints = QSOCK_MAX_KEYPOINTS,
+                                      .keypoints = keypoints, .n_links = QSOCK_MAX_LINKS, .links = links,
+                                      .xtraparams = structure_max};
+    buffer.landmarks_metas = &landmarks;
+    buffer.n_landmarks_metas = 1;
+    REFUSED(buffer, "QSOCK_MAX_NAME");
+    keypoints[63].name = name_max;
+    landmarks.xtraparams = structure_over;
+    REFUSED(buffer, "QSOCK_MAX_STRUCTURE");
+    landmarks.xtraparams = structure_max;
+    buffer = video_buffer(&block);
+    const char *protection = protection_over;
+    buffer.protection_metas = &protection;
+    buffer.n_protection_metas = 1;
+    REFUSED(buffer, "QSOCK_MAX_PROTECTION");
+    /* A description past QSOCK_MAX_MESSAGE: 26 classification metas and 10 ROIs. */
+    buffer = video_buffer(&block);
+    qsock_class_meta classes[26];
+    for (int i = 0; i < 26; i++)
+        classes[i] = (qsock_class_meta){.n_labels = 1, .labels = labels};
+    qsock_roi_meta rois[10];
+    for (int i = 0; i < 10; i++)
+        rois[i] = (qsock_roi_meta){.label = "face"};
+    buffer.class_metas = classes;
+    buffer.n_class_metas = 26;
+    buffer.roi_metas = rois;
+    buffer.n_roi_metas = 10;
+    REFUSED(buffer, "262144");
+    CHECK(qsock_sender_in_flight(tx) == 0, "something was sent");
+
+    /* At each limit: sent, and received whole. */
+    buffer = video_buffer(&block);
+    roi = (qsock_roi_meta){.label = name_max, .id = 7, .w = 8, .h = 8, .det_meta = structure_max,
+                           .xtraparams = structure_max};
+    buffer.roi_metas = &roi;
+    buffer.n_roi_metas = 1;
+    buffer.class_metas = &class;
+    buffer.n_class_metas = 1;
+    buffer.landmarks_metas = &landmarks;
+    buffer.n_landmarks_metas = 1;
+    protection = protection_max;
+    buffer.protection_metas = &protection;
+    buffer.n_protection_metas = 1;
+    CHECK_STATUS(qsock_sender_send(tx, &buffer), QSOCK_OK, NULL);
+    qsock_buffer *buf = receive();
+    if (buf) {
+        qsock_roi_meta r;
+        CHECK_STATUS(qsock_buffer_get_roi_meta(buf, 0, &r), QSOCK_OK, NULL);
+        CHECK(strcmp(r.label, name_max) == 0 && strcmp(r.det_meta, structure_max) == 0 &&
+                  strcmp(r.xtraparams, structure_max) == 0,
+              "ROI strings cut: label %zu, det_meta %zu bytes", strlen(r.label), strlen(r.det_meta));
+        qsock_class_meta c;
+        CHECK_STATUS(qsock_buffer_get_class_meta(buf, 0, &c), QSOCK_OK, NULL);
+        CHECK(c.n_labels == QSOCK_MAX_CLASS_LABELS && strcmp(c.labels[31].name, name_max) == 0 &&
+                  strcmp(c.labels[31].xtraparams, structure_max) == 0 && c.labels[31].color == 31,
+              "%zu class labels", c.n_labels);
+        qsock_landmarks_meta l;
+        CHECK_STATUS(qsock_buffer_get_landmarks_meta(buf, 0, &l), QSOCK_OK, NULL);
+        CHECK(l.n_keypoints == QSOCK_MAX_KEYPOINTS && l.n_links == QSOCK_MAX_LINKS &&
+                  strcmp(l.keypoints[63].name, name_max) == 0 && l.keypoints[63].x == 63 &&
+                  l.links[63].d_kp_idx == 0 && strcmp(l.xtraparams, structure_max) == 0,
+              "%zu keypoints, %zu links", l.n_keypoints, l.n_links);
+        const char *p;
+        CHECK_STATUS(qsock_buffer_get_protection_meta(buf, 0, &p), QSOCK_OK, NULL);
+        CHECK(strcmp(p, protection_max) == 0, "protection meta cut to %zu bytes", strlen(p));
+        qsock_receiver_release(buf);
+        take_return();
+    }
+    uint8_t text_max[QSOCK_MAX_TEXT];
+    memset(text_max, 'x', sizeof text_max);
+    qsock_send_block text = {.fd = -1, .size = QSOCK_MAX_TEXT, .maxsize = QSOCK_MAX_TEXT, .text = text_max};
+    qsock_send_buffer text_buffer = {.kind = QSOCK_KIND_TEXT, .n_blocks = 1, .blocks = &text};
+    CHECK_STATUS(qsock_sender_send(tx, &text_buffer), QSOCK_OK, NULL);
+    buf = receive();
+    if (buf) {
+        const uint8_t *data;
+        size_t size;
+        CHECK_STATUS(qsock_buffer_get_text(buf, 0, &data, &size), QSOCK_OK, NULL);
+        CHECK(size == QSOCK_MAX_TEXT && memcmp(data, text_max, size) == 0, "text of %zu bytes", size);
+        qsock_receiver_release(buf);
+    }
+    free(name_max), free(name_over), free(structure_max), free(structure_over);
+    free(protection_max), free(protection_over);
+    printf("%s - metas: past QSOCK_MAX_NAME, _STRUCTURE, _PROTECTION, _CLASS_LABELS, _KEYPOINTS, _LINKS or "
+           "_MESSAGE refused naming the limit; at the limits received whole\n",
+           failures > before ? "not ok" : "ok");
+    return failures > before;
+}
+
 int main(void) {
     snprintf(socket_dir, sizeof socket_dir, "/tmp/qsock-args-XXXXXX");
     if (!mkdtemp(socket_dir))
@@ -216,6 +369,7 @@ int main(void) {
     failed += kinds_and_counts(), run++;
     failed += negative_fds(), run++;
     failed += out_pointers(), run++;
+    failed += meta_limits(), run++;
     qsock_sender_close(tx);
     qsock_receiver_close(rx);
     close(frame_fd);

@@ -69,6 +69,17 @@
 // At most this many bytes per text block.
 #define QSOCK_MAX_TEXT 1024
 
+// At most this many bytes (the NUL not counted) in a name: an ROI label, a class
+// label's name, a keypoint's name. Longer ones are refused, not cut.
+#define QSOCK_MAX_NAME 31
+
+// At most this many bytes (the NUL not counted) in a serialized GstStructure of a meta:
+// `det_meta`, every `xtraparams`.
+#define QSOCK_MAX_STRUCTURE 255
+
+// At most this many bytes (the NUL not counted) in a protection meta's structure.
+#define QSOCK_MAX_PROTECTION 1023
+
 // At most this many labels per classification meta.
 #define QSOCK_MAX_CLASS_LABELS 32
 
@@ -208,7 +219,9 @@ typedef struct {
     uint32_t dimensions[QSOCK_MAX_DIMENSIONS];
 } qsock_tensor_info;
 
-// A region of interest (GstVideoRegionOfInterestMeta). Strings belong to the buffer.
+// A region of interest (GstVideoRegionOfInterestMeta). Received: the strings belong to
+// the buffer. Sent: `label` at most `QSOCK_MAX_NAME` bytes, `det_meta` and `xtraparams`
+// at most `QSOCK_MAX_STRUCTURE`.
 typedef struct {
     const char *label;
     int32_t id;
@@ -223,7 +236,8 @@ typedef struct {
     const char *xtraparams;
 } qsock_roi_meta;
 
-// One label of a classification.
+// One label of a classification. Sent: `name` at most `QSOCK_MAX_NAME` bytes,
+// `xtraparams` at most `QSOCK_MAX_STRUCTURE`.
 typedef struct {
     const char *name;
     double confidence;
@@ -242,7 +256,7 @@ typedef struct {
     const qsock_class_label *labels;
 } qsock_class_meta;
 
-// One keypoint of a landmarks result.
+// One keypoint of a landmarks result. Sent: `name` at most `QSOCK_MAX_NAME` bytes.
 typedef struct {
     const char *name;
     double confidence;
@@ -268,7 +282,7 @@ typedef struct {
     // At most `QSOCK_MAX_LINKS`.
     size_t n_links;
     const qsock_link *links;
-    // A serialized GstStructure; NULL when absent.
+    // A serialized GstStructure (at most `QSOCK_MAX_STRUCTURE` bytes); NULL when absent.
     const char *xtraparams;
 } qsock_landmarks_meta;
 
@@ -333,9 +347,9 @@ typedef struct {
 
 // A buffer to send. Everything it points to is read during the call only, and only
 // after `kind` and every count were checked: a count is never trusted to read past an
-// array. A count past what the wire carries (more than `QSOCK_MAX_CLASS_LABELS` labels,
-// a description over `QSOCK_MAX_MESSAGE` bytes, ...) is refused with
-// `QSOCK_INVALID_ARGUMENT` naming the limit.
+// array. What the wire cannot carry (a name over `QSOCK_MAX_NAME` bytes, a structure
+// over `QSOCK_MAX_STRUCTURE`, more than `QSOCK_MAX_CLASS_LABELS` labels, ...) is refused
+// with `QSOCK_INVALID_ARGUMENT` naming the limit; nothing is cut.
 typedef struct {
     // A `qsock_kind` (`QSOCK_KIND_VIDEO`, `QSOCK_KIND_TENSOR` or `QSOCK_KIND_TEXT`); any
     // other value, 0 from a zeroed struct included, is `QSOCK_INVALID_ARGUMENT`.
@@ -351,7 +365,7 @@ typedef struct {
     // the first time (or when the object behind an fd number changed).
     bool pooled;
     size_t n_protection_metas;
-    // Serialized GstStructures.
+    // Serialized GstStructures, at most `QSOCK_MAX_PROTECTION` bytes each.
     const char *const *protection_metas;
     size_t n_roi_metas;
     const qsock_roi_meta *roi_metas;
@@ -498,7 +512,7 @@ qsock_status qsock_sender_connect(const char *socket_path, qsock_sender **sender
 // is never returned). `QSOCK_INVALID_ARGUMENT` (nothing sent) when the buffer breaks a
 // rule a receiver checks or the wire cannot carry it: `kind` or a count out of range,
 // a negative fd, sizes past the fd's object, plane offsets past the size, text over
-// `QSOCK_MAX_TEXT` bytes, a meta array over its limit, ... `QSOCK_IO_ERROR`
+// `QSOCK_MAX_TEXT` bytes, a meta string or array over its limit, ... `QSOCK_IO_ERROR`
 // when the socket failed (the receiver is gone).
 //
 // Blocks only while the receiver's socket is full, at most 2 s (then `QSOCK_IO_ERROR`

@@ -1,7 +1,7 @@
 //! `qsock_sender_*`: connect to a receiver, send buffers described by fds and info
 //! structs, learn of their returns.
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, CString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
@@ -26,13 +26,29 @@ const MAX_ROI_METAS: usize = QSOCK_MAX_MESSAGE / 588;
 const MAX_CLASS_METAS: usize = QSOCK_MAX_MESSAGE / 9876;
 const MAX_LANDMARKS_METAS: usize = QSOCK_MAX_MESSAGE / 4140;
 
-/// An owned copy of the C string at `ptr`, or a failure naming it if NULL.
-fn owned_string(ptr: *const c_char, name: &str) -> Result<CString, Failure> {
-    Ok(string(ptr, name)?.to_owned())
+/// An owned copy of the C string at `ptr`, refused when NULL or longer than `max` bytes
+/// (what its array on the wire holds, the NUL aside): nothing is ever cut.
+fn bounded_string(ptr: *const c_char, max: usize, name: &str) -> Result<CString, Failure> {
+    let value = string(ptr, name)?;
+    let len = value.to_bytes().len();
+    if len > max {
+        let limit = limit_name(max);
+        return Err(invalid(format!("{name} is {len} bytes long; the wire holds at most {max} ({limit})")));
+    }
+    Ok(value.to_owned())
 }
 
-fn optional_owned_string(ptr: *const c_char) -> Option<CString> {
-    optional_string(ptr).map(CStr::to_owned)
+fn optional_bounded_string(ptr: *const c_char, max: usize, name: &str) -> Result<Option<CString>, Failure> {
+    (!ptr.is_null()).then(|| bounded_string(ptr, max, name)).transpose()
+}
+
+/// The header's name of a string limit, for the words of a refusal.
+fn limit_name(max: usize) -> &'static str {
+    match max {
+        QSOCK_MAX_NAME => "QSOCK_MAX_NAME",
+        QSOCK_MAX_STRUCTURE => "QSOCK_MAX_STRUCTURE",
+        _ => "QSOCK_MAX_PROTECTION",
+    }
 }
 
 fn block_description(kind: qsock_kind, index: usize, b: &qsock_send_block) -> Result<MemoryBlock, Failure> {
@@ -74,7 +90,7 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
         .iter()
         .enumerate()
         .map(|(i, &s)| {
-            let structure = owned_string(s, &format!("protection_metas[{i}]"))?;
+            let structure = bounded_string(s, QSOCK_MAX_PROTECTION, &format!("protection_metas[{i}]"))?;
             let size = structure.as_bytes().len() as u64;
             Ok(ProtectionMeta { structure, size, maxsize: size })
         })
@@ -83,16 +99,18 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
         .iter()
         .enumerate()
         .map(|(i, r)| {
+            let structure =
+                |ptr, field: &str| optional_bounded_string(ptr, QSOCK_MAX_STRUCTURE, &format!("roi_metas[{i}].{field}"));
             Ok(RoiMeta {
-                label: owned_string(r.label, &format!("roi_metas[{i}].label"))?,
+                label: bounded_string(r.label, QSOCK_MAX_NAME, &format!("roi_metas[{i}].label"))?,
                 id: r.id,
                 parent_id: r.parent_id,
                 x: r.x,
                 y: r.y,
                 w: r.w,
                 h: r.h,
-                det_meta: optional_owned_string(r.det_meta),
-                xtraparams: optional_owned_string(r.xtraparams),
+                det_meta: structure(r.det_meta, "det_meta")?,
+                xtraparams: structure(r.xtraparams, "xtraparams")?,
             })
         })
         .collect::<Result<_, Failure>>()?;
@@ -105,11 +123,12 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
                 .iter()
                 .enumerate()
                 .map(|(j, l)| {
+                    let name = |field: &str| format!("class_metas[{i}].labels[{j}].{field}");
                     Ok(ClassLabel {
-                        name: owned_string(l.name, &format!("class_metas[{i}].labels[{j}].name"))?,
+                        name: bounded_string(l.name, QSOCK_MAX_NAME, &name("name"))?,
                         confidence: l.confidence,
                         color: l.color,
-                        xtraparams: optional_owned_string(l.xtraparams),
+                        xtraparams: optional_bounded_string(l.xtraparams, QSOCK_MAX_STRUCTURE, &name("xtraparams"))?,
                     })
                 })
                 .collect::<Result<_, Failure>>()?;
@@ -125,7 +144,8 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
                 .iter()
                 .enumerate()
                 .map(|(j, k)| {
-                    let name = owned_string(k.name, &format!("landmarks_metas[{i}].keypoints[{j}].name"))?;
+                    let name_name = format!("landmarks_metas[{i}].keypoints[{j}].name");
+                    let name = bounded_string(k.name, QSOCK_MAX_NAME, &name_name)?;
                     Ok(Keypoint { name, confidence: k.confidence, color: k.color, x: k.x, y: k.y })
                 })
                 .collect::<Result<Vec<_>, Failure>>()?;
@@ -140,7 +160,11 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
                 confidence: m.confidence,
                 keypoints,
                 links,
-                xtraparams: optional_owned_string(m.xtraparams),
+                xtraparams: optional_bounded_string(
+                    m.xtraparams,
+                    QSOCK_MAX_STRUCTURE,
+                    &format!("landmarks_metas[{i}].xtraparams"),
+                )?,
             })
         })
         .collect::<Result<_, Failure>>()?;
@@ -164,7 +188,7 @@ pub extern "C" fn qsock_sender_connect(socket_path: *const c_char, sender_out: *
 /// is never returned). `QSOCK_INVALID_ARGUMENT` (nothing sent) when the buffer breaks a
 /// rule a receiver checks or the wire cannot carry it: `kind` or a count out of range,
 /// a negative fd, sizes past the fd's object, plane offsets past the size, text over
-/// `QSOCK_MAX_TEXT` bytes, a meta array over its limit, ... `QSOCK_IO_ERROR`
+/// `QSOCK_MAX_TEXT` bytes, a meta string or array over its limit, ... `QSOCK_IO_ERROR`
 /// when the socket failed (the receiver is gone).
 ///
 /// Blocks only while the receiver's socket is full, at most 2 s (then `QSOCK_IO_ERROR`

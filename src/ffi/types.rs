@@ -18,6 +18,14 @@ pub const QSOCK_MAX_PLANES: usize = 4;
 pub const QSOCK_MAX_DIMENSIONS: usize = 8;
 /// At most this many bytes per text block.
 pub const QSOCK_MAX_TEXT: usize = 1024;
+/// At most this many bytes (the NUL not counted) in a name: an ROI label, a class
+/// label's name, a keypoint's name. Longer ones are refused, not cut.
+pub const QSOCK_MAX_NAME: usize = 31;
+/// At most this many bytes (the NUL not counted) in a serialized GstStructure of a meta:
+/// `det_meta`, every `xtraparams`.
+pub const QSOCK_MAX_STRUCTURE: usize = 255;
+/// At most this many bytes (the NUL not counted) in a protection meta's structure.
+pub const QSOCK_MAX_PROTECTION: usize = 1023;
 /// At most this many labels per classification meta.
 pub const QSOCK_MAX_CLASS_LABELS: usize = 32;
 /// At most this many keypoints per landmarks meta.
@@ -35,6 +43,9 @@ const _: () = assert!(
         && QSOCK_MAX_PLANES == protocol::MAX_PLANES
         && QSOCK_MAX_DIMENSIONS == protocol::MAX_TENSOR_DIMENSIONS
         && QSOCK_MAX_TEXT == protocol::MAX_TEXT_LEN
+        && QSOCK_MAX_NAME == protocol::NAME_CAPACITY - 1
+        && QSOCK_MAX_STRUCTURE == protocol::STRUCTURE_CAPACITY - 1
+        && QSOCK_MAX_PROTECTION == protocol::MAX_TEXT_LEN - 1
         && QSOCK_MAX_CLASS_LABELS == protocol::MAX_CLASS_LABELS
         && QSOCK_MAX_KEYPOINTS == protocol::MAX_KEYPOINTS
         && QSOCK_MAX_LINKS == protocol::MAX_LINKS
@@ -188,7 +199,9 @@ pub struct qsock_tensor_info {
     pub dimensions: [u32; QSOCK_MAX_DIMENSIONS],
 }
 
-/// A region of interest (GstVideoRegionOfInterestMeta). Strings belong to the buffer.
+/// A region of interest (GstVideoRegionOfInterestMeta). Received: the strings belong to
+/// the buffer. Sent: `label` at most `QSOCK_MAX_NAME` bytes, `det_meta` and `xtraparams`
+/// at most `QSOCK_MAX_STRUCTURE`.
 #[repr(C)]
 pub struct qsock_roi_meta {
     pub label: *const c_char,
@@ -204,7 +217,8 @@ pub struct qsock_roi_meta {
     pub xtraparams: *const c_char,
 }
 
-/// One label of a classification.
+/// One label of a classification. Sent: `name` at most `QSOCK_MAX_NAME` bytes,
+/// `xtraparams` at most `QSOCK_MAX_STRUCTURE`.
 #[repr(C)]
 pub struct qsock_class_label {
     pub name: *const c_char,
@@ -225,7 +239,7 @@ pub struct qsock_class_meta {
     pub labels: *const qsock_class_label,
 }
 
-/// One keypoint of a landmarks result.
+/// One keypoint of a landmarks result. Sent: `name` at most `QSOCK_MAX_NAME` bytes.
 #[repr(C)]
 pub struct qsock_keypoint {
     pub name: *const c_char,
@@ -254,7 +268,7 @@ pub struct qsock_landmarks_meta {
     /// At most `QSOCK_MAX_LINKS`.
     pub n_links: usize,
     pub links: *const qsock_link,
-    /// A serialized GstStructure; NULL when absent.
+    /// A serialized GstStructure (at most `QSOCK_MAX_STRUCTURE` bytes); NULL when absent.
     pub xtraparams: *const c_char,
 }
 
@@ -322,9 +336,9 @@ pub struct qsock_send_block {
 
 /// A buffer to send. Everything it points to is read during the call only, and only
 /// after `kind` and every count were checked: a count is never trusted to read past an
-/// array. A count past what the wire carries (more than `QSOCK_MAX_CLASS_LABELS` labels,
-/// a description over `QSOCK_MAX_MESSAGE` bytes, ...) is refused with
-/// `QSOCK_INVALID_ARGUMENT` naming the limit.
+/// array. What the wire cannot carry (a name over `QSOCK_MAX_NAME` bytes, a structure
+/// over `QSOCK_MAX_STRUCTURE`, more than `QSOCK_MAX_CLASS_LABELS` labels, ...) is refused
+/// with `QSOCK_INVALID_ARGUMENT` naming the limit; nothing is cut.
 #[repr(C)]
 pub struct qsock_send_buffer {
     /// A `qsock_kind` (`QSOCK_KIND_VIDEO`, `QSOCK_KIND_TENSOR` or `QSOCK_KIND_TEXT`); any
@@ -341,7 +355,7 @@ pub struct qsock_send_buffer {
     /// the first time (or when the object behind an fd number changed).
     pub pooled: bool,
     pub n_protection_metas: usize,
-    /// Serialized GstStructures.
+    /// Serialized GstStructures, at most `QSOCK_MAX_PROTECTION` bytes each.
     pub protection_metas: *const *const c_char,
     pub n_roi_metas: usize,
     pub roi_metas: *const qsock_roi_meta,
