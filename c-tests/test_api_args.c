@@ -89,10 +89,10 @@ static int status_names(void) {
     static const char *names[] = {"QSOCK_OK", "QSOCK_TIMEOUT", "QSOCK_EOS", "QSOCK_SENDER_GONE",
                                   "QSOCK_PROTOCOL_ERROR", "QSOCK_INVALID_ARGUMENT", "QSOCK_BAD_SOCKET_PATH",
                                   "QSOCK_IO_ERROR", "QSOCK_INTERNAL_ERROR", "QSOCK_RECEIVER_GONE",
-                                  "QSOCK_SENDER_REFUSED"};
-    for (int s = 0; s <= QSOCK_SENDER_REFUSED; s++)
+                                  "QSOCK_SENDER_REFUSED", "QSOCK_INTERRUPTED"};
+    for (int s = 0; s <= QSOCK_INTERRUPTED; s++)
         CHECK(strcmp(qsock_status_name(s), names[s]) == 0, "status %d is %s", s, qsock_status_name(s));
-    int outside[] = {-1, QSOCK_SENDER_REFUSED + 1, 12, 1000, INT_MIN, INT_MAX};
+    int outside[] = {-1, QSOCK_INTERRUPTED + 1, 12, 1000, INT_MIN, INT_MAX};
     for (size_t i = 0; i < sizeof outside / sizeof *outside; i++)
         CHECK(strcmp(qsock_status_name(outside[i]), "QSOCK_UNKNOWN_STATUS") == 0, "status %d is %s", outside[i],
               qsock_status_name(outside[i]));

@@ -26,7 +26,10 @@
  *
  * What blocks, and for how long:
  * - qsock_receiver_recv_buffer and qsock_sender_next_event wait as long as their
- *   timeout says (negative: until something comes).
+ *   timeout says (negative: until something comes). qsock_receiver_interrupt and
+ *   qsock_sender_interrupt end such a wait from any thread or a signal handler (the
+ *   call returns QSOCK_INTERRUPTED). A signal alone does not end it: after the handler
+ *   runs, the wait goes on for the time left.
  * - qsock_sender_send and qsock_sender_send_eos wait only while the receiver's socket
  *   is full, at most 2 s (then QSOCK_IO_ERROR: the receiver is given up). Meanwhile
  *   they read the receiver's returns, which then wait for qsock_sender_next_event.
@@ -125,6 +128,8 @@ typedef enum {
     // A sender connected whose uid is not in the receiver's allowed uids: it was
     // disconnected. The next receive goes on waiting for an allowed sender.
     QSOCK_SENDER_REFUSED = 10,
+    // The wait was ended by `qsock_receiver_interrupt` or `qsock_sender_interrupt`.
+    QSOCK_INTERRUPTED = 11,
 } qsock_status;
 
 // The kind of a buffer's memory blocks. (`qsock_send_buffer.kind` is an `int` holding
@@ -153,10 +158,11 @@ typedef struct qsock_buffer qsock_buffer;
 
 // A receiver: the listening socket, the connected sender and its cached fds. Opaque.
 // Receive from one thread at a time; buffers it gives out may be released from any
-// thread, and its fd, counters and DISCONNECT are reachable from any thread too.
+// thread, and its fd, counters, DISCONNECT and interrupt are reachable from any thread too.
 typedef struct qsock_receiver qsock_receiver;
 
-// A connection to a receiver. Opaque. Use it from one thread at a time.
+// A connection to a receiver. Opaque. Use it from one thread at a time, except
+// `qsock_sender_interrupt`, which any thread (or a signal handler) may call at any time.
 typedef struct qsock_sender qsock_sender;
 
 // What a buffer holds, in counts and timestamps.
@@ -456,13 +462,27 @@ qsock_status qsock_receiver_open_with_options(const char *socket_path, const qso
 // `QSOCK_TIMEOUT`, `QSOCK_EOS`, `QSOCK_SENDER_GONE` (call again to wait for the next
 // sender), `QSOCK_PROTOCOL_ERROR` (one message rejected; call again to go on),
 // `QSOCK_SENDER_REFUSED` (a sender of a uid not allowed was disconnected; call again to
-// go on), or an error. Calls on one receiver from several threads take turns.
+// go on), `QSOCK_INTERRUPTED` (`qsock_receiver_interrupt` was called), or an error.
+// Calls on one receiver from several threads take turns.
+//
+// Signals: a signal that arrives while it waits does not end the wait (it goes on for
+// the time left after the handler ran). To end it from a signal handler, or from
+// another thread, call `qsock_receiver_interrupt`.
 //
 // What it waits for is the sender: the sender, in turn, blocks in `qsock_sender_send`
 // (at most 2 s, then it gives up on this receiver) while this receiver does not read.
 // An app that stops receiving for longer should say DISCONNECT first
 // (`qsock_receiver_send_disconnect`).
 qsock_status qsock_receiver_recv_buffer(qsock_receiver *receiver, int32_t timeout_ms, qsock_buffer **buffer_out);
+
+// Makes a `qsock_receiver_recv_buffer` waiting on `receiver` return `QSOCK_INTERRUPTED`
+// at once; when none waits, the next one that would wait returns it instead (an
+// interrupt is never lost, and several before a wait count as one). A call that finds
+// a buffer ready returns the buffer first. Safe from any thread, also while another
+// waits in `qsock_receiver_recv_buffer`, and from a signal handler (it writes to an
+// eventfd, and does nothing else when `receiver` is valid). `receiver` must stay open
+// meanwhile.
+qsock_status qsock_receiver_interrupt(const qsock_receiver *receiver);
 
 // Releases a buffer: its fds are closed (pooled ones stay cached for their next use)
 // and the return goes to the sender, so it can reuse the memory. Safe from any thread,
@@ -480,7 +500,8 @@ void qsock_receiver_release(qsock_buffer *buffer);
 // Closes the receiver: answers every message still queued with a return, stops
 // reading, closes the cached fds no buffer still uses, and removes the socket file.
 // Buffers not yet released stay valid; release them as usual. No other call on this
-// receiver may be in progress, and none may follow. NULL is a no-op. Never blocks.
+// receiver may be in progress (`qsock_receiver_interrupt` one first if a thread waits
+// in `qsock_receiver_recv_buffer`), and none may follow. NULL is a no-op. Never blocks.
 void qsock_receiver_close(qsock_receiver *receiver);
 
 // An fd to put in the app's event loop: it polls readable (POLLIN) whenever
@@ -528,12 +549,24 @@ qsock_status qsock_sender_send(qsock_sender *sender, const qsock_send_buffer *bu
 qsock_status qsock_sender_send_eos(qsock_sender *sender);
 
 // Waits up to `timeout_ms` (negative: for ever; 0: just look) for what the receiver
-// says next: `QSOCK_OK` with `*event_out` filled, `QSOCK_TIMEOUT`, or
-// `QSOCK_RECEIVER_GONE` (nothing outstanding will come back: all memory is yours again).
-// What `qsock_sender_send` read while it waited for room comes first, in order. Every
-// status but `QSOCK_OK` leaves `*event_out` unchanged and says why in
-// `qsock_last_error()`.
+// says next: `QSOCK_OK` with `*event_out` filled, `QSOCK_TIMEOUT`, `QSOCK_INTERRUPTED`
+// (`qsock_sender_interrupt` was called), or `QSOCK_RECEIVER_GONE` (nothing outstanding
+// will come back: all memory is yours again). What `qsock_sender_send` read while it
+// waited for room comes first, in order. Every status but `QSOCK_OK` leaves
+// `*event_out` unchanged and says why in `qsock_last_error()`.
+//
+// Signals: a signal that arrives while it waits does not end the wait (it goes on for
+// the time left after the handler ran). To end it from a signal handler, or from
+// another thread, call `qsock_sender_interrupt`.
 qsock_status qsock_sender_next_event(qsock_sender *sender, int32_t timeout_ms, qsock_sender_event *event_out);
+
+// Makes a `qsock_sender_next_event` waiting on `sender` return `QSOCK_INTERRUPTED` at
+// once; when none waits, the next one that would wait returns it instead (an interrupt
+// is never lost, and several before a wait count as one). A call that finds an event
+// ready returns the event first. Safe from any thread, also while another waits in
+// `qsock_sender_next_event`, and from a signal handler (it writes to an eventfd, and
+// does nothing else when `sender` is valid). `sender` must stay open meanwhile.
+qsock_status qsock_sender_interrupt(const qsock_sender *sender);
 
 // Memory blocks sent and not yet returned (0 for NULL). Returns that `qsock_sender_send`
 // read while it waited count as returned already, before `qsock_sender_next_event`

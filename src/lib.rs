@@ -18,7 +18,7 @@ pub use receiver::{
     Event, Interrupter, PeerCredentials, ReceivedBuffer, Receiver, ReceiverHandle, ReceiverOptions, ReceiverStats,
     DEFAULT_SOCKET_MODE,
 };
-pub use sender::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent};
+pub use sender::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent, SenderInterrupter, Waited};
 /// The vendor's meta layouts (`GstMLTensorMeta`, `GstVideoClassificationMeta`,
 /// `GstVideoLandmarksMeta` and their array elements) as the elements read and write them:
 /// for the tests, which register and read those metas as the vendor's libraries do. Not a

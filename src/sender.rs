@@ -10,8 +10,9 @@
 //! order, for [`Sender::next_event`].
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{
@@ -60,6 +61,28 @@ pub enum SenderEvent {
     ReceiverGone,
 }
 
+/// How [`Sender::wait_event`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Waited {
+    Event(SenderEvent),
+    Timeout,
+    /// [`SenderInterrupter::interrupt`] was called.
+    Interrupted,
+}
+
+/// Makes a [`Sender::wait_event`] in progress (or the next one that would wait) return
+/// [`Waited::Interrupted`]. Cheap to clone; usable from any thread, and from a signal
+/// handler (it is one `write` to an eventfd).
+#[derive(Debug, Clone)]
+pub struct SenderInterrupter(Arc<OwnedFd>);
+
+impl SenderInterrupter {
+    pub fn interrupt(&self) {
+        // An eventfd write only fails when the counter would overflow: already woken.
+        let _ = rustix::io::write(&*self.0, &1u64.to_ne_bytes());
+    }
+}
+
 /// Identity of the object behind an fd, to notice a buf_id (an fd number) reused for
 /// another object.
 type ObjectId = (u64, u64);
@@ -84,6 +107,8 @@ pub struct Sender {
     /// `next_event`. At most one entry per message the receiver sent: returns (one per
     /// buffer sent), DISCONNECT, the hang-up, or the error that ended reading.
     taken_in: VecDeque<Result<SenderEvent, Error>>,
+    /// Readable when [`SenderInterrupter::interrupt`] was called.
+    wake: Arc<OwnedFd>,
 }
 
 fn invalid(reason: String) -> Error {
@@ -94,8 +119,10 @@ impl Sender {
     /// Connects to a receiver listening at `path` (one attempt).
     pub fn connect(path: impl AsRef<Path>) -> Result<Sender, Error> {
         let path = path.as_ref();
-        let connection = Connection::connect(path)
-            .map_err(|source| Error::Io { what: format!("connecting to the receiver at {}", path.display()), source })?;
+        let io = |source| Error::Io { what: format!("connecting to the receiver at {}", path.display()), source };
+        let connection = Connection::connect(path).map_err(io)?;
+        let flags = rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK;
+        let wake = rustix::event::eventfd(0, flags).map_err(|e| io(e.into()))?;
         Ok(Sender {
             connection,
             reader: MessageReader::default(),
@@ -105,7 +132,13 @@ impl Sender {
             fds_sent: 0,
             buffers_sent: 0,
             taken_in: VecDeque::new(),
+            wake: Arc::new(wake),
         })
+    }
+
+    /// A handle that interrupts [`Sender::wait_event`] from another thread.
+    pub fn interrupter(&self) -> SenderInterrupter {
+        SenderInterrupter(self.wake.clone())
     }
 
     /// Connects, retrying every 10 ms (as the deployed sender does) until `timeout`.
@@ -258,20 +291,35 @@ impl Sender {
     }
 
     /// Waits up to `timeout` (`None`: for ever) for what the receiver says next.
-    /// `Ok(None)` on timeout. What a send took in comes first.
+    /// `Ok(None)` on timeout, and when interrupted ([`Sender::wait_event`] tells them apart).
     pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<SenderEvent>, Error> {
+        Ok(match self.wait_event(timeout)? {
+            Waited::Event(event) => Some(event),
+            Waited::Timeout | Waited::Interrupted => None,
+        })
+    }
+
+    /// Waits up to `timeout` (`None`: for ever) for what the receiver says next, or for
+    /// [`SenderInterrupter::interrupt`]. What a send took in comes first. A signal does not
+    /// end the wait: it goes on for the time left.
+    pub fn wait_event(&mut self, timeout: Option<Duration>) -> Result<Waited, Error> {
         if let Some(taken_in) = self.taken_in.pop_front() {
-            return taken_in.map(Some);
+            return taken_in.map(Waited::Event);
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             if let Some(event) = self.read_event()? {
-                return Ok(Some(event));
+                return Ok(Waited::Event(event));
+            }
+            // Checked only before waiting: no syscall on the path of a ready message.
+            let mut count = [0u8; 8];
+            if rustix::io::read(&*self.wake, &mut count).is_ok() {
+                return Ok(Waited::Interrupted);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(None);
+                return Ok(Waited::Timeout);
             }
-            wait(self.connection.as_fd(), Want::Read, None, deadline)
+            wait(self.connection.as_fd(), Want::Read, Some(self.wake.as_fd()), deadline)
                 .map_err(|source| Error::Io { what: "waiting for the receiver".into(), source })?;
         }
     }

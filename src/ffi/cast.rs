@@ -4,7 +4,7 @@
 //! type) is the caller's side of the contract each function documents in the header.
 //!
 //! Handles (`qsock_receiver`, `qsock_sender`, `qsock_buffer`) are `Box`es: [`give_out`]
-//! turns one into the pointer C holds, [`handle`] and [`handle_mut`] borrow it for a
+//! turns one into the pointer C holds, [`handle`] borrows it for a
 //! call, and [`free`] takes it back, once, in the one function that frees it.
 
 use std::ffi::{c_char, CStr, OsStr};
@@ -29,12 +29,6 @@ pub(crate) fn give_out<T: Handle>(out: *mut *mut T, name: &str, make: impl FnOnc
 /// Borrows the handle `ptr` for the call.
 pub(crate) fn handle<'a, T: Handle>(ptr: *const T, name: &str) -> Result<&'a T, Failure> {
     arg(ptr, name)
-}
-
-/// Borrows the handle `ptr` for the call, exclusively: for handles documented as used
-/// from one thread at a time.
-pub(crate) fn handle_mut<'a, T: Handle>(ptr: *mut T, name: &str) -> Result<&'a mut T, Failure> {
-    arg_mut(ptr, name)
 }
 
 /// Takes back a handle [`give_out`] made, and drops it. NULL is a no-op.

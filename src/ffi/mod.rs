@@ -46,6 +46,7 @@ pub extern "C" fn qsock_status_name(status: c_int) -> *const c_char {
         Some(QSOCK_INTERNAL_ERROR) => c"QSOCK_INTERNAL_ERROR",
         Some(QSOCK_RECEIVER_GONE) => c"QSOCK_RECEIVER_GONE",
         Some(QSOCK_SENDER_REFUSED) => c"QSOCK_SENDER_REFUSED",
+        Some(QSOCK_INTERRUPTED) => c"QSOCK_INTERRUPTED",
     };
     name.as_ptr()
 }

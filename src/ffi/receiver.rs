@@ -11,7 +11,7 @@ use crate::{Event, Receiver, ReceiverHandle, ReceiverOptions, DEFAULT_SOCKET_MOD
 
 /// A receiver: the listening socket, the connected sender and its cached fds. Opaque.
 /// Receive from one thread at a time; buffers it gives out may be released from any
-/// thread, and its fd, counters and DISCONNECT are reachable from any thread too.
+/// thread, and its fd, counters, DISCONNECT and interrupt are reachable from any thread too.
 pub struct qsock_receiver {
     /// Locked by `qsock_receiver_recv_buffer` for as long as it waits, and by nothing
     /// else: two threads receiving on one receiver take turns.
@@ -105,7 +105,12 @@ fn open(socket_path: *const c_char, options: &ReceiverOptions, receiver_out: *mu
 /// `QSOCK_TIMEOUT`, `QSOCK_EOS`, `QSOCK_SENDER_GONE` (call again to wait for the next
 /// sender), `QSOCK_PROTOCOL_ERROR` (one message rejected; call again to go on),
 /// `QSOCK_SENDER_REFUSED` (a sender of a uid not allowed was disconnected; call again to
-/// go on), or an error. Calls on one receiver from several threads take turns.
+/// go on), `QSOCK_INTERRUPTED` (`qsock_receiver_interrupt` was called), or an error.
+/// Calls on one receiver from several threads take turns.
+///
+/// Signals: a signal that arrives while it waits does not end the wait (it goes on for
+/// the time left after the handler ran). To end it from a signal handler, or from
+/// another thread, call `qsock_receiver_interrupt`.
 ///
 /// What it waits for is the sender: the sender, in turn, blocks in `qsock_sender_send`
 /// (at most 2 s, then it gives up on this receiver) while this receiver does not read.
@@ -136,9 +141,27 @@ pub extern "C" fn qsock_receiver_recv_buffer(
                     format!("the sender on {path} closed the connection; the next call waits for a new sender"),
                 )),
                 Event::Timeout => Err(Failure::new(QSOCK_TIMEOUT, format!("nothing arrived on {path} within {timeout_ms} ms"))),
-                Event::Interrupted => Err(Failure::new(QSOCK_TIMEOUT, format!("the wait on {path} was interrupted"))),
+                Event::Interrupted => Err(Failure::new(
+                    QSOCK_INTERRUPTED,
+                    format!("the wait on {path} was interrupted (qsock_receiver_interrupt)"),
+                )),
             };
         }
+    })
+}
+
+/// Makes a `qsock_receiver_recv_buffer` waiting on `receiver` return `QSOCK_INTERRUPTED`
+/// at once; when none waits, the next one that would wait returns it instead (an
+/// interrupt is never lost, and several before a wait count as one). A call that finds
+/// a buffer ready returns the buffer first. Safe from any thread, also while another
+/// waits in `qsock_receiver_recv_buffer`, and from a signal handler (it writes to an
+/// eventfd, and does nothing else when `receiver` is valid). `receiver` must stay open
+/// meanwhile.
+#[no_mangle]
+pub extern "C" fn qsock_receiver_interrupt(receiver: *const qsock_receiver) -> qsock_status {
+    call(|| {
+        handle(receiver, "receiver")?.handle.interrupt();
+        Ok(())
     })
 }
 
@@ -165,7 +188,8 @@ pub extern "C" fn qsock_receiver_release(buffer: *mut qsock_buffer) {
 /// Closes the receiver: answers every message still queued with a return, stops
 /// reading, closes the cached fds no buffer still uses, and removes the socket file.
 /// Buffers not yet released stay valid; release them as usual. No other call on this
-/// receiver may be in progress, and none may follow. NULL is a no-op. Never blocks.
+/// receiver may be in progress (`qsock_receiver_interrupt` one first if a thread waits
+/// in `qsock_receiver_recv_buffer`), and none may follow. NULL is a no-op. Never blocks.
 
 #[no_mangle]
 pub extern "C" fn qsock_receiver_close(receiver: *mut qsock_receiver) {

@@ -3,6 +3,7 @@
 
 use std::ffi::{c_char, c_int, CString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::*;
@@ -10,14 +11,32 @@ use crate::protocol::{
     ClassLabel, ClassMeta, FramePayload, Keypoint, LandmarksMeta, Link, MemoryBlock, Metas, ProtectionMeta, RoiMeta,
     TensorPayload, TextPayload,
 };
-use crate::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent};
+use crate::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent, SenderInterrupter, Waited};
 
-/// A connection to a receiver. Opaque. Use it from one thread at a time.
+/// A connection to a receiver. Opaque. Use it from one thread at a time, except
+/// `qsock_sender_interrupt`, which any thread (or a signal handler) may call at any time.
 pub struct qsock_sender {
-    sender: Sender,
+    /// Locked by every call but `qsock_sender_interrupt` (the calls on one sender take
+    /// turns; none is meant to overlap another anyway).
+    sender: Mutex<Sender>,
+    interrupter: SenderInterrupter,
+    /// The socket's fd: the same for the sender's whole life, so read without the lock.
+    poll_fd: c_int,
 }
 
 impl Handle for qsock_sender {}
+const _: fn() = || {
+    fn sync<T: Sync>() {}
+    sync::<qsock_sender>();
+};
+
+impl qsock_sender {
+    /// The sender, once a call in progress on another thread is done. A panic caught in
+    /// an earlier call leaves it usable: the lock guards no invariant.
+    fn lock(&self) -> MutexGuard<'_, Sender> {
+        self.sender.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// Meta payloads that fit in one message: a count past these is refused before its
 /// array is read (the whole description is checked against QSOCK_MAX_MESSAGE later).
@@ -179,7 +198,11 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
 pub extern "C" fn qsock_sender_connect(socket_path: *const c_char, sender_out: *mut *mut qsock_sender) -> qsock_status {
     call(|| {
         let path = path(socket_path, "socket_path")?;
-        give_out(sender_out, "sender_out", || Ok(qsock_sender { sender: Sender::connect(path)? }))
+        give_out(sender_out, "sender_out", || {
+            let sender = Sender::connect(path)?;
+            let (interrupter, poll_fd) = (sender.interrupter(), sender.as_fd().as_raw_fd());
+            Ok(qsock_sender { sender: Mutex::new(sender), interrupter, poll_fd })
+        })
     })
 }
 
@@ -201,7 +224,7 @@ pub extern "C" fn qsock_sender_connect(socket_path: *const c_char, sender_out: *
 #[no_mangle]
 pub extern "C" fn qsock_sender_send(sender: *mut qsock_sender, buffer: *const qsock_send_buffer) -> qsock_status {
     call(|| {
-        let sender = handle_mut(sender, "sender")?;
+        let sender = handle(sender, "sender")?;
         let buffer = arg(buffer, "buffer")?;
         // The enum and the counts first: nothing is read on their word before they are checked.
         let kind = qsock_kind::from_c(buffer.kind).ok_or_else(|| {
@@ -235,22 +258,26 @@ pub extern "C" fn qsock_sender_send(sender: *mut qsock_sender, buffer: *const qs
             pooled: buffer.pooled,
             metas: metas(buffer)?,
         };
-        Ok(sender.sender.send(&outgoing)?)
+        Ok(sender.lock().send(&outgoing)?)
     })
 }
 
 /// Sends EOS: the receiver ends its stream. Blocks as `qsock_sender_send` does.
 #[no_mangle]
 pub extern "C" fn qsock_sender_send_eos(sender: *mut qsock_sender) -> qsock_status {
-    call(|| Ok(handle_mut(sender, "sender")?.sender.send_eos()?))
+    call(|| Ok(handle(sender, "sender")?.lock().send_eos()?))
 }
 
 /// Waits up to `timeout_ms` (negative: for ever; 0: just look) for what the receiver
-/// says next: `QSOCK_OK` with `*event_out` filled, `QSOCK_TIMEOUT`, or
-/// `QSOCK_RECEIVER_GONE` (nothing outstanding will come back: all memory is yours again).
-/// What `qsock_sender_send` read while it waited for room comes first, in order. Every
-/// status but `QSOCK_OK` leaves `*event_out` unchanged and says why in
-/// `qsock_last_error()`.
+/// says next: `QSOCK_OK` with `*event_out` filled, `QSOCK_TIMEOUT`, `QSOCK_INTERRUPTED`
+/// (`qsock_sender_interrupt` was called), or `QSOCK_RECEIVER_GONE` (nothing outstanding
+/// will come back: all memory is yours again). What `qsock_sender_send` read while it
+/// waited for room comes first, in order. Every status but `QSOCK_OK` leaves
+/// `*event_out` unchanged and says why in `qsock_last_error()`.
+///
+/// Signals: a signal that arrives while it waits does not end the wait (it goes on for
+/// the time left after the handler ran). To end it from a signal handler, or from
+/// another thread, call `qsock_sender_interrupt`.
 #[no_mangle]
 pub extern "C" fn qsock_sender_next_event(
     sender: *mut qsock_sender,
@@ -258,18 +285,23 @@ pub extern "C" fn qsock_sender_next_event(
     event_out: *mut qsock_sender_event,
 ) -> qsock_status {
     call(|| {
-        let sender = handle_mut(sender, "sender")?;
+        let sender = handle(sender, "sender")?;
         arg_mut(event_out, "event_out")?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
         let mut event = qsock_sender_event { type_: qsock_event_type::QSOCK_EVENT_RETURN, n_buf_ids: 0, buf_ids: [-1; QSOCK_MAX_BLOCKS] };
-        match sender.sender.next_event(timeout)? {
-            None => return Err(Failure::new(QSOCK_TIMEOUT, format!("the receiver said nothing within {timeout_ms} ms"))),
-            Some(SenderEvent::ReceiverGone) => {
+        match sender.lock().wait_event(timeout)? {
+            Waited::Timeout => {
+                return Err(Failure::new(QSOCK_TIMEOUT, format!("the receiver said nothing within {timeout_ms} ms")));
+            }
+            Waited::Interrupted => {
+                return Err(Failure::new(QSOCK_INTERRUPTED, "the wait was interrupted (qsock_sender_interrupt)"));
+            }
+            Waited::Event(SenderEvent::ReceiverGone) => {
                 let message = "the receiver closed the connection: nothing outstanding will come back, all its memory is yours again";
                 return Err(Failure::new(QSOCK_RECEIVER_GONE, message));
             }
-            Some(SenderEvent::Disconnect) => event.type_ = qsock_event_type::QSOCK_EVENT_DISCONNECT,
-            Some(SenderEvent::Returned(ids)) => {
+            Waited::Event(SenderEvent::Disconnect) => event.type_ = qsock_event_type::QSOCK_EVENT_DISCONNECT,
+            Waited::Event(SenderEvent::Returned(ids)) => {
                 event.n_buf_ids = ids.len();
                 event.buf_ids[..ids.len()].copy_from_slice(&ids);
             }
@@ -278,12 +310,26 @@ pub extern "C" fn qsock_sender_next_event(
     })
 }
 
+/// Makes a `qsock_sender_next_event` waiting on `sender` return `QSOCK_INTERRUPTED` at
+/// once; when none waits, the next one that would wait returns it instead (an interrupt
+/// is never lost, and several before a wait count as one). A call that finds an event
+/// ready returns the event first. Safe from any thread, also while another waits in
+/// `qsock_sender_next_event`, and from a signal handler (it writes to an eventfd, and
+/// does nothing else when `sender` is valid). `sender` must stay open meanwhile.
+#[no_mangle]
+pub extern "C" fn qsock_sender_interrupt(sender: *const qsock_sender) -> qsock_status {
+    call(|| {
+        handle(sender, "sender")?.interrupter.interrupt();
+        Ok(())
+    })
+}
+
 /// Memory blocks sent and not yet returned (0 for NULL). Returns that `qsock_sender_send`
 /// read while it waited count as returned already, before `qsock_sender_next_event`
 /// reports them.
 #[no_mangle]
 pub extern "C" fn qsock_sender_in_flight(sender: *const qsock_sender) -> usize {
-    boundary(|| Ok(handle(sender, "sender")?.sender.in_flight()))
+    boundary(|| Ok(handle(sender, "sender")?.lock().in_flight()))
 }
 
 /// An fd for the app's event loop: polls readable when `qsock_sender_next_event` has
@@ -292,7 +338,7 @@ pub extern "C" fn qsock_sender_in_flight(sender: *const qsock_sender) -> usize {
 /// `sender` is NULL.
 #[no_mangle]
 pub extern "C" fn qsock_sender_get_fd(sender: *const qsock_sender) -> c_int {
-    boundary(|| Ok(handle(sender, "sender")?.sender.as_fd().as_raw_fd()))
+    boundary(|| Ok(handle(sender, "sender")?.poll_fd))
 }
 
 /// Closes the connection and frees the sender. Buffers not yet returned never will be:

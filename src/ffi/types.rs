@@ -83,11 +83,13 @@ pub enum qsock_status {
     /// A sender connected whose uid is not in the receiver's allowed uids: it was
     /// disconnected. The next receive goes on waiting for an allowed sender.
     QSOCK_SENDER_REFUSED = 10,
+    /// The wait was ended by `qsock_receiver_interrupt` or `qsock_sender_interrupt`.
+    QSOCK_INTERRUPTED = 11,
 }
 
 impl qsock_status {
     /// Every status, in order of value.
-    pub(crate) const ALL: [qsock_status; 11] = [
+    pub(crate) const ALL: [qsock_status; 12] = [
         qsock_status::QSOCK_OK,
         qsock_status::QSOCK_TIMEOUT,
         qsock_status::QSOCK_EOS,
@@ -99,6 +101,7 @@ impl qsock_status {
         qsock_status::QSOCK_INTERNAL_ERROR,
         qsock_status::QSOCK_RECEIVER_GONE,
         qsock_status::QSOCK_SENDER_REFUSED,
+        qsock_status::QSOCK_INTERRUPTED,
     ];
 }
 
