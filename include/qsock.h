@@ -43,6 +43,13 @@
  * other for ever. The receiving app must keep calling qsock_receiver_recv_buffer (or
  * send DISCONNECT before it stops): a sender gives up on a receiver that has not read
  * for 2 s while its socket is full.
+ *
+ * fork(): a child inherits copies of the parent's handles. It may only close them
+ * (qsock_receiver_close, qsock_sender_close) and release inherited buffers
+ * (qsock_receiver_release): that closes the child's copies of the fds and nothing else
+ * (no socket file removed, no message sent, no connection shut down), and the parent's
+ * handles go on working. Every other call on an inherited handle is refused with
+ * QSOCK_INVALID_ARGUMENT. A child that wants a connection of its own opens one.
  */
 
 #ifndef QSOCK_H
@@ -495,6 +502,9 @@ qsock_status qsock_receiver_interrupt(const qsock_receiver *receiver);
 // most one return per buffer the sender has out. What is still queued when the process
 // exits is lost with its socket: the sender then sees the receiver gone, which gives it
 // all its memory back as well.
+//
+// In a forked child, releasing an inherited buffer closes the child's copies of its fds
+// only: the parent's copy of the buffer is the one that returns it.
 void qsock_receiver_release(qsock_buffer *buffer);
 
 // Closes the receiver: answers every message still queued with a return, stops
@@ -502,6 +512,12 @@ void qsock_receiver_release(qsock_buffer *buffer);
 // Buffers not yet released stay valid; release them as usual. No other call on this
 // receiver may be in progress (`qsock_receiver_interrupt` one first if a thread waits
 // in `qsock_receiver_recv_buffer`), and none may follow. NULL is a no-op. Never blocks.
+//
+// After fork: in a process other than the one that opened it, close releases only
+// that process's copies (its fds): it removes no file, sends nothing and shuts nothing
+// down, and the parent's receiver goes on. It is the only call a forked child may make
+// on an inherited receiver, with `qsock_receiver_release` on inherited buffers; every
+// other is `QSOCK_INVALID_ARGUMENT`.
 void qsock_receiver_close(qsock_receiver *receiver);
 
 // An fd to put in the app's event loop: it polls readable (POLLIN) whenever
@@ -568,9 +584,9 @@ qsock_status qsock_sender_next_event(qsock_sender *sender, int32_t timeout_ms, q
 // does nothing else when `sender` is valid). `sender` must stay open meanwhile.
 qsock_status qsock_sender_interrupt(const qsock_sender *sender);
 
-// Memory blocks sent and not yet returned (0 for NULL). Returns that `qsock_sender_send`
-// read while it waited count as returned already, before `qsock_sender_next_event`
-// reports them.
+// Memory blocks sent and not yet returned (0 for NULL, and in a forked child). Returns
+// that `qsock_sender_send` read while it waited count as returned already, before
+// `qsock_sender_next_event` reports them.
 size_t qsock_sender_in_flight(const qsock_sender *sender);
 
 // An fd for the app's event loop: polls readable when `qsock_sender_next_event` has
@@ -580,7 +596,8 @@ size_t qsock_sender_in_flight(const qsock_sender *sender);
 int qsock_sender_get_fd(const qsock_sender *sender);
 
 // Closes the connection and frees the sender. Buffers not yet returned never will be:
-// their memory is the caller's again. NULL is a no-op.
+// their memory is the caller's again. NULL is a no-op. In a forked child it closes the
+// child's copy of the socket only: the parent's connection goes on.
 void qsock_sender_close(qsock_sender *sender);
 
 #ifdef __cplusplus

@@ -124,6 +124,10 @@ struct Active {
 /// `current` is locked only when a sender comes or goes and by other threads' reads:
 /// never on the per-buffer path.
 struct Shared {
+    /// The process that bound the receiver. A forked child's copies of the receiver and
+    /// its buffers never speak on the connection nor touch the socket file: closing them
+    /// closes that process's fds, nothing more.
+    pid: rustix::process::Pid,
     counters: Counters,
     wake: OwnedFd,
     current: Mutex<Option<Current>>,
@@ -142,6 +146,11 @@ impl Shared {
     fn current(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
         // Only plain assignments happen under this lock: a poisoned one is still consistent.
         self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether this is the process that bound the receiver (not a forked child).
+    fn in_owner_process(&self) -> bool {
+        rustix::process::getpid() == self.pid
     }
 }
 
@@ -162,6 +171,11 @@ const TOKEN_PATH: u64 = 4;
 /// only while something is queued) sends what is queued as soon as the sender reads,
 /// whether or not `recv` is ever called again. The queue holds at most one return per
 /// buffer the sender has out with us.
+///
+/// After `fork`, the child's copy of a receiver (and of its buffers) is inert: dropping
+/// it closes the child's fds only, and sends nothing, shuts nothing down and removes no
+/// file; the parent's receiver goes on unaffected. Only the process that bound the
+/// receiver may receive with it.
 ///
 /// The socket file is watched (inotify on its directory): when it is removed, as the
 /// deployed sender does when it handles DISCONNECT, the receiver binds the path again
@@ -209,6 +223,7 @@ impl Receiver {
             poller,
             path_watch,
             shared: Arc::new(Shared {
+                pid: rustix::process::getpid(),
                 counters: Counters::default(),
                 wake,
                 current: Mutex::new(None),
@@ -498,6 +513,10 @@ impl AsFd for Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
+        if !self.shared.in_owner_process() {
+            // A forked child's copy: its fds close as the fields drop, and that is all.
+            return;
+        }
         self.answer_queued_messages();
         self.end_connection();
     }
@@ -570,6 +589,10 @@ struct Returner {
 
 impl Returner {
     fn send_return(&self, buf_ids: &[i32]) {
+        if !self.shared.in_owner_process() {
+            // A forked child's copy of the buffer: the parent's copy returns it.
+            return;
+        }
         let Some(ret) = ReturnMessage::new(buf_ids) else { return };
         // A failure means the sender is gone: nobody is left to give the buffer back to.
         if send_without_waiting(&self.connection, &ReceiverMessage::Return(ret).encode()).is_ok() {

@@ -84,10 +84,12 @@ fn seqpacket_socket() -> io::Result<OwnedFd> {
     )?)
 }
 
-/// The receiver's listening socket. Removes its socket file when dropped.
+/// The receiver's listening socket. Removes its socket file when dropped, in the process
+/// that bound it only (a forked child's copy leaves it to the parent).
 pub struct Listener {
     fd: OwnedFd,
     path: PathBuf,
+    pid: rustix::process::Pid,
     /// Identity of the socket file we created, so that we never remove a file that
     /// somebody else put at the path after us.
     file_id: (u64, u64),
@@ -115,7 +117,8 @@ impl Listener {
         let addr = SocketAddrUnix::new(path).map_err(|e| io_error("building the address of", e.into()))?;
         rustix::net::bind(&fd, &addr).map_err(|e| io_error("binding", e.into()))?;
         let stat = rustix::fs::stat(path).map_err(|e| io_error("inspecting", e.into()))?;
-        let listener = Listener { fd, path: path.to_owned(), file_id: (stat.st_dev, stat.st_ino) };
+        let pid = rustix::process::getpid();
+        let listener = Listener { fd, path: path.to_owned(), pid, file_id: (stat.st_dev, stat.st_ino) };
         // The umask may have taken bits the caller asked for; nobody can connect before
         // listen(), so setting them now opens no window.
         rustix::fs::chmod(path, mode).map_err(|e| io_error("setting the mode of", e.into()))?;
@@ -150,7 +153,7 @@ impl AsFd for Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if self.is_path_ours() {
+        if rustix::process::getpid() == self.pid && self.is_path_ours() {
             let _ = std::fs::remove_file(&self.path);
         }
     }

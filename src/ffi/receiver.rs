@@ -5,7 +5,10 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use rustix::process::Pid;
+
 use super::buffer::qsock_buffer;
+use super::sender::forked;
 use super::*;
 use crate::{Event, Receiver, ReceiverHandle, ReceiverOptions, DEFAULT_SOCKET_MODE};
 
@@ -21,6 +24,8 @@ pub struct qsock_receiver {
     handle: ReceiverHandle,
     /// The receiver's event-loop fd: the same for its whole life, so read without the lock.
     poll_fd: c_int,
+    /// The process that opened it: after fork, the child may only close its copy.
+    pid: Pid,
 }
 
 impl Handle for qsock_receiver {}
@@ -34,7 +39,17 @@ const _: fn() = || {
 impl qsock_receiver {
     fn new(receiver: Receiver) -> qsock_receiver {
         let poll_fd = receiver.as_fd().as_raw_fd();
-        qsock_receiver { handle: receiver.handle(), receiver: Mutex::new(receiver), poll_fd }
+        let pid = rustix::process::getpid();
+        qsock_receiver { handle: receiver.handle(), receiver: Mutex::new(receiver), poll_fd, pid }
+    }
+
+    /// Refuses a call from a forked child: only the process that opened the receiver
+    /// may use it.
+    fn check_process(&self) -> Result<&qsock_receiver, Failure> {
+        match rustix::process::getpid() == self.pid {
+            true => Ok(self),
+            false => Err(forked(self.pid, "receiver", "qsock_receiver_close")),
+        }
     }
 
     /// The receiver, once a `recv_buffer` in progress on another thread is done. A panic
@@ -42,6 +57,11 @@ impl qsock_receiver {
     fn lock(&self) -> MutexGuard<'_, Receiver> {
         self.receiver.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The receiver's handle for a call, from the process that opened it.
+fn receiver_arg<'a>(receiver: *const qsock_receiver) -> Result<&'a qsock_receiver, Failure> {
+    handle(receiver, "receiver")?.check_process()
 }
 
 /// Fills `*options` with the defaults: socket mode 0600, no uid allow-list.
@@ -125,7 +145,7 @@ pub extern "C" fn qsock_receiver_recv_buffer(
     call(|| {
         // Set first, so that it is NULL on every path that fails.
         write_out(buffer_out, "buffer_out", std::ptr::null_mut())?;
-        let receiver = handle(receiver, "receiver")?;
+        let receiver = receiver_arg(receiver)?;
         let deadline = u64::try_from(timeout_ms).ok().map(|ms| Instant::now() + Duration::from_millis(ms));
         let mut receiver = receiver.lock();
         loop {
@@ -160,7 +180,7 @@ pub extern "C" fn qsock_receiver_recv_buffer(
 #[no_mangle]
 pub extern "C" fn qsock_receiver_interrupt(receiver: *const qsock_receiver) -> qsock_status {
     call(|| {
-        handle(receiver, "receiver")?.handle.interrupt();
+        receiver_arg(receiver)?.handle.interrupt();
         Ok(())
     })
 }
@@ -176,7 +196,9 @@ pub extern "C" fn qsock_receiver_interrupt(receiver: *const qsock_receiver) -> q
 /// most one return per buffer the sender has out. What is still queued when the process
 /// exits is lost with its socket: the sender then sees the receiver gone, which gives it
 /// all its memory back as well.
-
+///
+/// In a forked child, releasing an inherited buffer closes the child's copies of its fds
+/// only: the parent's copy of the buffer is the one that returns it.
 #[no_mangle]
 pub extern "C" fn qsock_receiver_release(buffer: *mut qsock_buffer) {
     boundary(|| {
@@ -190,7 +212,12 @@ pub extern "C" fn qsock_receiver_release(buffer: *mut qsock_buffer) {
 /// Buffers not yet released stay valid; release them as usual. No other call on this
 /// receiver may be in progress (`qsock_receiver_interrupt` one first if a thread waits
 /// in `qsock_receiver_recv_buffer`), and none may follow. NULL is a no-op. Never blocks.
-
+///
+/// After fork: in a process other than the one that opened it, close releases only
+/// that process's copies (its fds): it removes no file, sends nothing and shuts nothing
+/// down, and the parent's receiver goes on. It is the only call a forked child may make
+/// on an inherited receiver, with `qsock_receiver_release` on inherited buffers; every
+/// other is `QSOCK_INVALID_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn qsock_receiver_close(receiver: *mut qsock_receiver) {
     boundary(|| {
@@ -205,7 +232,7 @@ pub extern "C" fn qsock_receiver_close(receiver: *mut qsock_receiver) {
 /// Safe from any thread, also while another waits in `qsock_receiver_recv_buffer`.
 #[no_mangle]
 pub extern "C" fn qsock_receiver_get_fd(receiver: *const qsock_receiver) -> c_int {
-    boundary(|| Ok(handle(receiver, "receiver")?.poll_fd))
+    boundary(|| Ok(receiver_arg(receiver)?.poll_fd))
 }
 
 /// Sends DISCONNECT to the sender, as the deployed receiver does when it pauses: the
@@ -215,7 +242,7 @@ pub extern "C" fn qsock_receiver_get_fd(receiver: *const qsock_receiver) -> c_in
 /// is full, DISCONNECT is queued with the returns.
 #[no_mangle]
 pub extern "C" fn qsock_receiver_send_disconnect(receiver: *mut qsock_receiver) -> qsock_status {
-    call(|| match handle(receiver, "receiver")?.handle.send_disconnect()? {
+    call(|| match receiver_arg(receiver)?.handle.send_disconnect()? {
         true => Ok(()),
         false => Err(Failure::new(QSOCK_SENDER_GONE, "no sender is connected: there is none to send DISCONNECT to")),
     })
@@ -227,7 +254,7 @@ pub extern "C" fn qsock_receiver_send_disconnect(receiver: *mut qsock_receiver) 
 #[no_mangle]
 pub extern "C" fn qsock_receiver_get_stats(receiver: *const qsock_receiver, stats_out: *mut qsock_receiver_stats) -> qsock_status {
     call(|| {
-        let s = handle(receiver, "receiver")?.handle.stats();
+        let s = receiver_arg(receiver)?.handle.stats();
         let stats = qsock_receiver_stats {
             buffers: s.buffers,
             bytes_described: s.bytes_described,

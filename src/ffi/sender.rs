@@ -6,6 +6,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use rustix::process::Pid;
+
 use super::*;
 use crate::protocol::{
     ClassLabel, ClassMeta, FramePayload, Keypoint, LandmarksMeta, Link, MemoryBlock, Metas, ProtectionMeta, RoiMeta,
@@ -22,6 +24,8 @@ pub struct qsock_sender {
     interrupter: SenderInterrupter,
     /// The socket's fd: the same for the sender's whole life, so read without the lock.
     poll_fd: c_int,
+    /// The process that connected: after fork, the child may only close its copy.
+    pid: Pid,
 }
 
 impl Handle for qsock_sender {}
@@ -31,11 +35,22 @@ const _: fn() = || {
 };
 
 impl qsock_sender {
-    /// The sender, once a call in progress on another thread is done. A panic caught in
-    /// an earlier call leaves it usable: the lock guards no invariant.
-    fn lock(&self) -> MutexGuard<'_, Sender> {
-        self.sender.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The sender, for a call from the process that connected it.
+    fn lock(&self) -> Result<MutexGuard<'_, Sender>, Failure> {
+        if rustix::process::getpid() != self.pid {
+            return Err(forked(self.pid, "sender", "qsock_sender_close"));
+        }
+        // A panic caught in an earlier call leaves it usable: the lock guards no invariant.
+        Ok(self.sender.lock().unwrap_or_else(PoisonError::into_inner))
     }
+}
+
+/// The failure of a call on a handle inherited across fork.
+pub(crate) fn forked(pid: Pid, what: &str, close: &str) -> Failure {
+    invalid(format!(
+        "this {what} belongs to process {} and this is a forked child: the child may only {close} its copy",
+        pid.as_raw_nonzero()
+    ))
 }
 
 /// Meta payloads that fit in one message: a count past these is refused before its
@@ -201,7 +216,7 @@ pub extern "C" fn qsock_sender_connect(socket_path: *const c_char, sender_out: *
         give_out(sender_out, "sender_out", || {
             let sender = Sender::connect(path)?;
             let (interrupter, poll_fd) = (sender.interrupter(), sender.as_fd().as_raw_fd());
-            Ok(qsock_sender { sender: Mutex::new(sender), interrupter, poll_fd })
+            Ok(qsock_sender { sender: Mutex::new(sender), interrupter, poll_fd, pid: rustix::process::getpid() })
         })
     })
 }
@@ -258,14 +273,14 @@ pub extern "C" fn qsock_sender_send(sender: *mut qsock_sender, buffer: *const qs
             pooled: buffer.pooled,
             metas: metas(buffer)?,
         };
-        Ok(sender.lock().send(&outgoing)?)
+        Ok(sender.lock()?.send(&outgoing)?)
     })
 }
 
 /// Sends EOS: the receiver ends its stream. Blocks as `qsock_sender_send` does.
 #[no_mangle]
 pub extern "C" fn qsock_sender_send_eos(sender: *mut qsock_sender) -> qsock_status {
-    call(|| Ok(handle(sender, "sender")?.lock().send_eos()?))
+    call(|| Ok(handle(sender, "sender")?.lock()?.send_eos()?))
 }
 
 /// Waits up to `timeout_ms` (negative: for ever; 0: just look) for what the receiver
@@ -289,7 +304,7 @@ pub extern "C" fn qsock_sender_next_event(
         arg_mut(event_out, "event_out")?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
         let mut event = qsock_sender_event { type_: qsock_event_type::QSOCK_EVENT_RETURN, n_buf_ids: 0, buf_ids: [-1; QSOCK_MAX_BLOCKS] };
-        match sender.lock().wait_event(timeout)? {
+        match sender.lock()?.wait_event(timeout)? {
             Waited::Timeout => {
                 return Err(Failure::new(QSOCK_TIMEOUT, format!("the receiver said nothing within {timeout_ms} ms")));
             }
@@ -319,17 +334,21 @@ pub extern "C" fn qsock_sender_next_event(
 #[no_mangle]
 pub extern "C" fn qsock_sender_interrupt(sender: *const qsock_sender) -> qsock_status {
     call(|| {
-        handle(sender, "sender")?.interrupter.interrupt();
+        let sender = handle(sender, "sender")?;
+        if rustix::process::getpid() != sender.pid {
+            return Err(forked(sender.pid, "sender", "qsock_sender_close"));
+        }
+        sender.interrupter.interrupt();
         Ok(())
     })
 }
 
-/// Memory blocks sent and not yet returned (0 for NULL). Returns that `qsock_sender_send`
-/// read while it waited count as returned already, before `qsock_sender_next_event`
-/// reports them.
+/// Memory blocks sent and not yet returned (0 for NULL, and in a forked child). Returns
+/// that `qsock_sender_send` read while it waited count as returned already, before
+/// `qsock_sender_next_event` reports them.
 #[no_mangle]
 pub extern "C" fn qsock_sender_in_flight(sender: *const qsock_sender) -> usize {
-    boundary(|| Ok(handle(sender, "sender")?.lock().in_flight()))
+    boundary(|| Ok(handle(sender, "sender")?.lock()?.in_flight()))
 }
 
 /// An fd for the app's event loop: polls readable when `qsock_sender_next_event` has
@@ -342,7 +361,8 @@ pub extern "C" fn qsock_sender_get_fd(sender: *const qsock_sender) -> c_int {
 }
 
 /// Closes the connection and frees the sender. Buffers not yet returned never will be:
-/// their memory is the caller's again. NULL is a no-op.
+/// their memory is the caller's again. NULL is a no-op. In a forked child it closes the
+/// child's copy of the socket only: the parent's connection goes on.
 #[no_mangle]
 pub extern "C" fn qsock_sender_close(sender: *mut qsock_sender) {
     boundary(|| {
