@@ -13,6 +13,10 @@
 #include <fcntl.h>
 #include <limits.h>
 
+#ifdef DEFAULT_SOCKET_MODE
+#error "the header defines DEFAULT_SOCKET_MODE without the QSOCK_ prefix"
+#endif
+
 static char socket_dir[64];
 static qsock_receiver *rx;
 static qsock_sender *tx;
@@ -211,12 +215,19 @@ static int out_pointers(void) {
     CHECK(buf == NULL, "a timeout left *buffer_out at %p", (void *)buf);
     qsock_receiver *r = (qsock_receiver *)0x1;
     CHECK_STATUS(qsock_receiver_open("", &r), QSOCK_BAD_SOCKET_PATH, "the socket path is empty");
+    CHECK(strstr(qsock_last_error(), "socket path :") == NULL, "reads oddly: %s", qsock_last_error());
     CHECK(r == (qsock_receiver *)0x1, "a failed open changed *receiver_out");
     qsock_sender_event event = {.type_ = QSOCK_EVENT_DISCONNECT, .n_buf_ids = 7};
     CHECK_STATUS(qsock_sender_next_event(tx, 0, &event), QSOCK_TIMEOUT, NULL);
     CHECK(event.type_ == QSOCK_EVENT_DISCONNECT && event.n_buf_ids == 7, "a timeout changed *event_out");
+    qsock_receiver_options options;
+    memset(&options, 0xff, sizeof options);
+    CHECK_STATUS(qsock_receiver_options_init(&options), QSOCK_OK, NULL);
+    CHECK(options.socket_mode == QSOCK_DEFAULT_SOCKET_MODE && options.socket_mode == 0600 &&
+              options.allowed_uids == NULL && options.n_allowed_uids == 0,
+          "defaults: mode %o", options.socket_mode);
     printf("%s - out-pointers: recv_buffer sets *buffer_out to NULL on every failure (a NULL receiver too); "
-           "failed open and next_event leave theirs alone\n",
+           "failed open and next_event leave theirs alone; QSOCK_DEFAULT_SOCKET_MODE\n",
            failures > before ? "not ok" : "ok");
     return failures > before;
 }

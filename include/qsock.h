@@ -61,9 +61,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// The socket file's default mode: read and write for the owner only.
-#define DEFAULT_SOCKET_MODE 384
-
 // `GstClockTime` NONE: a timestamp that is not set.
 #define QSOCK_CLOCK_TIME_NONE UINT64_MAX
 
@@ -105,6 +102,9 @@
 // 4140 (landmarks) bytes; a block 88 (video), 60 (tensor) or 1044 (text); 80 more for
 // the buffer.
 #define QSOCK_MAX_MESSAGE (256 * 1024)
+
+// The socket file's default mode, 0600: read and write for the owner only.
+#define QSOCK_DEFAULT_SOCKET_MODE 384
 
 // What a qsock function reports. Every function that can fail returns one; when it is
 // not `QSOCK_OK`, `qsock_last_error()` says what went wrong, in words. Values may be
@@ -442,7 +442,8 @@ qsock_status qsock_buffer_get_landmarks_meta(const qsock_buffer *buffer, size_t 
 // call on this thread.
 const char *qsock_last_error(void);
 
-// Fills `*options` with the defaults: socket mode 0600, no uid allow-list.
+// Fills `*options` with the defaults: socket mode `QSOCK_DEFAULT_SOCKET_MODE` (0600),
+// no uid allow-list.
 qsock_status qsock_receiver_options_init(qsock_receiver_options *options);
 
 // Creates the socket at `socket_path` and listens for one sender (the deployed
@@ -492,9 +493,9 @@ qsock_status qsock_receiver_recv_buffer(qsock_receiver *receiver, int32_t timeou
 qsock_status qsock_receiver_interrupt(const qsock_receiver *receiver);
 
 // Releases a buffer: its fds are closed (pooled ones stay cached for their next use)
-// and the return goes to the sender, so it can reuse the memory. Safe from any thread,
-// also after the receiver that gave it out was closed. `buffer` must not be used
-// afterwards. NULL is a no-op.
+// and the return goes to the sender, so it can reuse the memory. Call it exactly once
+// per buffer; `buffer` is invalid afterwards. Safe from any thread, also after the
+// receiver that gave it out was closed. NULL is a no-op.
 //
 // Never blocks: when the sender's socket is full (a sender that does not read its
 // returns), the return is queued, and a thread of qsock's sends what is queued as soon
@@ -511,7 +512,8 @@ void qsock_receiver_release(qsock_buffer *buffer);
 // reading, closes the cached fds no buffer still uses, and removes the socket file.
 // Buffers not yet released stay valid; release them as usual. No other call on this
 // receiver may be in progress (`qsock_receiver_interrupt` one first if a thread waits
-// in `qsock_receiver_recv_buffer`), and none may follow. NULL is a no-op. Never blocks.
+// in `qsock_receiver_recv_buffer`). Call it exactly once per receiver; `receiver` is
+// invalid afterwards. NULL is a no-op. Never blocks.
 //
 // After fork: in a process other than the one that opened it, close releases only
 // that process's copies (its fds): it removes no file, sends nothing and shuts nothing
@@ -596,8 +598,9 @@ size_t qsock_sender_in_flight(const qsock_sender *sender);
 int qsock_sender_get_fd(const qsock_sender *sender);
 
 // Closes the connection and frees the sender. Buffers not yet returned never will be:
-// their memory is the caller's again. NULL is a no-op. In a forked child it closes the
-// child's copy of the socket only: the parent's connection goes on.
+// their memory is the caller's again. Call it exactly once per sender; `sender` is
+// invalid afterwards. NULL is a no-op. In a forked child it closes the child's copy of
+// the socket only: the parent's connection goes on.
 void qsock_sender_close(qsock_sender *sender);
 
 #ifdef __cplusplus

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The socket path cannot be used: too long, or taken by something that is not a socket.
-    #[error("socket path {}: {reason}", path.display())]
+    #[error("{}", socket_path_error(path, reason))]
     SocketPath { path: PathBuf, reason: String },
     /// A system call failed.
     #[error("{what}: {source}")]
@@ -47,6 +47,14 @@ pub enum Error {
     /// the receiver goes on listening.
     #[error("refused a sender {}: its uid is not in the allowed uids {allowed_uids:?}", peer.map_or("of unknown credentials".into(), |p| format!("(pid {}, uid {}, gid {})", p.pid, p.uid, p.gid)))]
     SenderRefused { peer: Option<receiver::PeerCredentials>, allowed_uids: Vec<u32> },
+}
+
+/// "socket path P: reason", or the reason alone for an empty path, which it names.
+fn socket_path_error(path: &std::path::Path, reason: &str) -> String {
+    match path.as_os_str().is_empty() {
+        true => reason.to_owned(),
+        false => format!("socket path {}: {reason}", path.display()),
+    }
 }
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {

@@ -37,7 +37,7 @@ fn check_socket_path(path: &Path) -> Result<(), Error> {
     let path_error = |reason: String| Error::SocketPath { path: path.to_owned(), reason };
     let len = path.as_os_str().len();
     if len == 0 {
-        return Err(path_error("the socket path is empty".into()));
+        return Err(path_error("the socket path is empty: name the socket file to create, e.g. /tmp/cam.sock".into()));
     }
     if len > MAX_SOCKET_PATH_LEN {
         return Err(path_error(format!(

@@ -10,7 +10,7 @@ use rustix::process::Pid;
 use super::buffer::qsock_buffer;
 use super::sender::forked;
 use super::*;
-use crate::{Event, Receiver, ReceiverHandle, ReceiverOptions, DEFAULT_SOCKET_MODE};
+use crate::{Event, Receiver, ReceiverHandle, ReceiverOptions};
 
 /// A receiver: the listening socket, the connected sender and its cached fds. Opaque.
 /// Receive from one thread at a time; buffers it gives out may be released from any
@@ -64,12 +64,13 @@ fn receiver_arg<'a>(receiver: *const qsock_receiver) -> Result<&'a qsock_receive
     handle(receiver, "receiver")?.check_process()
 }
 
-/// Fills `*options` with the defaults: socket mode 0600, no uid allow-list.
+/// Fills `*options` with the defaults: socket mode `QSOCK_DEFAULT_SOCKET_MODE` (0600),
+/// no uid allow-list.
 #[no_mangle]
 pub extern "C" fn qsock_receiver_options_init(options: *mut qsock_receiver_options) -> qsock_status {
     call(|| {
         let defaults = qsock_receiver_options {
-            socket_mode: DEFAULT_SOCKET_MODE,
+            socket_mode: QSOCK_DEFAULT_SOCKET_MODE,
             allowed_uids: std::ptr::null(),
             n_allowed_uids: 0,
         };
@@ -186,9 +187,9 @@ pub extern "C" fn qsock_receiver_interrupt(receiver: *const qsock_receiver) -> q
 }
 
 /// Releases a buffer: its fds are closed (pooled ones stay cached for their next use)
-/// and the return goes to the sender, so it can reuse the memory. Safe from any thread,
-/// also after the receiver that gave it out was closed. `buffer` must not be used
-/// afterwards. NULL is a no-op.
+/// and the return goes to the sender, so it can reuse the memory. Call it exactly once
+/// per buffer; `buffer` is invalid afterwards. Safe from any thread, also after the
+/// receiver that gave it out was closed. NULL is a no-op.
 ///
 /// Never blocks: when the sender's socket is full (a sender that does not read its
 /// returns), the return is queued, and a thread of qsock's sends what is queued as soon
@@ -211,7 +212,8 @@ pub extern "C" fn qsock_receiver_release(buffer: *mut qsock_buffer) {
 /// reading, closes the cached fds no buffer still uses, and removes the socket file.
 /// Buffers not yet released stay valid; release them as usual. No other call on this
 /// receiver may be in progress (`qsock_receiver_interrupt` one first if a thread waits
-/// in `qsock_receiver_recv_buffer`), and none may follow. NULL is a no-op. Never blocks.
+/// in `qsock_receiver_recv_buffer`). Call it exactly once per receiver; `receiver` is
+/// invalid afterwards. NULL is a no-op. Never blocks.
 ///
 /// After fork: in a process other than the one that opened it, close releases only
 /// that process's copies (its fds): it removes no file, sends nothing and shuts nothing

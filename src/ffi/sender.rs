@@ -361,8 +361,9 @@ pub extern "C" fn qsock_sender_get_fd(sender: *const qsock_sender) -> c_int {
 }
 
 /// Closes the connection and frees the sender. Buffers not yet returned never will be:
-/// their memory is the caller's again. NULL is a no-op. In a forked child it closes the
-/// child's copy of the socket only: the parent's connection goes on.
+/// their memory is the caller's again. Call it exactly once per sender; `sender` is
+/// invalid afterwards. NULL is a no-op. In a forked child it closes the child's copy of
+/// the socket only: the parent's connection goes on.
 #[no_mangle]
 pub extern "C" fn qsock_sender_close(sender: *mut qsock_sender) {
     boundary(|| {

@@ -52,6 +52,10 @@ const _: () = assert!(
         && QSOCK_MAX_MESSAGE == protocol::MAX_RECORD_LEN
 );
 
+/// The socket file's default mode, 0600: read and write for the owner only.
+pub const QSOCK_DEFAULT_SOCKET_MODE: u32 = 0o600;
+const _: () = assert!(QSOCK_DEFAULT_SOCKET_MODE == crate::DEFAULT_SOCKET_MODE);
+
 /// What a qsock function reports. Every function that can fail returns one; when it is
 /// not `QSOCK_OK`, `qsock_last_error()` says what went wrong, in words. Values may be
 /// added at the end in later versions.
