@@ -20,7 +20,36 @@
  * caller's until it is given back to the one function that frees it. Pointers and fds
  * that getters hand out belong to the object they came from and live as long as it.
  * No function keeps a pointer the caller passed in. Errors: a status, and the words in
- * qsock_last_error().
+ * qsock_last_error(). Every argument is checked before it is used: enums and counts
+ * before any array is read on their word, and every out-pointer the documentation says
+ * is set is set on every path.
+ *
+ * What blocks, and for how long:
+ * - qsock_receiver_recv_buffer and qsock_sender_next_event wait as long as their
+ *   timeout says (negative: until something comes). qsock_receiver_interrupt and
+ *   qsock_sender_interrupt end such a wait from any thread or a signal handler (the
+ *   call returns QSOCK_INTERRUPTED). A signal alone does not end it: after the handler
+ *   runs, the wait goes on for the time left.
+ * - qsock_sender_send and qsock_sender_send_eos wait only while the receiver's socket
+ *   is full, at most 2 s (then QSOCK_IO_ERROR: the receiver is given up). Meanwhile
+ *   they read the receiver's returns, which then wait for qsock_sender_next_event.
+ * - qsock_receiver_release, qsock_receiver_send_disconnect and qsock_receiver_close
+ *   never wait: what the sender's full socket cannot take yet is queued and sent by a
+ *   thread of qsock's as soon as the sender reads, even if the receiver is not called
+ *   again (while the process lives: a sender whose receiver exited gets all its memory
+ *   back with QSOCK_RECEIVER_GONE).
+ * So a sender may keep any number of buffers in flight and read its events only when
+ * it needs memory back, and both ends may run in one thread: neither end waits on the
+ * other for ever. The receiving app must keep calling qsock_receiver_recv_buffer (or
+ * send DISCONNECT before it stops): a sender gives up on a receiver that has not read
+ * for 2 s while its socket is full.
+ *
+ * fork(): a child inherits copies of the parent's handles. It may only close them
+ * (qsock_receiver_close, qsock_sender_close) and release inherited buffers
+ * (qsock_receiver_release): that closes the child's copies of the fds and nothing else
+ * (no socket file removed, no message sent, no connection shut down), and the parent's
+ * handles go on working. Every other call on an inherited handle is refused with
+ * QSOCK_INVALID_ARGUMENT. A child that wants a connection of its own opens one.
  */
 
 #ifndef QSOCK_H
@@ -31,9 +60,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-
-// The socket file's default mode: read and write for the owner only.
-#define DEFAULT_SOCKET_MODE 384
 
 // `GstClockTime` NONE: a timestamp that is not set.
 #define QSOCK_CLOCK_TIME_NONE UINT64_MAX
@@ -50,8 +76,39 @@
 // At most this many bytes per text block.
 #define QSOCK_MAX_TEXT 1024
 
+// At most this many bytes (the NUL not counted) in a name: an ROI label, a class
+// label's name, a keypoint's name. Longer ones are refused, not cut.
+#define QSOCK_MAX_NAME 31
+
+// At most this many bytes (the NUL not counted) in a serialized GstStructure of a meta:
+// `det_meta`, every `xtraparams`.
+#define QSOCK_MAX_STRUCTURE 255
+
+// At most this many bytes (the NUL not counted) in a protection meta's structure.
+#define QSOCK_MAX_PROTECTION 1023
+
+// At most this many labels per classification meta.
+#define QSOCK_MAX_CLASS_LABELS 32
+
+// At most this many keypoints per landmarks meta.
+#define QSOCK_MAX_KEYPOINTS 64
+
+// At most this many links per landmarks meta.
+#define QSOCK_MAX_LINKS 64
+
+// At most this many bytes in a buffer's whole description on the wire (its blocks and
+// every meta): it bounds the metas per buffer, e.g. 445 ROI metas, or 26 classification
+// metas. A meta payload takes 1044 (protection), 588 (ROI), 9876 (classification) or
+// 4140 (landmarks) bytes; a block 88 (video), 60 (tensor) or 1044 (text); 80 more for
+// the buffer.
+#define QSOCK_MAX_MESSAGE (256 * 1024)
+
+// The socket file's default mode, 0600: read and write for the owner only.
+#define QSOCK_DEFAULT_SOCKET_MODE 384
+
 // What a qsock function reports. Every function that can fail returns one; when it is
-// not `QSOCK_OK`, `qsock_last_error()` says what went wrong, in words.
+// not `QSOCK_OK`, `qsock_last_error()` says what went wrong, in words. Values may be
+// added at the end in later versions.
 typedef enum {
     // Success. From `qsock_receiver_recv_buffer`: a buffer was received.
     QSOCK_OK = 0,
@@ -78,9 +135,12 @@ typedef enum {
     // A sender connected whose uid is not in the receiver's allowed uids: it was
     // disconnected. The next receive goes on waiting for an allowed sender.
     QSOCK_SENDER_REFUSED = 10,
+    // The wait was ended by `qsock_receiver_interrupt` or `qsock_sender_interrupt`.
+    QSOCK_INTERRUPTED = 11,
 } qsock_status;
 
-// The kind of a buffer's memory blocks.
+// The kind of a buffer's memory blocks. (`qsock_send_buffer.kind` is an `int` holding
+// one of these: qsock checks the value it reads instead of trusting it.)
 typedef enum {
     // Video frames: one block per frame, described by `qsock_video_info`.
     QSOCK_KIND_VIDEO = 1,
@@ -105,10 +165,11 @@ typedef struct qsock_buffer qsock_buffer;
 
 // A receiver: the listening socket, the connected sender and its cached fds. Opaque.
 // Receive from one thread at a time; buffers it gives out may be released from any
-// thread, and its fd, counters and DISCONNECT are reachable from any thread too.
+// thread, and its fd, counters, DISCONNECT and interrupt are reachable from any thread too.
 typedef struct qsock_receiver qsock_receiver;
 
-// A connection to a receiver. Opaque. Use it from one thread at a time.
+// A connection to a receiver. Opaque. Use it from one thread at a time, except
+// `qsock_sender_interrupt`, which any thread (or a signal handler) may call at any time.
 typedef struct qsock_sender qsock_sender;
 
 // What a buffer holds, in counts and timestamps.
@@ -171,7 +232,9 @@ typedef struct {
     uint32_t dimensions[QSOCK_MAX_DIMENSIONS];
 } qsock_tensor_info;
 
-// A region of interest (GstVideoRegionOfInterestMeta). Strings belong to the buffer.
+// A region of interest (GstVideoRegionOfInterestMeta). Received: the strings belong to
+// the buffer. Sent: `label` at most `QSOCK_MAX_NAME` bytes, `det_meta` and `xtraparams`
+// at most `QSOCK_MAX_STRUCTURE`.
 typedef struct {
     const char *label;
     int32_t id;
@@ -186,7 +249,8 @@ typedef struct {
     const char *xtraparams;
 } qsock_roi_meta;
 
-// One label of a classification.
+// One label of a classification. Sent: `name` at most `QSOCK_MAX_NAME` bytes,
+// `xtraparams` at most `QSOCK_MAX_STRUCTURE`.
 typedef struct {
     const char *name;
     double confidence;
@@ -196,15 +260,16 @@ typedef struct {
     const char *xtraparams;
 } qsock_class_label;
 
-// An image classification result. Arrays and strings belong to the buffer.
+// An image classification result. Received: arrays and strings belong to the buffer.
 typedef struct {
     uint32_t id;
     int32_t parent_id;
+    // At most `QSOCK_MAX_CLASS_LABELS`.
     size_t n_labels;
     const qsock_class_label *labels;
 } qsock_class_meta;
 
-// One keypoint of a landmarks result.
+// One keypoint of a landmarks result. Sent: `name` at most `QSOCK_MAX_NAME` bytes.
 typedef struct {
     const char *name;
     double confidence;
@@ -219,16 +284,18 @@ typedef struct {
     uint32_t d_kp_idx;
 } qsock_link;
 
-// A pose or landmarks result. Arrays and strings belong to the buffer.
+// A pose or landmarks result. Received: arrays and strings belong to the buffer.
 typedef struct {
     uint32_t id;
     int32_t parent_id;
     double confidence;
+    // At most `QSOCK_MAX_KEYPOINTS`.
     size_t n_keypoints;
     const qsock_keypoint *keypoints;
+    // At most `QSOCK_MAX_LINKS`.
     size_t n_links;
     const qsock_link *links;
-    // A serialized GstStructure; NULL when absent.
+    // A serialized GstStructure (at most `QSOCK_MAX_STRUCTURE` bytes); NULL when absent.
     const char *xtraparams;
 } qsock_landmarks_meta;
 
@@ -276,7 +343,8 @@ typedef struct {
 typedef struct {
     // The memory's fd (a DMA-BUF or memfd; ignored for text). Its number becomes the
     // block's buf_id, and returns name it: keep it open and the memory unchanged until
-    // its return arrives. qsock does not take ownership.
+    // its return arrives. qsock does not take ownership. A negative value (or one that is
+    // no open fd) for video or tensors is `QSOCK_INVALID_ARGUMENT`.
     int fd;
     // Bytes in use from offset 0, and the memory's whole size (at most the fd's size).
     uint64_t size;
@@ -285,14 +353,21 @@ typedef struct {
     qsock_video_info video;
     // For QSOCK_KIND_TENSOR: the shape (`type_name` is ignored).
     qsock_tensor_info tensor;
-    // For QSOCK_KIND_TEXT: `size` bytes (at most 1024), copied into the message.
+    // For QSOCK_KIND_TEXT: `size` bytes (at most `QSOCK_MAX_TEXT`), copied into the
+    // message; `size` is checked before they are read.
     const uint8_t *text;
 } qsock_send_block;
 
-// A buffer to send. Everything it points to is read during the call only.
+// A buffer to send. Everything it points to is read during the call only, and only
+// after `kind` and every count were checked: a count is never trusted to read past an
+// array. What the wire cannot carry (a name over `QSOCK_MAX_NAME` bytes, a structure
+// over `QSOCK_MAX_STRUCTURE`, more than `QSOCK_MAX_CLASS_LABELS` labels, ...) is refused
+// with `QSOCK_INVALID_ARGUMENT` naming the limit; nothing is cut.
 typedef struct {
-    qsock_kind kind;
-    // 1..=10 blocks, all of `kind`.
+    // A `qsock_kind` (`QSOCK_KIND_VIDEO`, `QSOCK_KIND_TENSOR` or `QSOCK_KIND_TEXT`); any
+    // other value, 0 from a zeroed struct included, is `QSOCK_INVALID_ARGUMENT`.
+    int kind;
+    // 1..=10 (`QSOCK_MAX_BLOCKS`) blocks, all of `kind`.
     size_t n_blocks;
     const qsock_send_block *blocks;
     // Running time in ns; `QSOCK_CLOCK_TIME_NONE` when unset.
@@ -303,7 +378,7 @@ typedef struct {
     // the first time (or when the object behind an fd number changed).
     bool pooled;
     size_t n_protection_metas;
-    // Serialized GstStructures.
+    // Serialized GstStructures, at most `QSOCK_MAX_PROTECTION` bytes each.
     const char *const *protection_metas;
     size_t n_roi_metas;
     const qsock_roi_meta *roi_metas;
@@ -324,8 +399,10 @@ typedef struct {
 extern "C" {
 #endif // __cplusplus
 
-// The status's name, e.g. "QSOCK_TIMEOUT". A static string; never NULL.
-const char *qsock_status_name(qsock_status status);
+// The name of the status whose value is `status`, e.g. "QSOCK_TIMEOUT";
+// "QSOCK_UNKNOWN_STATUS" for any other int (any value may be passed). A static string;
+// never NULL.
+const char *qsock_status_name(int status);
 
 // Fills `*info_out` with the buffer's kind, block count, timestamps and meta counts.
 qsock_status qsock_buffer_get_info(const qsock_buffer *buffer, qsock_buffer_info *info_out);
@@ -365,7 +442,8 @@ qsock_status qsock_buffer_get_landmarks_meta(const qsock_buffer *buffer, size_t 
 // call on this thread.
 const char *qsock_last_error(void);
 
-// Fills `*options` with the defaults: socket mode 0600, no uid allow-list.
+// Fills `*options` with the defaults: socket mode `QSOCK_DEFAULT_SOCKET_MODE` (0600),
+// no uid allow-list.
 qsock_status qsock_receiver_options_init(qsock_receiver_options *options);
 
 // Creates the socket at `socket_path` and listens for one sender (the deployed
@@ -387,23 +465,61 @@ qsock_status qsock_receiver_open_with_options(const char *socket_path, const qso
 //
 // Returns `QSOCK_OK` with `*buffer_out` set to a new buffer, owned by the caller, who
 // must hand it back with `qsock_receiver_release` (that returns it to the sender).
-// Any other status leaves `*buffer_out` NULL and says why in `qsock_last_error()`:
+// Any other status leaves `*buffer_out` NULL (when `buffer_out` is not NULL itself,
+// whatever else is wrong) and says why in `qsock_last_error()`:
 // `QSOCK_TIMEOUT`, `QSOCK_EOS`, `QSOCK_SENDER_GONE` (call again to wait for the next
 // sender), `QSOCK_PROTOCOL_ERROR` (one message rejected; call again to go on),
 // `QSOCK_SENDER_REFUSED` (a sender of a uid not allowed was disconnected; call again to
-// go on), or an error. Calls on one receiver from several threads take turns.
+// go on), `QSOCK_INTERRUPTED` (`qsock_receiver_interrupt` was called), or an error.
+// Calls on one receiver from several threads take turns.
+//
+// Signals: a signal that arrives while it waits does not end the wait (it goes on for
+// the time left after the handler ran). To end it from a signal handler, or from
+// another thread, call `qsock_receiver_interrupt`.
+//
+// What it waits for is the sender: the sender, in turn, blocks in `qsock_sender_send`
+// (at most 2 s, then it gives up on this receiver) while this receiver does not read.
+// An app that stops receiving for longer should say DISCONNECT first
+// (`qsock_receiver_send_disconnect`).
 qsock_status qsock_receiver_recv_buffer(qsock_receiver *receiver, int32_t timeout_ms, qsock_buffer **buffer_out);
 
+// Makes a `qsock_receiver_recv_buffer` waiting on `receiver` return `QSOCK_INTERRUPTED`
+// at once; when none waits, the next one that would wait returns it instead (an
+// interrupt is never lost, and several before a wait count as one). A call that finds
+// a buffer ready returns the buffer first. Safe from any thread, also while another
+// waits in `qsock_receiver_recv_buffer`, and from a signal handler (it writes to an
+// eventfd, and does nothing else when `receiver` is valid). `receiver` must stay open
+// meanwhile.
+qsock_status qsock_receiver_interrupt(const qsock_receiver *receiver);
+
 // Releases a buffer: its fds are closed (pooled ones stay cached for their next use)
-// and the return goes to the sender, so it can reuse the memory. Safe from any thread,
-// also after the receiver that gave it out was closed. `buffer` must not be used
-// afterwards. NULL is a no-op.
+// and the return goes to the sender, so it can reuse the memory. Call it exactly once
+// per buffer; `buffer` is invalid afterwards. Safe from any thread, also after the
+// receiver that gave it out was closed. NULL is a no-op.
+//
+// Never blocks: when the sender's socket is full (a sender that does not read its
+// returns), the return is queued, and a thread of qsock's sends what is queued as soon
+// as the sender reads, whether or not this receiver is called again. The queue holds at
+// most one return per buffer the sender has out. What is still queued when the process
+// exits is lost with its socket: the sender then sees the receiver gone, which gives it
+// all its memory back as well.
+//
+// In a forked child, releasing an inherited buffer closes the child's copies of its fds
+// only: the parent's copy of the buffer is the one that returns it.
 void qsock_receiver_release(qsock_buffer *buffer);
 
 // Closes the receiver: answers every message still queued with a return, stops
 // reading, closes the cached fds no buffer still uses, and removes the socket file.
 // Buffers not yet released stay valid; release them as usual. No other call on this
-// receiver may be in progress, and none may follow. NULL is a no-op.
+// receiver may be in progress (`qsock_receiver_interrupt` one first if a thread waits
+// in `qsock_receiver_recv_buffer`). Call it exactly once per receiver; `receiver` is
+// invalid afterwards. NULL is a no-op. Never blocks.
+//
+// After fork: in a process other than the one that opened it, close releases only
+// that process's copies (its fds): it removes no file, sends nothing and shuts nothing
+// down, and the parent's receiver goes on. It is the only call a forked child may make
+// on an inherited receiver, with `qsock_receiver_release` on inherited buffers; every
+// other is `QSOCK_INVALID_ARGUMENT`.
 void qsock_receiver_close(qsock_receiver *receiver);
 
 // An fd to put in the app's event loop: it polls readable (POLLIN) whenever
@@ -415,7 +531,8 @@ int qsock_receiver_get_fd(const qsock_receiver *receiver);
 // Sends DISCONNECT to the sender, as the deployed receiver does when it pauses: the
 // sender stops sending, waits for its buffers to come back, and reconnects later.
 // `QSOCK_SENDER_GONE` if no sender is connected. Safe from any thread, also while
-// another waits in `qsock_receiver_recv_buffer`.
+// another waits in `qsock_receiver_recv_buffer`. Never blocks: when the sender's socket
+// is full, DISCONNECT is queued with the returns.
 qsock_status qsock_receiver_send_disconnect(qsock_receiver *receiver);
 
 // Fills `*stats_out` with the receiver's counters. Safe from any thread, also while
@@ -426,35 +543,64 @@ qsock_status qsock_receiver_get_stats(const qsock_receiver *receiver, qsock_rece
 // Connects to a receiver listening at `socket_path` (one attempt). `QSOCK_IO_ERROR`
 // when none listens there yet: retry (the deployed sender retries every 10 ms).
 // On `QSOCK_OK`, `*sender_out` is a new sender owned by the caller, freed with
-// `qsock_sender_close`.
+// `qsock_sender_close`; on failure `*sender_out` is left unchanged.
 qsock_status qsock_sender_connect(const char *socket_path, qsock_sender **sender_out);
 
 // Sends one buffer. The memory behind its fds must stay unchanged until each block's
 // buf_id (its fd number) comes back in a `QSOCK_EVENT_RETURN` (text holds no memory and
 // is never returned). `QSOCK_INVALID_ARGUMENT` (nothing sent) when the buffer breaks a
-// rule a receiver checks: sizes past the fd's object, plane offsets past the size, text
-// over 1024 bytes, ... `QSOCK_IO_ERROR` when the socket failed (the receiver is gone).
+// rule a receiver checks or the wire cannot carry it: `kind` or a count out of range,
+// a negative fd, sizes past the fd's object, plane offsets past the size, text over
+// `QSOCK_MAX_TEXT` bytes, a meta string or array over its limit, ... `QSOCK_IO_ERROR`
+// when the socket failed (the receiver is gone).
+//
+// Blocks only while the receiver's socket is full, at most 2 s (then `QSOCK_IO_ERROR`
+// "the peer has not read its socket for 2 s", and the connection is closed). While it
+// waits it reads what the receiver says (returns, DISCONNECT), so a receiver that is
+// itself waiting for room for its returns can go on; what it read waits, in order, for
+// `qsock_sender_next_event`. A sender that keeps many buffers in flight should take
+// its events now and then (`qsock_sender_next_event(sender, 0, ...)` until
+// `QSOCK_TIMEOUT`): every return read and not taken is kept for it.
 qsock_status qsock_sender_send(qsock_sender *sender, const qsock_send_buffer *buffer);
 
-// Sends EOS: the receiver ends its stream.
+// Sends EOS: the receiver ends its stream. Blocks as `qsock_sender_send` does.
 qsock_status qsock_sender_send_eos(qsock_sender *sender);
 
 // Waits up to `timeout_ms` (negative: for ever; 0: just look) for what the receiver
-// says next: `QSOCK_OK` with `*event_out` filled, `QSOCK_TIMEOUT`, or
-// `QSOCK_RECEIVER_GONE` (nothing outstanding will come back: all memory is yours again).
-// Every status but `QSOCK_OK` leaves `*event_out` unchanged and says why in
-// `qsock_last_error()`.
+// says next: `QSOCK_OK` with `*event_out` filled, `QSOCK_TIMEOUT`, `QSOCK_INTERRUPTED`
+// (`qsock_sender_interrupt` was called), or `QSOCK_RECEIVER_GONE` (nothing outstanding
+// will come back: all memory is yours again). What `qsock_sender_send` read while it
+// waited for room comes first, in order. Every status but `QSOCK_OK` leaves
+// `*event_out` unchanged and says why in `qsock_last_error()`.
+//
+// Signals: a signal that arrives while it waits does not end the wait (it goes on for
+// the time left after the handler ran). To end it from a signal handler, or from
+// another thread, call `qsock_sender_interrupt`.
 qsock_status qsock_sender_next_event(qsock_sender *sender, int32_t timeout_ms, qsock_sender_event *event_out);
 
-// Memory blocks sent and not yet returned (0 for NULL).
+// Makes a `qsock_sender_next_event` waiting on `sender` return `QSOCK_INTERRUPTED` at
+// once; when none waits, the next one that would wait returns it instead (an interrupt
+// is never lost, and several before a wait count as one). A call that finds an event
+// ready returns the event first. Safe from any thread, also while another waits in
+// `qsock_sender_next_event`, and from a signal handler (it writes to an eventfd, and
+// does nothing else when `sender` is valid). `sender` must stay open meanwhile.
+qsock_status qsock_sender_interrupt(const qsock_sender *sender);
+
+// Memory blocks sent and not yet returned (0 for NULL, and in a forked child). Returns
+// that `qsock_sender_send` read while it waited count as returned already, before
+// `qsock_sender_next_event` reports them.
 size_t qsock_sender_in_flight(const qsock_sender *sender);
 
 // An fd for the app's event loop: polls readable when `qsock_sender_next_event` has
-// something. Owned by the sender (do not close it). -1 if `sender` is NULL.
+// something to read (call it also after a `qsock_sender_send`: what a send read while it
+// waited no longer polls readable). Owned by the sender (do not close it). -1 if
+// `sender` is NULL.
 int qsock_sender_get_fd(const qsock_sender *sender);
 
 // Closes the connection and frees the sender. Buffers not yet returned never will be:
-// their memory is the caller's again. NULL is a no-op.
+// their memory is the caller's again. Call it exactly once per sender; `sender` is
+// invalid afterwards. NULL is a no-op. In a forked child it closes the child's copy of
+// the socket only: the parent's connection goes on.
 void qsock_sender_close(qsock_sender *sender);
 
 #ifdef __cplusplus

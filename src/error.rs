@@ -11,7 +11,7 @@ use crate::transport::{PeerCredentials, ReadError};
 pub enum Error {
     /// The socket path cannot be used: too long, taken by something that is not a socket,
     /// or by a receiver listening there.
-    #[error("socket path {}: {reason}", path.display())]
+    #[error("{}", socket_path_error(path, reason))]
     SocketPath { path: PathBuf, reason: String },
     /// A system call failed.
     #[error("{what}: {source}")]
@@ -26,6 +26,14 @@ pub enum Error {
     /// the receiver goes on listening.
     #[error("refused a sender {}: its uid is not in the allowed uids {allowed_uids:?}", peer.map_or("of unknown credentials".into(), |p| format!("(pid {}, uid {}, gid {})", p.pid, p.uid, p.gid)))]
     SenderRefused { peer: Option<PeerCredentials>, allowed_uids: Vec<u32> },
+}
+
+/// "socket path P: reason", or the reason alone for an empty path, which it names.
+fn socket_path_error(path: &Path, reason: &str) -> String {
+    match path.as_os_str().is_empty() {
+        true => reason.to_owned(),
+        false => format!("socket path {}: {reason}", path.display()),
+    }
 }
 
 impl Error {

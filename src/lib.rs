@@ -20,7 +20,7 @@ pub use receiver::{
     DEFAULT_SOCKET_MODE,
 };
 pub use error::Error;
-pub use sender::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent};
+pub use sender::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent, SenderInterrupter, Waited};
 pub use transport::PeerCredentials;
 /// The vendor's meta layouts (`GstMLTensorMeta`, `GstVideoClassificationMeta`,
 /// `GstVideoLandmarksMeta` and their array elements) as the elements read and write them:

@@ -15,7 +15,7 @@ use crate::protocol::{
     MAX_RECORD_LEN,
 };
 pub use crate::transport::PeerCredentials;
-use crate::transport::{Connection, Listener, MessageIn, MessageReader, ReadError};
+use crate::transport::{wait, Connection, Listener, MessageIn, MessageReader, Queued, ReadError, Want};
 use crate::Error;
 
 /// What [`Receiver::recv`] brought.
@@ -85,7 +85,8 @@ pub struct ReceiverStats {
     pub fds_received: u64,
     /// fds cached now, for the current sender's pooled buffers.
     pub fds_cached: u64,
-    /// Return messages sent.
+    /// Return messages sent (or queued, while the sender's socket is full, to go out
+    /// as soon as it has room).
     pub returns_sent: u64,
     /// Messages rejected for breaking the protocol.
     pub protocol_errors: u64,
@@ -115,6 +116,10 @@ struct Active {
 /// `current` is locked only when a sender comes or goes and by other threads' reads:
 /// never on the per-buffer path.
 struct Shared {
+    /// The process that bound the receiver. A forked child's copies of the receiver and
+    /// its buffers never speak on the connection nor touch the socket file: closing them
+    /// closes that process's fds, nothing more.
+    pid: rustix::process::Pid,
     counters: Counters,
     wake: OwnedFd,
     current: Mutex<Option<Current>>,
@@ -136,6 +141,11 @@ impl Shared {
         // Only plain assignments happen under this lock: a poisoned one is still consistent.
         self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Whether this is the process that bound the receiver (not a forked child).
+    fn in_owner_process(&self) -> bool {
+        rustix::process::getpid() == self.pid
+    }
 }
 
 /// What a wait saw ready.
@@ -156,6 +166,17 @@ const TOKEN_PATH: u64 = 4;
 /// socket with a return, stops reading, closes every cached fd that no buffer still
 /// uses and removes the socket file (if it is still ours). Buffers still held stay
 /// valid; their returns are still sent when they are dropped.
+///
+/// Returns never wait: dropping a buffer sends its return if the sender's socket has
+/// room, and otherwise queues it; a thread of the receiver's (`qsock-returns`, started
+/// only while something is queued) sends what is queued as soon as the sender reads,
+/// whether or not `recv` is ever called again. The queue holds at most one return per
+/// buffer the sender has out with us.
+///
+/// After `fork`, the child's copy of a receiver (and of its buffers) is inert: dropping
+/// it closes the child's fds only, and sends nothing, shuts nothing down and removes no
+/// file; the parent's receiver goes on unaffected. Only the process that bound the
+/// receiver may receive with it.
 ///
 /// The socket file is watched (inotify on its directory): when it is removed, as the
 /// deployed sender does when it handles DISCONNECT, the receiver binds the path again
@@ -205,6 +226,7 @@ impl Receiver {
             poller,
             path_watch,
             shared: Arc::new(Shared {
+                pid: rustix::process::getpid(),
                 counters: Counters::default(),
                 wake,
                 current: Mutex::new(None),
@@ -546,6 +568,10 @@ impl AsFd for Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
+        if !self.shared.in_owner_process() {
+            // A forked child's copy: its fds close as the fields drop, and that is all.
+            return;
+        }
         self.answer_queued_messages();
         self.end_connection();
     }
@@ -599,8 +625,7 @@ impl ReceiverHandle {
         // Set under the lock, so that a sender accepted meanwhile is not affected.
         self.0.disconnecting.store(true, Relaxed);
         drop(current);
-        connection
-            .send_message(&ReceiverMessage::Disconnect.encode(), &[])
+        send_without_waiting(&connection, &ReceiverMessage::Disconnect.encode())
             .map_err(|source| Error::Io { what: "sending DISCONNECT".into(), source })?;
         Ok(true)
     }
@@ -611,7 +636,8 @@ impl ReceiverHandle {
     }
 }
 
-/// Sends a buffer's return on the connection it came from, from whatever thread.
+/// Sends a buffer's return on the connection it came from, from whatever thread,
+/// without ever waiting.
 struct Returner {
     connection: Arc<Connection>,
     shared: Arc<Shared>,
@@ -619,10 +645,46 @@ struct Returner {
 
 impl Returner {
     fn send_return(&self, buf_ids: &[i32]) {
+        if !self.shared.in_owner_process() {
+            // A forked child's copy of the buffer: the parent's copy returns it.
+            return;
+        }
         let Some(ret) = ReturnMessage::new(buf_ids) else { return };
         // A failure means the sender is gone: nobody is left to give the buffer back to.
-        if self.connection.send_message(&ReceiverMessage::Return(ret).encode(), &[]).is_ok() {
+        if send_without_waiting(&self.connection, &ReceiverMessage::Return(ret).encode()).is_ok() {
             self.shared.counters.returns_sent.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Sends a message to the sender without waiting: what its full socket cannot take yet
+/// waits in the connection's outbox, and a `qsock-returns` thread sends it as room comes.
+/// Whoever drops a buffer (a streaming thread, an app's thread) must not wait for the
+/// sender to read: the sender may itself be waiting for us to read.
+fn send_without_waiting(connection: &Arc<Connection>, record: &[u8]) -> std::io::Result<()> {
+    if connection.queue_message(record)? == Queued::FlushNeeded {
+        let spawned = std::thread::Builder::new().name("qsock-returns".into()).spawn({
+            let connection = connection.clone();
+            move || flush_when_writable(&connection)
+        });
+        if spawned.is_err() {
+            // No thread to be had: what waits goes out with the next message sent.
+            connection.give_up_flushing();
+        }
+    }
+    Ok(())
+}
+
+/// The outbox's flusher: waits for room and sends, until the outbox is empty or the
+/// connection failed (the sender hung up: nothing is owed to it any more).
+fn flush_when_writable(connection: &Connection) {
+    loop {
+        if wait(connection.as_fd(), Want::Write, None, None).is_err() {
+            connection.give_up_flushing();
+            return;
+        }
+        if !matches!(connection.flush_queued(), Ok(false)) {
+            return;
         }
     }
 }

@@ -2,17 +2,26 @@
 //! description, sends a pooled fd only when the receiver does not hold that object yet,
 //! and reports returns and `DISCONNECT`. Reconnecting is the caller's policy: a new
 //! `Sender` is a new connection, with nothing cached on the other side.
+//!
+//! Neither end waits for ever on the other: a send that finds the receiver's socket full
+//! waits for room at most [`SEND_TIMEOUT`], and takes in what the receiver says meanwhile
+//! (its returns would otherwise fill the other direction, and a receiver that waits to
+//! return a buffer before it reads on would wait for us). What it took in waits, in
+//! order, for [`Sender::next_event`].
 
-use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{
     BufferInfo, DataMessage, MemoryBlock, Metas, ProtocolError, ReceiverMessage, SenderMessage, MAX_MEMORY_BLOCKS,
     MAX_RECORD_LEN, MAX_TEXT_LEN,
 };
-use crate::transport::{object_size, wait_readable, Connection, MessageIn, MessageReader};
+use crate::transport::{
+    object_size, peer_not_reading, wait, Connection, MessageIn, MessageReader, Progress, Ready, Want, SEND_TIMEOUT,
+};
 use crate::Error;
 
 /// One memory block to send: its description and, unless it is text, its fd.
@@ -52,6 +61,28 @@ pub enum SenderEvent {
     ReceiverGone,
 }
 
+/// How [`Sender::wait_event`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Waited {
+    Event(SenderEvent),
+    Timeout,
+    /// [`SenderInterrupter::interrupt`] was called.
+    Interrupted,
+}
+
+/// Makes a [`Sender::wait_event`] in progress (or the next one that would wait) return
+/// [`Waited::Interrupted`]. Cheap to clone; usable from any thread, and from a signal
+/// handler (it is one `write` to an eventfd).
+#[derive(Debug, Clone)]
+pub struct SenderInterrupter(Arc<OwnedFd>);
+
+impl SenderInterrupter {
+    pub fn interrupt(&self) {
+        // An eventfd write only fails when the counter would overflow: already woken.
+        let _ = rustix::io::write(&*self.0, &1u64.to_ne_bytes());
+    }
+}
+
 /// Identity of the object behind an fd, to notice a buf_id (an fd number) reused for
 /// another object.
 type ObjectId = (u64, u64);
@@ -72,6 +103,12 @@ pub struct Sender {
     in_flight: HashMap<i32, usize>,
     fds_sent: u64,
     buffers_sent: u64,
+    /// What the receiver said while a send waited for room, oldest first, for
+    /// `next_event`. At most one entry per message the receiver sent: returns (one per
+    /// buffer sent), DISCONNECT, the hang-up, or the error that ended reading.
+    taken_in: VecDeque<Result<SenderEvent, Error>>,
+    /// Readable when [`SenderInterrupter::interrupt`] was called.
+    wake: Arc<OwnedFd>,
 }
 
 fn invalid(reason: String) -> Error {
@@ -82,8 +119,10 @@ impl Sender {
     /// Connects to a receiver listening at `path` (one attempt).
     pub fn connect(path: impl AsRef<Path>) -> Result<Sender, Error> {
         let path = path.as_ref();
-        let connection = Connection::connect(path)
-            .map_err(|source| Error::Io { what: format!("connecting to the receiver at {}", path.display()), source })?;
+        let io = |source| Error::Io { what: format!("connecting to the receiver at {}", path.display()), source };
+        let connection = Connection::connect(path).map_err(io)?;
+        let flags = rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK;
+        let wake = rustix::event::eventfd(0, flags).map_err(|e| io(e.into()))?;
         Ok(Sender {
             connection,
             reader: MessageReader::default(),
@@ -92,7 +131,14 @@ impl Sender {
             in_flight: HashMap::new(),
             fds_sent: 0,
             buffers_sent: 0,
+            taken_in: VecDeque::new(),
+            wake: Arc::new(wake),
         })
+    }
+
+    /// A handle that interrupts [`Sender::wait_event`] from another thread.
+    pub fn interrupter(&self) -> SenderInterrupter {
+        SenderInterrupter(self.wake.clone())
     }
 
     /// Connects, retrying every 10 ms (as the deployed sender does) until `timeout`.
@@ -108,6 +154,10 @@ impl Sender {
 
     /// Sends one buffer. Fails without sending anything when the buffer is not one a
     /// receiver would accept (the same rules a receiver checks), or when the socket fails.
+    ///
+    /// When the receiver's socket is full, waits for room at most [`SEND_TIMEOUT`] (then
+    /// fails, and the connection is shut down), taking in what the receiver says
+    /// meanwhile: [`Sender::next_event`] reports it.
     pub fn send(&mut self, buffer: &OutgoingBuffer<'_>) -> Result<(), Error> {
         let blocks = &buffer.blocks;
         if !(1..=MAX_MEMORY_BLOCKS).contains(&blocks.len()) {
@@ -157,10 +207,14 @@ impl Sender {
             metas: buffer.metas.clone(),
         };
         let record = SenderMessage::Data(message).encode();
+        if record.len() > MAX_RECORD_LEN {
+            let len = record.len();
+            let max = MAX_RECORD_LEN;
+            return Err(invalid(format!("the buffer's description takes {len} bytes; a message holds at most {max}")));
+        }
         // The same rules a receiver applies: never send what ours would reject.
         SenderMessage::parse(&record, fds.len()).map_err(|e| invalid(e.to_string()))?;
-        self.connection
-            .send_message(&record, &fds)
+        self.send_message(&record, &fds)
             .map_err(|source| Error::Io { what: "sending a buffer to the receiver".into(), source })?;
         self.buffers_sent += 1;
         self.fds_sent += fds.len() as u64;
@@ -173,35 +227,106 @@ impl Sender {
         Ok(())
     }
 
-    /// Sends EOS: the receiver ends its stream.
+    /// Sends EOS: the receiver ends its stream. Waits for room as [`Sender::send`] does.
     pub fn send_eos(&mut self) -> Result<(), Error> {
-        self.connection
-            .send_message(&SenderMessage::Eos.encode(), &[])
+        self.send_message(&SenderMessage::Eos.encode(), &[])
             .map_err(|source| Error::Io { what: "sending EOS to the receiver".into(), source })
     }
 
-    /// Waits up to `timeout` (`None`: for ever) for what the receiver says next.
-    /// `Ok(None)` on timeout.
-    pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<SenderEvent>, Error> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+    /// Sends a whole message; while the socket is full, takes in what the receiver says
+    /// and waits for room, at most [`SEND_TIMEOUT`]. On failure the connection is shut down.
+    fn send_message(&mut self, record: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+        let deadline = Instant::now() + SEND_TIMEOUT;
+        let mut progress = self.connection.try_send_message(record, fds)?;
         loop {
-            match self.reader.read(&self.connection, &mut self.record)? {
-                MessageIn::Message { len, fds } => return self.on_message(len, fds.len()).map(Some),
-                MessageIn::Hangup => {
-                    self.in_flight.clear();
-                    self.cached_by_receiver.clear();
-                    return Ok(Some(SenderEvent::ReceiverGone));
-                }
-                MessageIn::WouldBlock => {
-                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                    if left == Some(Duration::ZERO) {
-                        return Ok(None);
+            match progress {
+                Progress::Sent => return Ok(()),
+                Progress::LengthRecordOnly if self.connection.try_send_record(record, fds)? => return Ok(()),
+                Progress::LengthRecordOnly => {}
+                Progress::Nothing => {
+                    progress = self.connection.try_send_message(record, fds)?;
+                    if progress == Progress::Sent {
+                        return Ok(());
                     }
-                    wait_readable(self.connection.as_fd(), left)
-                        .map_err(|source| Error::Io { what: "waiting for the receiver".into(), source })?;
+                }
+            }
+            // No room: the receiver may be waiting for room for its returns to us.
+            self.take_in();
+            match wait(self.connection.as_fd(), Want::ReadOrWrite, None, Some(deadline)) {
+                Ok(Ready::TimedOut) => {
+                    self.connection.shutdown();
+                    return Err(peer_not_reading());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.connection.shutdown();
+                    return Err(e);
                 }
             }
         }
+    }
+
+    /// Reads what the receiver said, without waiting, into `taken_in`.
+    fn take_in(&mut self) {
+        while !matches!(self.taken_in.back(), Some(Err(_) | Ok(SenderEvent::ReceiverGone))) {
+            match self.read_event() {
+                Ok(None) => return,
+                Ok(Some(event)) => self.taken_in.push_back(Ok(event)),
+                Err(e) => self.taken_in.push_back(Err(e)),
+            }
+        }
+    }
+
+    /// One message from the receiver, without waiting.
+    fn read_event(&mut self) -> Result<Option<SenderEvent>, Error> {
+        match self.reader.read(&self.connection, &mut self.record)? {
+            MessageIn::Message { len, fds } => self.on_message(len, fds.len()).map(Some),
+            MessageIn::Hangup => {
+                self.in_flight.clear();
+                self.cached_by_receiver.clear();
+                Ok(Some(SenderEvent::ReceiverGone))
+            }
+            MessageIn::WouldBlock => Ok(None),
+        }
+    }
+
+    /// Waits up to `timeout` (`None`: for ever) for what the receiver says next.
+    /// `Ok(None)` on timeout, and when interrupted ([`Sender::wait_event`] tells them apart).
+    pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<SenderEvent>, Error> {
+        Ok(match self.wait_event(timeout)? {
+            Waited::Event(event) => Some(event),
+            Waited::Timeout | Waited::Interrupted => None,
+        })
+    }
+
+    /// Waits up to `timeout` (`None`: for ever) for what the receiver says next, or for
+    /// [`SenderInterrupter::interrupt`]. What a send took in comes first. A signal does not
+    /// end the wait: it goes on for the time left.
+    pub fn wait_event(&mut self, timeout: Option<Duration>) -> Result<Waited, Error> {
+        if let Some(taken_in) = self.taken_in.pop_front() {
+            return taken_in.map(Waited::Event);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(event) = self.read_event()? {
+                return Ok(Waited::Event(event));
+            }
+            // Checked only before waiting: no syscall on the path of a ready message.
+            let mut count = [0u8; 8];
+            if rustix::io::read(&*self.wake, &mut count).is_ok() {
+                return Ok(Waited::Interrupted);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(Waited::Timeout);
+            }
+            wait(self.connection.as_fd(), Want::Read, Some(self.wake.as_fd()), deadline)
+                .map_err(|source| Error::Io { what: "waiting for the receiver".into(), source })?;
+        }
+    }
+
+    /// Whether a send took in something that [`Sender::next_event`] has not reported yet.
+    pub fn has_taken_in(&self) -> bool {
+        !self.taken_in.is_empty()
     }
 
     fn on_message(&mut self, len: usize, n_fds: usize) -> Result<SenderEvent, Error> {

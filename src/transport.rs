@@ -2,12 +2,13 @@
 //! message record, fds in `SCM_RIGHTS`. Every fd is an [`OwnedFd`] from the kernel on;
 //! rustix does the `cmsg` work, so this module needs no `unsafe`.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustix::fs::FileTypeExt as _;
@@ -22,9 +23,9 @@ use crate::socket_owner;
 /// `sun_path` holds 108 bytes, the terminating NUL included.
 pub const MAX_SOCKET_PATH_LEN: usize = 107;
 
-/// A peer that stops reading must not block our sends (and so a buffer release on a
-/// streaming thread) forever: after this long the send fails and the connection is shut.
-const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// A peer that stops reading must not block our sends forever: after this long without
+/// room, a waiting send fails and the connection is shut down.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Room for every fd a message may carry, and a little more, so that a sender that
 /// attaches too many is seen (an error, with every fd closed) rather than truncated.
@@ -39,7 +40,7 @@ fn path_error(reason: String) -> io::Error {
 fn check_socket_path(path: &Path) -> io::Result<()> {
     let len = path.as_os_str().len();
     if len == 0 {
-        return Err(path_error("the socket path is empty".into()));
+        return Err(path_error("the socket path is empty: name the socket file to create, e.g. /tmp/cam.sock".into()));
     }
     if len > MAX_SOCKET_PATH_LEN {
         return Err(path_error(format!(
@@ -86,10 +87,12 @@ fn seqpacket_socket() -> io::Result<OwnedFd> {
     )?)
 }
 
-/// The receiver's listening socket. Removes its socket file when dropped.
+/// The receiver's listening socket. Removes its socket file when dropped, in the process
+/// that bound it only (a forked child's copy leaves it to the parent).
 pub struct Listener {
     fd: OwnedFd,
     path: PathBuf,
+    pid: rustix::process::Pid,
     /// Identity of the socket file we created, so that we never remove a file that
     /// somebody else put at the path after us.
     file_id: (u64, u64),
@@ -116,7 +119,8 @@ impl Listener {
         let addr = SocketAddrUnix::new(path).map_err(|e| io_error("building its address", e.into()))?;
         rustix::net::bind(&fd, &addr).map_err(|e| io_error("binding", e.into()))?;
         let stat = rustix::fs::stat(path).map_err(|e| io_error("inspecting", e.into()))?;
-        let listener = Listener { fd, path: path.to_owned(), file_id: (stat.st_dev, stat.st_ino) };
+        let pid = rustix::process::getpid();
+        let listener = Listener { fd, path: path.to_owned(), pid, file_id: (stat.st_dev, stat.st_ino) };
         // The umask may have taken bits the caller asked for; nobody can connect before
         // listen(), so setting them now opens no window.
         rustix::fs::chmod(path, mode).map_err(|e| io_error("setting the mode of the socket file", e.into()))?;
@@ -151,7 +155,7 @@ impl AsFd for Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if self.is_path_ours() {
+        if rustix::process::getpid() == self.pid && self.is_path_ours() {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -171,15 +175,54 @@ pub enum Incoming {
 
 /// A connected socket. Sends are serialized: a message's two records are never
 /// interleaved with another thread's.
+///
+/// Two ways to send: [`Connection::send_message`] waits for room (at most
+/// [`SEND_TIMEOUT`]); [`Connection::try_send_message`] and [`Connection::queue_message`]
+/// never wait. What `queue_message` cannot send at once waits in the connection's
+/// outbox, in order, until [`Connection::flush_queued`] (or the next send) finds room.
 #[derive(Debug)]
 pub struct Connection {
     fd: OwnedFd,
-    send_lock: Mutex<()>,
+    outbox: Mutex<Outbox>,
+}
+
+/// Records owed to the peer, oldest first: what a full socket could not take yet. Only
+/// records without fds are queued (a queued record cannot keep borrowed fds).
+#[derive(Debug, Default)]
+struct Outbox {
+    records: VecDeque<Vec<u8>>,
+    /// Somebody has promised to flush the outbox until it is empty ([`Queued::FlushNeeded`]).
+    flusher: bool,
+}
+
+/// How far a send that does not wait got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// The whole message is on its way.
+    Sent,
+    /// Only the length record went: the message record must follow, and nothing else
+    /// may be sent before it ([`Connection::try_send_record`]).
+    LengthRecordOnly,
+    /// Nothing went: the socket is full.
+    Nothing,
+}
+
+/// What [`Connection::queue_message`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Sent, and the outbox is empty.
+    Sent,
+    /// Waiting in the outbox; somebody flushes it already.
+    Queued,
+    /// Waiting in the outbox, and nobody flushes it yet: the caller is the flusher now,
+    /// and calls [`Connection::flush_queued`] when the socket is writable until it says
+    /// the outbox is empty (or [`Connection::give_up_flushing`]).
+    FlushNeeded,
 }
 
 impl Connection {
     fn new(fd: OwnedFd) -> io::Result<Connection> {
-        Ok(Connection { fd, send_lock: Mutex::new(()) })
+        Ok(Connection { fd, outbox: Mutex::new(Outbox::default()) })
     }
 
     /// Connects to a receiver listening at `path` (one attempt).
@@ -192,78 +235,192 @@ impl Connection {
         }
     }
 
-    /// Sends one message: the length record, then `record` with `fds` attached.
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        // Every change under the lock is a plain push or pop: a poisoned one is consistent.
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends one message: the length record, then `record` with `fds` attached, after
+    /// what the outbox holds; waits for room at most [`SEND_TIMEOUT`].
     /// On failure the connection is shut down, since the framing can no longer be trusted.
     pub fn send_message(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let _serialized = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let result = self.send_both_records(record, fds);
+        let mut outbox = self.outbox();
+        let deadline = Instant::now() + SEND_TIMEOUT;
+        let result = (|| {
+            while !self.flush_locked(&mut outbox)? {
+                self.wait_writable(deadline)?;
+            }
+            let mut progress = self.try_send_message_locked(record, fds)?;
+            loop {
+                progress = match progress {
+                    Progress::Sent => return Ok(()),
+                    Progress::Nothing => self.try_send_message_locked(record, fds)?,
+                    Progress::LengthRecordOnly if self.try_send_record_locked(record, fds)? => Progress::Sent,
+                    Progress::LengthRecordOnly => Progress::LengthRecordOnly,
+                };
+                if progress != Progress::Sent {
+                    self.wait_writable(deadline)?;
+                }
+            }
+        })();
         if result.is_err() {
-            self.shutdown();
+            self.fail(&mut outbox);
         }
         result
     }
 
-    /// Both records in one `sendmmsg`: the same two records on the wire, one syscall.
-    fn send_both_records(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let length_record = encode_length_record(record.len());
-        let deadline = Instant::now() + SEND_TIMEOUT;
-        let sent = loop {
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(RECV_FDS_CAPACITY))];
-            let mut control = SendAncillaryBuffer::new(&mut space);
-            if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds for one record"));
+    /// Sends one message without waiting: see [`Progress`]. After
+    /// [`Progress::LengthRecordOnly`], the caller must send `record` next with
+    /// [`Connection::try_send_record`]. Not for a connection whose outbox is in use: the
+    /// outbox would go out after this message. On failure the connection is shut down.
+    pub fn try_send_message(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<Progress> {
+        let mut outbox = self.outbox();
+        debug_assert!(outbox.records.is_empty(), "try_send_message would jump the outbox");
+        self.try_send_message_locked(record, fds).inspect_err(|_| self.fail(&mut outbox))
+    }
+
+    /// Sends the message record that [`Progress::LengthRecordOnly`] left owed, without
+    /// waiting; false when the socket is still full. On failure the connection is shut down.
+    pub fn try_send_record(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<bool> {
+        let mut outbox = self.outbox();
+        self.try_send_record_locked(record, fds).inspect_err(|_| self.fail(&mut outbox))
+    }
+
+    /// Sends a message without fds, never waiting: what the socket cannot take now waits
+    /// in the outbox, after what waits there already (see [`Queued`]). Fails only when
+    /// the socket failed (the peer is gone); the connection is shut down then.
+    pub fn queue_message(&self, record: &[u8]) -> io::Result<Queued> {
+        let mut outbox = self.outbox();
+        let result = (|| {
+            if self.flush_locked(&mut outbox)? {
+                match self.try_send_message_locked(record, &[])? {
+                    Progress::Sent => return Ok(Queued::Sent),
+                    Progress::LengthRecordOnly => outbox.records.push_back(record.to_vec()),
+                    Progress::Nothing => {
+                        outbox.records.push_back(encode_length_record(record.len()).to_vec());
+                        outbox.records.push_back(record.to_vec());
+                    }
+                }
+            } else {
+                outbox.records.push_back(encode_length_record(record.len()).to_vec());
+                outbox.records.push_back(record.to_vec());
             }
-            let mut no_control = SendAncillaryBuffer::default();
-            let (length_iov, record_iov) = ([IoSlice::new(&length_record)], [IoSlice::new(record)]);
-            let mut messages = [MMsgHdr::new(&length_iov, &mut no_control), MMsgHdr::new(&record_iov, &mut control)];
-            match rustix::net::sendmmsg(&self.fd, &mut messages, SendFlags::NOSIGNAL) {
-                Ok(sent) => break sent,
-                Err(rustix::io::Errno::AGAIN) => self.wait_writable(deadline)?,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        // The queue had room for the length record only: the message record follows alone.
-        if sent < 2 {
-            self.send_record_unlocked(record, fds, deadline)?;
+            Ok(match std::mem::replace(&mut outbox.flusher, true) {
+                true => Queued::Queued,
+                false => Queued::FlushNeeded,
+            })
+        })();
+        if result.is_err() {
+            self.fail(&mut outbox);
         }
-        Ok(())
+        result
     }
 
-    /// Sends one raw record, with no length record before it. For tests that play a
-    /// lying peer; a real message goes through [`Connection::send_message`].
-    pub fn send_raw_record(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let _serialized = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.send_record_unlocked(record, fds, Instant::now() + SEND_TIMEOUT)
+    /// For the flusher ([`Queued::FlushNeeded`]): sends what the outbox holds, without
+    /// waiting. True when it is empty: the flusher's job is done. On failure the outbox
+    /// is dropped, the connection shut down and the job done too.
+    pub fn flush_queued(&self) -> io::Result<bool> {
+        let mut outbox = self.outbox();
+        match self.flush_locked(&mut outbox) {
+            Ok(true) => {
+                outbox.flusher = false;
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => {
+                self.fail(&mut outbox);
+                Err(e)
+            }
+        }
     }
 
-    fn send_record_unlocked(&self, record: &[u8], fds: &[BorrowedFd<'_>], deadline: Instant) -> io::Result<()> {
+    /// For a flusher that cannot go on (no thread to wait in): the next
+    /// [`Connection::queue_message`] that leaves records queued names a new one.
+    pub fn give_up_flushing(&self) {
+        self.outbox().flusher = false;
+    }
+
+    /// Records waiting in the outbox.
+    pub fn queued_records(&self) -> usize {
+        self.outbox().records.len()
+    }
+
+    /// Sends the outbox's records in order while the socket takes them; true when empty.
+    fn flush_locked(&self, outbox: &mut Outbox) -> io::Result<bool> {
+        while let Some(record) = outbox.records.front() {
+            if !self.try_send_record_locked(record, &[])? {
+                return Ok(false);
+            }
+            outbox.records.pop_front();
+        }
+        Ok(true)
+    }
+
+    /// A send failed: the framing can no longer be trusted, and nothing queued will go.
+    fn fail(&self, outbox: &mut Outbox) {
+        outbox.records.clear();
+        outbox.flusher = false;
+        self.shutdown();
+    }
+
+    /// Both records in one `sendmmsg`: the same two records on the wire, one syscall.
+    fn try_send_message_locked(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<Progress> {
+        let length_record = encode_length_record(record.len());
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(RECV_FDS_CAPACITY))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds for one record"));
         }
-        // NOSIGNAL: a peer that went away must give us EPIPE, not kill the process.
-        // The socket is non-blocking; a send waits for room until `deadline`.
+        let mut no_control = SendAncillaryBuffer::default();
+        let (length_iov, record_iov) = ([IoSlice::new(&length_record)], [IoSlice::new(record)]);
+        let mut messages = [MMsgHdr::new(&length_iov, &mut no_control), MMsgHdr::new(&record_iov, &mut control)];
         loop {
-            match rustix::net::sendmsg(&self.fd, &[IoSlice::new(record)], &mut control, SendFlags::NOSIGNAL) {
-                Ok(n) if n == record.len() => return Ok(()),
-                Ok(n) => {
-                    return Err(io::Error::other(format!("sent {n} of a {}-byte record", record.len())));
-                }
-                Err(rustix::io::Errno::AGAIN) => self.wait_writable(deadline)?,
+            // NOSIGNAL: a peer that went away must give us EPIPE, not kill the process.
+            match rustix::net::sendmmsg(&self.fd, &mut messages, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+                Ok(2) => return Ok(Progress::Sent),
+                // The queue had room for the length record only: the message record follows alone.
+                Ok(1) => return Ok(Progress::LengthRecordOnly),
+                Ok(_) | Err(rustix::io::Errno::AGAIN) => return Ok(Progress::Nothing),
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
+    /// Sends one record without waiting; false when the socket is full.
+    fn try_send_record_locked(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<bool> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(RECV_FDS_CAPACITY))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds for one record"));
+        }
+        loop {
+            let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+            match rustix::net::sendmsg(&self.fd, &[IoSlice::new(record)], &mut control, flags) {
+                Ok(n) if n == record.len() => return Ok(true),
+                Ok(n) => return Err(io::Error::other(format!("sent {n} of a {}-byte record", record.len()))),
+                Err(rustix::io::Errno::AGAIN) => return Ok(false),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends one raw record, with no length record before it, waiting for room at most
+    /// [`SEND_TIMEOUT`]. For tests that play a lying peer; a real message goes through
+    /// [`Connection::send_message`].
+    pub fn send_raw_record(&self, record: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let _outbox = self.outbox();
+        let deadline = Instant::now() + SEND_TIMEOUT;
+        while !self.try_send_record_locked(record, fds)? {
+            self.wait_writable(deadline)?;
+        }
+        Ok(())
+    }
+
     fn wait_writable(&self, deadline: Instant) -> io::Result<()> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = [rustix::event::PollFd::new(&self.fd, rustix::event::PollFlags::OUT)];
-        let timeout = rustix::event::Timespec::try_from(left).expect("a short duration fits");
-        match rustix::event::poll(&mut fds, Some(&timeout))? {
-            0 => Err(io::Error::new(io::ErrorKind::TimedOut, "the peer has not read its socket for 2 s")),
+        match wait(self.fd.as_fd(), Want::Write, None, Some(deadline))? {
+            Ready::TimedOut => Err(peer_not_reading()),
             _ => Ok(()),
         }
     }
@@ -440,6 +597,78 @@ pub struct PeerCredentials {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// The error of a send that found no room for [`SEND_TIMEOUT`].
+pub fn peer_not_reading() -> io::Error {
+    let seconds = SEND_TIMEOUT.as_secs();
+    io::Error::new(io::ErrorKind::TimedOut, format!("the peer has not read its socket for {seconds} s"))
+}
+
+/// What [`wait`] waits for on its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    Read,
+    Write,
+    /// Either: a sender waiting for room reads what its peer says meanwhile.
+    ReadOrWrite,
+}
+
+/// What [`wait`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readiness {
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer hung up or the socket failed: the next read or send says how.
+    pub hung_up: bool,
+    /// The wake fd was readable.
+    pub woken: bool,
+}
+
+/// How [`wait`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    Ready(Readiness),
+    /// A signal interrupted the wait: the caller decides whether to wait again.
+    Interrupted,
+    TimedOut,
+}
+
+/// Waits until `socket` is ready for what `want` says, or `wake` (an eventfd) is
+/// readable, or `deadline` passes (`None`: for ever).
+pub fn wait(
+    socket: BorrowedFd<'_>,
+    want: Want,
+    wake: Option<BorrowedFd<'_>>,
+    deadline: Option<Instant>,
+) -> io::Result<Ready> {
+    use rustix::event::{PollFd, PollFlags};
+    let flags = match want {
+        Want::Read => PollFlags::IN,
+        Want::Write => PollFlags::OUT,
+        Want::ReadOrWrite => PollFlags::IN | PollFlags::OUT,
+    };
+    let wake_fd = wake.unwrap_or(socket);
+    let mut fds = [PollFd::new(&socket, flags), PollFd::new(&wake_fd, PollFlags::IN)];
+    let n = if wake.is_some() { 2 } else { 1 };
+    // A day at most per poll: the caller's loop waits again.
+    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()).min(Duration::from_secs(86_400)));
+    let timespec = timeout.map(|t| rustix::event::Timespec::try_from(t).expect("a day fits"));
+    match rustix::event::poll(&mut fds[..n], timespec.as_ref()) {
+        Ok(0) if deadline.is_some_and(|d| Instant::now() >= d) => Ok(Ready::TimedOut),
+        Ok(0) => Ok(Ready::Ready(Readiness::default())),
+        Ok(_) => {
+            let socket = fds[0].revents();
+            Ok(Ready::Ready(Readiness {
+                readable: socket.contains(PollFlags::IN),
+                writable: socket.contains(PollFlags::OUT),
+                hung_up: socket.intersects(PollFlags::HUP | PollFlags::ERR),
+                woken: n == 2 && fds[1].revents().contains(PollFlags::IN),
+            }))
+        }
+        Err(rustix::io::Errno::INTR) => Ok(Ready::Interrupted),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Waits until `fd` is readable or `timeout` passes (`None`: for ever). Returns false on timeout.

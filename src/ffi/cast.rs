@@ -4,7 +4,7 @@
 //! type) is the caller's side of the contract each function documents in the header.
 //!
 //! Handles (`qsock_receiver`, `qsock_sender`, `qsock_buffer`) are `Box`es: [`give_out`]
-//! turns one into the pointer C holds, [`handle`] and [`handle_mut`] borrow it for a
+//! turns one into the pointer C holds, [`handle`] borrows it for a
 //! call, and [`free`] takes it back, once, in the one function that frees it.
 
 use std::ffi::{c_char, CStr, OsStr};
@@ -31,12 +31,6 @@ pub(crate) fn handle<'a, T: Handle>(ptr: *const T, name: &str) -> Result<&'a T, 
     arg(ptr, name)
 }
 
-/// Borrows the handle `ptr` for the call, exclusively: for handles documented as used
-/// from one thread at a time.
-pub(crate) fn handle_mut<'a, T: Handle>(ptr: *mut T, name: &str) -> Result<&'a mut T, Failure> {
-    arg_mut(ptr, name)
-}
-
 /// Takes back a handle [`give_out`] made, and drops it. NULL is a no-op.
 pub(crate) fn free<T: Handle>(ptr: *mut T) {
     if !ptr.is_null() {
@@ -51,7 +45,8 @@ pub(crate) fn arg<'a, T>(ptr: *const T, name: &str) -> Result<&'a T, Failure> {
     unsafe { ptr.as_ref() }.ok_or_else(|| invalid(format!("{name} is NULL")))
 }
 
-fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T, Failure> {
+/// Borrows the out-pointer `ptr` for the call, to write through it.
+pub(crate) fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T, Failure> {
     // SAFETY: as in `arg`, and no other thread uses the object meanwhile, as these functions document.
     unsafe { ptr.as_mut() }.ok_or_else(|| invalid(format!("{name} is NULL")))
 }
@@ -62,10 +57,17 @@ pub(crate) fn write_out<T>(out: *mut T, name: &str, value: T) -> Result<(), Fail
     Ok(())
 }
 
-/// `n` items at `ptr`, read during the call; NULL is fine when `n` is 0.
-pub(crate) fn items<'a, T>(ptr: *const T, n: usize, name: &str) -> Result<&'a [T], Failure> {
+/// `n` items at `ptr`, read during the call; NULL is fine when `n` is 0. `n` is checked
+/// against `max` first: a count past what the call can use never reads past the array.
+pub(crate) fn items<'a, T>(ptr: *const T, n: usize, max: usize, name: &str) -> Result<&'a [T], Failure> {
+    if n > max {
+        return Err(invalid(format!("{name}: a count of {n}; at most {max}")));
+    }
     if n == 0 {
         return Ok(&[]);
+    }
+    if n.checked_mul(size_of::<T>()).is_none_or(|bytes| bytes > isize::MAX as usize) {
+        return Err(invalid(format!("{name}: a count of {n} is larger than any array")));
     }
     if ptr.is_null() {
         return Err(invalid(format!("{name} is NULL but its count is {n}")));

@@ -19,29 +19,34 @@ mod receiver;
 mod sender;
 mod types;
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_int, CStr};
 
 use cast::*;
 use panic::{boundary, call, invalid, Failure};
 use types::qsock_status::{self, *};
 use types::*;
 
-/// The status's name, e.g. "QSOCK_TIMEOUT". A static string; never NULL.
+/// The name of the status whose value is `status`, e.g. "QSOCK_TIMEOUT";
+/// "QSOCK_UNKNOWN_STATUS" for any other int (any value may be passed). A static string;
+/// never NULL.
 #[no_mangle]
-pub extern "C" fn qsock_status_name(status: qsock_status) -> *const c_char {
-    // No panic boundary: a match on a valid enum value cannot panic.
-    let name: &'static CStr = match status {
-        QSOCK_OK => c"QSOCK_OK",
-        QSOCK_TIMEOUT => c"QSOCK_TIMEOUT",
-        QSOCK_EOS => c"QSOCK_EOS",
-        QSOCK_SENDER_GONE => c"QSOCK_SENDER_GONE",
-        QSOCK_PROTOCOL_ERROR => c"QSOCK_PROTOCOL_ERROR",
-        QSOCK_INVALID_ARGUMENT => c"QSOCK_INVALID_ARGUMENT",
-        QSOCK_BAD_SOCKET_PATH => c"QSOCK_BAD_SOCKET_PATH",
-        QSOCK_IO_ERROR => c"QSOCK_IO_ERROR",
-        QSOCK_INTERNAL_ERROR => c"QSOCK_INTERNAL_ERROR",
-        QSOCK_RECEIVER_GONE => c"QSOCK_RECEIVER_GONE",
-        QSOCK_SENDER_REFUSED => c"QSOCK_SENDER_REFUSED",
+pub extern "C" fn qsock_status_name(status: c_int) -> *const c_char {
+    // No panic boundary: a lookup in a fixed table cannot panic. `status` stays an int:
+    // C may pass any value, and one outside the enum must never become a qsock_status.
+    let name: &'static CStr = match qsock_status::ALL.into_iter().find(|&s| s as c_int == status) {
+        None => c"QSOCK_UNKNOWN_STATUS",
+        Some(QSOCK_OK) => c"QSOCK_OK",
+        Some(QSOCK_TIMEOUT) => c"QSOCK_TIMEOUT",
+        Some(QSOCK_EOS) => c"QSOCK_EOS",
+        Some(QSOCK_SENDER_GONE) => c"QSOCK_SENDER_GONE",
+        Some(QSOCK_PROTOCOL_ERROR) => c"QSOCK_PROTOCOL_ERROR",
+        Some(QSOCK_INVALID_ARGUMENT) => c"QSOCK_INVALID_ARGUMENT",
+        Some(QSOCK_BAD_SOCKET_PATH) => c"QSOCK_BAD_SOCKET_PATH",
+        Some(QSOCK_IO_ERROR) => c"QSOCK_IO_ERROR",
+        Some(QSOCK_INTERNAL_ERROR) => c"QSOCK_INTERNAL_ERROR",
+        Some(QSOCK_RECEIVER_GONE) => c"QSOCK_RECEIVER_GONE",
+        Some(QSOCK_SENDER_REFUSED) => c"QSOCK_SENDER_REFUSED",
+        Some(QSOCK_INTERRUPTED) => c"QSOCK_INTERRUPTED",
     };
     name.as_ptr()
 }

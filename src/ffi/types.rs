@@ -18,15 +18,47 @@ pub const QSOCK_MAX_PLANES: usize = 4;
 pub const QSOCK_MAX_DIMENSIONS: usize = 8;
 /// At most this many bytes per text block.
 pub const QSOCK_MAX_TEXT: usize = 1024;
+/// At most this many bytes (the NUL not counted) in a name: an ROI label, a class
+/// label's name, a keypoint's name. Longer ones are refused, not cut.
+pub const QSOCK_MAX_NAME: usize = 31;
+/// At most this many bytes (the NUL not counted) in a serialized GstStructure of a meta:
+/// `det_meta`, every `xtraparams`.
+pub const QSOCK_MAX_STRUCTURE: usize = 255;
+/// At most this many bytes (the NUL not counted) in a protection meta's structure.
+pub const QSOCK_MAX_PROTECTION: usize = 1023;
+/// At most this many labels per classification meta.
+pub const QSOCK_MAX_CLASS_LABELS: usize = 32;
+/// At most this many keypoints per landmarks meta.
+pub const QSOCK_MAX_KEYPOINTS: usize = 64;
+/// At most this many links per landmarks meta.
+pub const QSOCK_MAX_LINKS: usize = 64;
+/// At most this many bytes in a buffer's whole description on the wire (its blocks and
+/// every meta): it bounds the metas per buffer, e.g. 445 ROI metas, or 26 classification
+/// metas. A meta payload takes 1044 (protection), 588 (ROI), 9876 (classification) or
+/// 4140 (landmarks) bytes; a block 88 (video), 60 (tensor) or 1044 (text); 80 more for
+/// the buffer.
+pub const QSOCK_MAX_MESSAGE: usize = 256 * 1024;
 const _: () = assert!(
     QSOCK_MAX_BLOCKS == protocol::MAX_MEMORY_BLOCKS
         && QSOCK_MAX_PLANES == protocol::MAX_PLANES
         && QSOCK_MAX_DIMENSIONS == protocol::MAX_TENSOR_DIMENSIONS
         && QSOCK_MAX_TEXT == protocol::MAX_TEXT_LEN
+        && QSOCK_MAX_NAME == protocol::NAME_CAPACITY - 1
+        && QSOCK_MAX_STRUCTURE == protocol::STRUCTURE_CAPACITY - 1
+        && QSOCK_MAX_PROTECTION == protocol::MAX_TEXT_LEN - 1
+        && QSOCK_MAX_CLASS_LABELS == protocol::MAX_CLASS_LABELS
+        && QSOCK_MAX_KEYPOINTS == protocol::MAX_KEYPOINTS
+        && QSOCK_MAX_LINKS == protocol::MAX_LINKS
+        && QSOCK_MAX_MESSAGE == protocol::MAX_RECORD_LEN
 );
 
+/// The socket file's default mode, 0600: read and write for the owner only.
+pub const QSOCK_DEFAULT_SOCKET_MODE: u32 = 0o600;
+const _: () = assert!(QSOCK_DEFAULT_SOCKET_MODE == crate::DEFAULT_SOCKET_MODE);
+
 /// What a qsock function reports. Every function that can fail returns one; when it is
-/// not `QSOCK_OK`, `qsock_last_error()` says what went wrong, in words.
+/// not `QSOCK_OK`, `qsock_last_error()` says what went wrong, in words. Values may be
+/// added at the end in later versions.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum qsock_status {
@@ -55,9 +87,30 @@ pub enum qsock_status {
     /// A sender connected whose uid is not in the receiver's allowed uids: it was
     /// disconnected. The next receive goes on waiting for an allowed sender.
     QSOCK_SENDER_REFUSED = 10,
+    /// The wait was ended by `qsock_receiver_interrupt` or `qsock_sender_interrupt`.
+    QSOCK_INTERRUPTED = 11,
 }
 
-/// The kind of a buffer's memory blocks.
+impl qsock_status {
+    /// Every status, in order of value.
+    pub(crate) const ALL: [qsock_status; 12] = [
+        qsock_status::QSOCK_OK,
+        qsock_status::QSOCK_TIMEOUT,
+        qsock_status::QSOCK_EOS,
+        qsock_status::QSOCK_SENDER_GONE,
+        qsock_status::QSOCK_PROTOCOL_ERROR,
+        qsock_status::QSOCK_INVALID_ARGUMENT,
+        qsock_status::QSOCK_BAD_SOCKET_PATH,
+        qsock_status::QSOCK_IO_ERROR,
+        qsock_status::QSOCK_INTERNAL_ERROR,
+        qsock_status::QSOCK_RECEIVER_GONE,
+        qsock_status::QSOCK_SENDER_REFUSED,
+        qsock_status::QSOCK_INTERRUPTED,
+    ];
+}
+
+/// The kind of a buffer's memory blocks. (`qsock_send_buffer.kind` is an `int` holding
+/// one of these: qsock checks the value it reads instead of trusting it.)
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum qsock_kind {
@@ -67,6 +120,15 @@ pub enum qsock_kind {
     QSOCK_KIND_TENSOR = 2,
     /// Text: bytes carried in the message itself (no fd), read with `qsock_buffer_get_text`.
     QSOCK_KIND_TEXT = 3,
+}
+
+impl qsock_kind {
+    /// The kind whose value C passed in `value`, or `None` for a value that is none.
+    pub(crate) fn from_c(value: c_int) -> Option<qsock_kind> {
+        [qsock_kind::QSOCK_KIND_VIDEO, qsock_kind::QSOCK_KIND_TENSOR, qsock_kind::QSOCK_KIND_TEXT]
+            .into_iter()
+            .find(|&kind| kind as c_int == value)
+    }
 }
 
 /// What a receiver said.
@@ -144,7 +206,9 @@ pub struct qsock_tensor_info {
     pub dimensions: [u32; QSOCK_MAX_DIMENSIONS],
 }
 
-/// A region of interest (GstVideoRegionOfInterestMeta). Strings belong to the buffer.
+/// A region of interest (GstVideoRegionOfInterestMeta). Received: the strings belong to
+/// the buffer. Sent: `label` at most `QSOCK_MAX_NAME` bytes, `det_meta` and `xtraparams`
+/// at most `QSOCK_MAX_STRUCTURE`.
 #[repr(C)]
 pub struct qsock_roi_meta {
     pub label: *const c_char,
@@ -160,7 +224,8 @@ pub struct qsock_roi_meta {
     pub xtraparams: *const c_char,
 }
 
-/// One label of a classification.
+/// One label of a classification. Sent: `name` at most `QSOCK_MAX_NAME` bytes,
+/// `xtraparams` at most `QSOCK_MAX_STRUCTURE`.
 #[repr(C)]
 pub struct qsock_class_label {
     pub name: *const c_char,
@@ -171,16 +236,17 @@ pub struct qsock_class_label {
     pub xtraparams: *const c_char,
 }
 
-/// An image classification result. Arrays and strings belong to the buffer.
+/// An image classification result. Received: arrays and strings belong to the buffer.
 #[repr(C)]
 pub struct qsock_class_meta {
     pub id: u32,
     pub parent_id: i32,
+    /// At most `QSOCK_MAX_CLASS_LABELS`.
     pub n_labels: usize,
     pub labels: *const qsock_class_label,
 }
 
-/// One keypoint of a landmarks result.
+/// One keypoint of a landmarks result. Sent: `name` at most `QSOCK_MAX_NAME` bytes.
 #[repr(C)]
 pub struct qsock_keypoint {
     pub name: *const c_char,
@@ -197,17 +263,19 @@ pub struct qsock_link {
     pub d_kp_idx: u32,
 }
 
-/// A pose or landmarks result. Arrays and strings belong to the buffer.
+/// A pose or landmarks result. Received: arrays and strings belong to the buffer.
 #[repr(C)]
 pub struct qsock_landmarks_meta {
     pub id: u32,
     pub parent_id: i32,
     pub confidence: f64,
+    /// At most `QSOCK_MAX_KEYPOINTS`.
     pub n_keypoints: usize,
     pub keypoints: *const qsock_keypoint,
+    /// At most `QSOCK_MAX_LINKS`.
     pub n_links: usize,
     pub links: *const qsock_link,
-    /// A serialized GstStructure; NULL when absent.
+    /// A serialized GstStructure (at most `QSOCK_MAX_STRUCTURE` bytes); NULL when absent.
     pub xtraparams: *const c_char,
 }
 
@@ -258,7 +326,8 @@ pub struct qsock_receiver_stats {
 pub struct qsock_send_block {
     /// The memory's fd (a DMA-BUF or memfd; ignored for text). Its number becomes the
     /// block's buf_id, and returns name it: keep it open and the memory unchanged until
-    /// its return arrives. qsock does not take ownership.
+    /// its return arrives. qsock does not take ownership. A negative value (or one that is
+    /// no open fd) for video or tensors is `QSOCK_INVALID_ARGUMENT`.
     pub fd: c_int,
     /// Bytes in use from offset 0, and the memory's whole size (at most the fd's size).
     pub size: u64,
@@ -267,15 +336,22 @@ pub struct qsock_send_block {
     pub video: qsock_video_info,
     /// For QSOCK_KIND_TENSOR: the shape (`type_name` is ignored).
     pub tensor: qsock_tensor_info,
-    /// For QSOCK_KIND_TEXT: `size` bytes (at most 1024), copied into the message.
+    /// For QSOCK_KIND_TEXT: `size` bytes (at most `QSOCK_MAX_TEXT`), copied into the
+    /// message; `size` is checked before they are read.
     pub text: *const u8,
 }
 
-/// A buffer to send. Everything it points to is read during the call only.
+/// A buffer to send. Everything it points to is read during the call only, and only
+/// after `kind` and every count were checked: a count is never trusted to read past an
+/// array. What the wire cannot carry (a name over `QSOCK_MAX_NAME` bytes, a structure
+/// over `QSOCK_MAX_STRUCTURE`, more than `QSOCK_MAX_CLASS_LABELS` labels, ...) is refused
+/// with `QSOCK_INVALID_ARGUMENT` naming the limit; nothing is cut.
 #[repr(C)]
 pub struct qsock_send_buffer {
-    pub kind: qsock_kind,
-    /// 1..=10 blocks, all of `kind`.
+    /// A `qsock_kind` (`QSOCK_KIND_VIDEO`, `QSOCK_KIND_TENSOR` or `QSOCK_KIND_TEXT`); any
+    /// other value, 0 from a zeroed struct included, is `QSOCK_INVALID_ARGUMENT`.
+    pub kind: c_int,
+    /// 1..=10 (`QSOCK_MAX_BLOCKS`) blocks, all of `kind`.
     pub n_blocks: usize,
     pub blocks: *const qsock_send_block,
     /// Running time in ns; `QSOCK_CLOCK_TIME_NONE` when unset.
@@ -286,7 +362,7 @@ pub struct qsock_send_buffer {
     /// the first time (or when the object behind an fd number changed).
     pub pooled: bool,
     pub n_protection_metas: usize,
-    /// Serialized GstStructures.
+    /// Serialized GstStructures, at most `QSOCK_MAX_PROTECTION` bytes each.
     pub protection_metas: *const *const c_char,
     pub n_roi_metas: usize,
     pub roi_metas: *const qsock_roi_meta,

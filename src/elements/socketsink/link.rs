@@ -255,6 +255,11 @@ impl Link {
         let outgoing = prepared.outgoing();
         let (_, fds_before) = sender.counts();
         let result = sender.send(&outgoing);
+        if sender.has_taken_in() {
+            // The send found the socket full and read the receiver's returns while it
+            // waited for room (else both sides wait on each other): the thread handles them.
+            self.shared.wake_thread();
+        }
         let fds_sent = sender.counts().1 - fds_before;
         let ids: Vec<i32> = outgoing.blocks.iter().filter_map(|b| b.fd).map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd)).collect();
         drop(outgoing);
