@@ -33,7 +33,11 @@ impl FdCache {
     /// Gives every block of `message` its fd: a new one from `fds`, or the cached one for
     /// its `buf_id`. Checks every block's `maxsize` against its object. All or nothing: on
     /// error the cache is unchanged and the new fds are closed.
-    pub(crate) fn assign(&mut self, message: &DataMessage, fds: Vec<OwnedFd>) -> Result<Vec<Arc<OwnedFd>>, ProtocolError> {
+    pub(crate) fn assign(
+        &mut self,
+        message: &DataMessage,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Vec<Arc<OwnedFd>>, ProtocolError> {
         if message.kind() == MemoryKind::Text {
             return Ok(Vec::new()); // the parser made sure no fds came with text
         }
@@ -62,8 +66,11 @@ impl FdCache {
             let maxsize = memory.maxsize();
             let fd = if takes_new_fd[block] {
                 let fd = new_fds.next().expect("counted above");
-                let object_size = object_size(fd.as_fd())
-                    .map_err(|e| ProtocolError::UnsizableFd { block, buf_id, reason: e.to_string() })?;
+                let object_size = object_size(fd.as_fd()).map_err(|e| ProtocolError::UnsizableFd {
+                    block,
+                    buf_id,
+                    reason: e.to_string(),
+                })?;
                 check_fits(block, buf_id, maxsize, object_size)?;
                 let fd = Arc::new(fd);
                 if pooled {

@@ -5,29 +5,28 @@
 //! encoding) → [`transport`] (the socket and fd passing) → [`receiver`] (the safe API)
 //! → `ffi` (the C ABI in include/qsock.h) and the GStreamer plugin.
 
-pub mod protocol;
+mod elements;
 mod error;
-pub mod transport;
+mod fd_cache;
+mod ffi;
+pub mod protocol;
 pub mod receiver;
 pub mod sender;
-mod fd_cache;
 mod socket_owner;
-mod ffi;
-mod elements;
+pub mod transport;
 
-pub use receiver::{
-    Event, Interrupter, ReceivedBuffer, Receiver, ReceiverHandle, ReceiverOptions, ReceiverStats,
-    DEFAULT_SOCKET_MODE,
-};
-pub use error::Error;
-pub use sender::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent, SenderInterrupter, Waited};
-pub use transport::PeerCredentials;
 /// The vendor's meta layouts (`GstMLTensorMeta`, `GstVideoClassificationMeta`,
 /// `GstVideoLandmarksMeta` and their array elements) as the elements read and write them:
 /// for the tests, which register and read those metas as the vendor's libraries do. Not a
 /// stable API.
 #[doc(hidden)]
 pub use elements::meta::vendor as vendor_meta;
+pub use error::Error;
+pub use receiver::{
+    Event, Interrupter, ReceivedBuffer, Receiver, ReceiverHandle, ReceiverOptions, ReceiverStats, DEFAULT_SOCKET_MODE,
+};
+pub use sender::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent, SenderInterrupter, Waited};
+pub use transport::PeerCredentials;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {
     elements::register(plugin)

@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 use rustix::event::epoll;
 
 use crate::fd_cache::FdCache;
-use crate::protocol::{
-    DataMessage, MemoryKind, ReceiverMessage, ReturnMessage, SenderMessage,
-    MAX_RECORD_LEN,
-};
+use crate::protocol::{DataMessage, MemoryKind, ReceiverMessage, ReturnMessage, SenderMessage, MAX_RECORD_LEN};
 pub use crate::transport::PeerCredentials;
 use crate::transport::{wait, Connection, Listener, MessageIn, MessageReader, Queued, ReadError, Want};
 use crate::Error;
 
 /// What [`Receiver::recv`] brought.
+// One value per message, moved once to the caller: boxing the buffer would cost an
+// allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event {
     /// A sender connected (and passed the `allowed_uids` check), with its process
@@ -206,10 +206,12 @@ impl Receiver {
 
     /// [`Receiver::bind`] with `options`.
     pub fn bind_with(path: impl AsRef<Path>, options: &ReceiverOptions) -> Result<Receiver, Error> {
-        let listener = Listener::bind(path.as_ref(), options.socket_mode).map_err(|e| Error::binding(path.as_ref(), e))?;
+        let listener =
+            Listener::bind(path.as_ref(), options.socket_mode).map_err(|e| Error::binding(path.as_ref(), e))?;
         let poller = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io("creating the receiver's epoll fd"))?;
-        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
-            .map_err(io("creating the receiver's wake-up eventfd"))?;
+        let wake =
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
+                .map_err(io("creating the receiver's wake-up eventfd"))?;
         let register = |fd: BorrowedFd<'_>, token| {
             epoll::add(&poller, fd, epoll::EventData::new_u64(token), epoll::EventFlags::IN)
                 .map_err(io("registering with the receiver's epoll fd"))
@@ -362,7 +364,8 @@ impl Receiver {
         let Ok(listener) = Listener::bind(self.listener.path(), self.options.socket_mode) else { return };
         // The listener is watched always: while a sender is connected, to turn others away.
         let _ = epoll::delete(&self.poller, &self.listener);
-        let watched = epoll::add(&self.poller, &listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN);
+        let watched =
+            epoll::add(&self.poller, &listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN);
         if watched.is_err() {
             return;
         }
@@ -463,7 +466,7 @@ impl Receiver {
         // stream of connecting senders keeps going.
         while turned_away < 64 {
             let Ok(Some(connection)) = self.listener.accept() else { break };
-            let peer = connection.peer_credentials().ok().map(PeerCredentials::from);
+            let peer = connection.peer_credentials().ok();
             // Both ways, at once: it sees the hang-up before reading anything.
             connection.shutdown();
             drop(connection);

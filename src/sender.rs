@@ -170,7 +170,9 @@ impl Sender {
             if let MemoryBlock::Text(text) = &block.description {
                 if text.contents.len() > MAX_TEXT_LEN {
                     let len = text.contents.len();
-                    return Err(invalid(format!("block {i}: text of {len} bytes; a text block holds at most {MAX_TEXT_LEN}")));
+                    return Err(invalid(format!(
+                        "block {i}: text of {len} bytes; a text block holds at most {MAX_TEXT_LEN}"
+                    )));
                 }
             }
             match (block.fd, is_text) {
@@ -368,7 +370,7 @@ impl Sender {
     /// The receiver's process, as the kernel saw it when it listened (`SO_PEERCRED`): who
     /// to name when a receiver turns this sender away.
     pub fn receiver_credentials(&self) -> Option<crate::PeerCredentials> {
-        self.connection.peer_credentials().ok().map(crate::PeerCredentials::from)
+        self.connection.peer_credentials().ok()
     }
 }
 

@@ -44,9 +44,8 @@ pub(crate) fn listening_on(path: &Path, dev: u64, ino: u64) -> io::Result<Option
     match sock_diag_listeners() {
         Ok(listeners) => Ok(listeners.into_iter().find(|l| l.file == Some((dev, ino))).map(|l| l.socket)),
         // No unix_diag in this kernel, or netlink refused to us: the path, as bound.
-        Err(diag) => proc_net_unix_listener(path).map_err(|proc| {
-            io::Error::other(format!("socket diagnostics: {diag}; /proc/net/unix: {proc}"))
-        }),
+        Err(diag) => proc_net_unix_listener(path)
+            .map_err(|proc| io::Error::other(format!("socket diagnostics: {diag}; /proc/net/unix: {proc}"))),
     }
 }
 
@@ -75,7 +74,11 @@ fn sock_diag_listeners() -> io::Result<Vec<DiagListener>> {
         SocketFlags::CLOEXEC,
         Some(netlink::SOCK_DIAG),
     )?;
-    rustix::net::sockopt::set_socket_timeout(&fd, rustix::net::sockopt::Timeout::Recv, Some(std::time::Duration::from_secs(2)))?;
+    rustix::net::sockopt::set_socket_timeout(
+        &fd,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(std::time::Duration::from_secs(2)),
+    )?;
     // struct nlmsghdr, then struct unix_diag_req: AF_UNIX sockets in state LISTEN.
     let mut request = Vec::with_capacity(40);
     request.extend_from_slice(&40u32.to_ne_bytes());
@@ -120,7 +123,8 @@ fn sock_diag_listeners() -> io::Result<Vec<DiagListener>> {
 
 /// struct unix_diag_msg and its attributes.
 fn parse_unix_diag_msg(payload: &[u8]) -> DiagListener {
-    let mut listener = DiagListener { socket: Listening { socket_ino: u32_at(payload, 4).into(), uid: None }, file: None };
+    let mut listener =
+        DiagListener { socket: Listening { socket_ino: u32_at(payload, 4).into(), uid: None }, file: None };
     let mut attrs = &payload[16..];
     while attrs.len() >= 4 {
         let attr_len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
@@ -168,8 +172,9 @@ fn processes_holding(socket_ino: u64) -> Vec<(u32, String)> {
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .is_ok_and(|fds| fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == link.as_str())))
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == link.as_str()))
+            })
         })
         .map(|pid| {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();

@@ -53,8 +53,9 @@ fn check_socket_path(path: &Path) -> io::Result<()> {
         // A socket somebody listens on is theirs (asked of the kernel: a probing connect
         // would be taken for a sender). One nobody listens on is stale: replaced.
         Ok(meta) if meta.file_type().is_socket() => match socket_owner::listening_on(path, meta.dev(), meta.ino()) {
-            Ok(None) => std::fs::remove_file(path)
-                .map_err(|e| path_error(format!("cannot remove the stale socket there: {e}"))),
+            Ok(None) => {
+                std::fs::remove_file(path).map_err(|e| path_error(format!("cannot remove the stale socket there: {e}")))
+            }
             Ok(Some(listening)) => Err(path_error(format!(
                 "another receiver is listening on it ({}); stop that one or choose another path",
                 listening.describe()
@@ -513,7 +514,10 @@ pub fn object_can_shrink(fd: BorrowedFd<'_>) -> bool {
 #[derive(Debug)]
 pub enum MessageIn {
     /// A message record of `len` bytes (at the start of the caller's buffer) and its fds.
-    Message { len: usize, fds: Vec<OwnedFd> },
+    Message {
+        len: usize,
+        fds: Vec<OwnedFd>,
+    },
     WouldBlock,
     Hangup,
 }
@@ -673,7 +677,9 @@ pub fn wait(
 
 /// Waits until `fd` is readable or `timeout` passes (`None`: for ever). Returns false on timeout.
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
-    let timespec = timeout.map(|t| rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec { tv_sec: i64::MAX, tv_nsec: 0 }));
+    let timespec = timeout.map(|t| {
+        rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec { tv_sec: i64::MAX, tv_nsec: 0 })
+    });
     let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
     match rustix::event::poll(&mut fds, timespec.as_ref()) {
         Ok(n) => Ok(n > 0),

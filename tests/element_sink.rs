@@ -52,7 +52,6 @@ fn wait_end(pipeline: &gst::Pipeline) -> Option<String> {
     }
 }
 
-
 /// Asks `sink` what it offers upstream for `caps`: (pool, allocator).
 fn offered(sink: &gst::Element, caps: &str) -> (Option<gst::BufferPool>, gst::Allocator) {
     let caps = gst::Caps::from_str(caps).unwrap();
@@ -296,8 +295,6 @@ fn tensors_and_text_match_the_deployed_sinks_bytes() {
 // ---------------------------------------------------------------------------------------
 // Ours → ours, the receiver in another process (gst-launch-1.0)
 
-
-
 fn finish(child: Child) -> String {
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -318,10 +315,11 @@ const NV12_320X240: &str = "video/x-raw,format=NV12,width=320,height=240,framera
 /// One frame of `videotestsrc pattern=smpte75` (a still pattern) as `caps`.
 fn smpte_frame(caps: &str) -> Vec<u8> {
     init();
-    let pipeline = gst::parse::launch(&format!("videotestsrc pattern=smpte75 num-buffers=1 ! {caps} ! appsink name=out"))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline =
+        gst::parse::launch(&format!("videotestsrc pattern=smpte75 num-buffers=1 ! {caps} ! appsink name=out"))
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
     let sink = pipeline.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let sample = sink.pull_sample().unwrap();
@@ -337,7 +335,10 @@ fn videotestsrc_frames_reach_a_receiver_process_without_a_copy() {
     let out = dir.path("frames.raw");
     let receiver = gst_launch_child(
         &dir,
-        &format!("qtisocketsrc socket=SOCKET ! {NV12_320X240} ! filesink buffer-mode=unbuffered location={}", path_str(&out)),
+        &format!(
+            "qtisocketsrc socket=SOCKET ! {NV12_320X240} ! filesink buffer-mode=unbuffered location={}",
+            path_str(&out)
+        ),
     );
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc pattern=smpte75 num-buffers=60 ! {NV12_320X240} ! qtisocketsink name=sink socket={} \
@@ -384,7 +385,10 @@ fn system_memory_frames_are_copied_once_into_memfds_and_counted() {
     let out = dir.path("frames.raw");
     let receiver = gst_launch_child(
         &dir,
-        &format!("qtisocketsrc socket=SOCKET ! {NV12_64X48} ! filesink buffer-mode=unbuffered location={}", path_str(&out)),
+        &format!(
+            "qtisocketsrc socket=SOCKET ! {NV12_64X48} ! filesink buffer-mode=unbuffered location={}",
+            path_str(&out)
+        ),
     );
     let (pipeline, src, sink) = sender_pipeline(&dir.path("s"), NV12_64X48, "wait-for-receiver=true");
     let frame = |i: u64| {
@@ -416,10 +420,11 @@ fn system_memory_frames_are_copied_once_into_memfds_and_counted() {
 /// `qtisocketsrc ! appsink` on `socket`, PLAYING.
 fn receiver_pipeline(socket: &Path) -> (gst::Pipeline, gst_app::AppSink) {
     init();
-    let pipeline = gst::parse::launch(&format!("qtisocketsrc socket={} ! appsink name=out sync=false", path_str(socket)))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline =
+        gst::parse::launch(&format!("qtisocketsrc socket={} ! appsink name=out sync=false", path_str(socket)))
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
     let sink = pipeline.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     (pipeline, sink)
@@ -468,7 +473,13 @@ fn video_metas_go_through_ours_to_ours() {
     let roi = received.meta::<gst_video::VideoRegionOfInterestMeta>().expect("ROI meta");
     assert_eq!((roi.roi_type(), roi.rect(), roi.id(), roi.parent_id()), ("person", (10, 20, 30, 40), 5, 2));
     let params: Vec<String> = roi.params().map(|p| p.to_string()).collect();
-    assert_eq!(params, [gst::Structure::from_str(detection).unwrap().to_string(), gst::Structure::from_str(extra).unwrap().to_string()]);
+    assert_eq!(
+        params,
+        [
+            gst::Structure::from_str(detection).unwrap().to_string(),
+            gst::Structure::from_str(extra).unwrap().to_string()
+        ]
+    );
     let got_protection = received.meta::<gst::ProtectionMeta>().expect("protection meta");
     assert_eq!(got_protection.info().to_string(), gst::Structure::from_str(protection).unwrap().to_string());
     let class = received
@@ -606,13 +617,16 @@ fn index_receiver(socket: &Path) -> (gst::Pipeline, mpsc::Receiver<u64>) {
     .unwrap();
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
-    pipeline.by_name("out").unwrap().static_pad("sink").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-        if let Some(buffer) = info.buffer() {
-            let map = buffer.map_readable().unwrap();
-            let _ = tx.lock().unwrap().send(u64::from_le_bytes(map[..8].try_into().unwrap()));
-        }
-        gst::PadProbeReturn::Ok
-    });
+    pipeline.by_name("out").unwrap().static_pad("sink").unwrap().add_probe(
+        gst::PadProbeType::BUFFER,
+        move |_, info| {
+            if let Some(buffer) = info.buffer() {
+                let map = buffer.map_readable().unwrap();
+                let _ = tx.lock().unwrap().send(u64::from_le_bytes(map[..8].try_into().unwrap()));
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
     pipeline.set_state(gst::State::Playing).unwrap();
     (pipeline, rx)
 }

@@ -17,8 +17,7 @@ use gst::prelude::*;
 use gst_base::prelude::BaseSrcExt;
 use gst_check::Harness;
 use gstqtisocket::protocol::{
-    ClassLabel, ClassMeta, Keypoint, LandmarksMeta, Link, MemoryBlock, Metas, ProtectionMeta,
-    CLOCK_TIME_NONE,
+    ClassLabel, ClassMeta, Keypoint, LandmarksMeta, Link, MemoryBlock, Metas, ProtectionMeta, CLOCK_TIME_NONE,
 };
 use gstqtisocket::vendor_meta::{
     TensorMeta, VendorClassLabel, VendorClassificationMeta, VendorKeypoint, VendorKeypointLink, VendorLandmarksMeta,
@@ -772,7 +771,6 @@ fn null_while_waiting_for_a_sender_or_a_message_returns_within_100_ms() {
 // ---------------------------------------------------------------------------------------
 // gst-launch-1.0, with the plugin loaded from the build output
 
-
 /// Runs `gst-launch-1.0 ARGS` against a replay of `capture`; both must succeed.
 fn gst_launch(dir: &TempDir, capture: &str, pipeline: &str) -> String {
     let socket = dir.path("s");
@@ -828,7 +826,6 @@ fn gst_launch_receives_video_and_text_from_another_process() {
 
 // ---------------------------------------------------------------------------------------
 // Alone in a process
-
 
 unsafe extern "C" fn vendor_init(
     meta: *mut gst::ffi::GstMeta,
@@ -1003,7 +1000,6 @@ fn vendor_metas_are_attached_when_the_vendor_registered_them() {
 
 // ---------------------------------------------------------------------------------------
 // No leak
-
 
 fn memfd_mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps").unwrap().lines().filter(|l| l.contains("/memfd:")).count()

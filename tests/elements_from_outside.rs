@@ -322,8 +322,7 @@ fn srt_with_markup(dir: &TempDir) -> PathBuf {
 
 /// The caps and texts an in-process receiver on `socket` gets until EOS (10 s at most).
 fn received_texts(socket: &Path, until: impl FnOnce()) -> (Vec<String>, Vec<String>) {
-    let running =
-        Running::launch(&format!("qtisocketsrc socket={} ! appsink name=out sync=false", path_str(socket)));
+    let running = Running::launch(&format!("qtisocketsrc socket={} ! appsink name=out sync=false", path_str(socket)));
     let appsink = running.element("out").downcast::<gst_app::AppSink>().unwrap();
     until();
     let (mut caps, mut texts) = (Vec::new(), Vec::new());
@@ -426,7 +425,11 @@ fn my_uid() -> u32 {
 
 /// The uid a sender runs as: another user's (nobody) when this one may switch to it.
 fn other_uid() -> u32 {
-    if my_uid() == 0 { NOBODY } else { my_uid() }
+    if my_uid() == 0 {
+        NOBODY
+    } else {
+        my_uid()
+    }
 }
 
 /// A `gst-launch-1.0` sender as `other_uid()`.

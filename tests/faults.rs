@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gst::prelude::*;
-use lies::{data, info, nv12, MemoryBlock, Metas, ProtocolError, FRAME_BYTES};
 use gstqtisocket::protocol::MAX_RECORD_LEN;
 use gstqtisocket::transport::{wait_readable, Connection, Listener, MessageIn, MessageReader};
 use gstqtisocket::{Error, Event, Receiver, DEFAULT_SOCKET_MODE};
+use lies::{data, info, nv12, MemoryBlock, Metas, ProtocolError, FRAME_BYTES};
 
 const WAIT: Duration = Duration::from_secs(10);
-
 
 /// The next message of one of `types` on `running`'s bus, or None after `WAIT`.
 fn next(running: &Running, types: &[gst::MessageType]) -> Option<gst::Message> {

@@ -50,7 +50,10 @@ fn data_messages(name: &str) -> Vec<DataMessage> {
             SenderMessage::Eos => assert_eq!(i, lines.len() - 1, "{name}: EOS must come last"),
             SenderMessage::Data(m) => {
                 let i = i as u64;
-                assert_eq!((m.info.pts, m.info.dts, m.info.duration), (i * 100_000_000 / 3, CLOCK_TIME_NONE, 33_333_333));
+                assert_eq!(
+                    (m.info.pts, m.info.dts, m.info.duration),
+                    (i * 100_000_000 / 3, CLOCK_TIME_NONE, 33_333_333)
+                );
                 assert_eq!(m.n_fds.unwrap_or(0), line.n_fds);
                 for (block, size) in m.blocks.iter().zip(&line.fd_sizes) {
                     assert_eq!(block.maxsize(), *size, "{name}:{i}: maxsize is the object's size");
@@ -62,7 +65,10 @@ fn data_messages(name: &str) -> Vec<DataMessage> {
             }
         }
     }
-    assert!(matches!(SenderMessage::parse(&lines.last().unwrap().record, 0), Ok(SenderMessage::Eos)), "{name} ends with EOS");
+    assert!(
+        matches!(SenderMessage::parse(&lines.last().unwrap().record, 0), Ok(SenderMessage::Eos)),
+        "{name} ends with EOS"
+    );
     messages
 }
 
@@ -82,7 +88,10 @@ fn pooled_video() {
     let m = data_messages("video-pool.jsonl");
     assert_eq!(buf_ids(&m), [7, 8, 9, 11, 7, 8, 9, 11]);
     assert!(m.iter().all(|m| m.info.use_buffer_pool));
-    assert_eq!(m.iter().map(|m| m.n_fds).collect::<Vec<_>>(), [Some(1), Some(1), Some(1), Some(1), None, None, None, None]);
+    assert_eq!(
+        m.iter().map(|m| m.n_fds).collect::<Vec<_>>(),
+        [Some(1), Some(1), Some(1), Some(1), None, None, None, None]
+    );
     m.iter().for_each(assert_nv12_64x48);
 }
 
@@ -114,7 +123,9 @@ fn video_with_regions_of_interest() {
 
 #[test]
 fn tensors() {
-    for (name, ids, pooled) in [("tensor.jsonl", &[6, 7, 8, 9][..], false), ("tensor-pool.jsonl", &[7, 8, 9, 11, 7, 8][..], true)] {
+    for (name, ids, pooled) in
+        [("tensor.jsonl", &[6, 7, 8, 9][..], false), ("tensor-pool.jsonl", &[7, 8, 9, 11, 7, 8][..], true)]
+    {
         let m = data_messages(name);
         assert_eq!(buf_ids(&m), ids, "{name}");
         for m in &m {

@@ -10,6 +10,7 @@
 //!  - no fd of the lie is kept: once the warning is out, none of the lie's memfds is
 //!    open in this process;
 //!  - no GLib warning or critical is logged;
+//!
 //! and after the pipeline is set to NULL the process holds exactly the fds it held
 //! before it existed.
 //!
@@ -31,7 +32,6 @@ const WAIT: Duration = Duration::from_secs(5);
 /// The lies' memfds hold indices 900.. (`lies::memfds`); the valid messages 1000.. .
 const LIE_INDICES: std::ops::Range<u64> = 900..1000;
 const FIRST_VALID_INDEX: u64 = 1000;
-
 
 for_each_lie!(lie_tests);
 
@@ -91,10 +91,10 @@ impl Scene {
     fn next_warning(&self, name: &str) -> String {
         let message = self
             .bus
-            .timed_pop_filtered(gst::ClockTime::from_mseconds(WAIT.as_millis() as u64), &[
-                gst::MessageType::Warning,
-                gst::MessageType::Error,
-            ])
+            .timed_pop_filtered(
+                gst::ClockTime::from_mseconds(WAIT.as_millis() as u64),
+                &[gst::MessageType::Warning, gst::MessageType::Error],
+            )
             .unwrap_or_else(|| panic!("{name}: no warning posted"));
         match message.view() {
             gst::MessageView::Warning(w) => format!("{} {}", w.error(), w.debug().unwrap_or_default()),
@@ -131,8 +131,8 @@ fn touch_every_byte_range(buffer: &gst::BufferRef) -> u64 {
 fn open_test_memfds() -> Vec<u64> {
     let mut indices = vec![];
     for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-        let is_test_memfd =
-            std::fs::read_link(entry.path()).is_ok_and(|target| target.to_string_lossy().starts_with("/memfd:qsock-test"));
+        let is_test_memfd = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("/memfd:qsock-test"));
         if !is_test_memfd {
             continue;
         }

@@ -25,13 +25,12 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use common::*;
-use lies::*;
 use gstqtisocket::protocol::SenderMessage;
 use gstqtisocket::transport::Connection;
 use gstqtisocket::{Error, Event, Receiver};
+use lies::*;
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(5));
-
 
 for_each_lie!(lie_tests);
 
@@ -91,7 +90,9 @@ fn tell(name: &str, lie: &Lie, receiver: &mut Receiver, sender: &Connection, exp
 
     // (b) the receiver goes on with the same sender.
     let fd = memfd(FRAME_BYTES, index);
-    sender.send_message(&video(VALID_BUF_ID), &[fd.as_fd()]).unwrap_or_else(|e| panic!("{name}: sending the valid message: {e}"));
+    sender
+        .send_message(&video(VALID_BUF_ID), &[fd.as_fd()])
+        .unwrap_or_else(|e| panic!("{name}: sending the valid message: {e}"));
     drop(fd);
     expect_buffer(name, receiver, index);
     expected.buffers += 1;
@@ -146,9 +147,15 @@ fn the_valid_message_and_the_offsets_the_lies_use() {
     let with_roi = video_with(7, false, nv12(FRAME_BYTES, FRAME_BYTES), roi(Some("x;")));
     assert_eq!(&with_roi[METAS_AT..METAS_AT + 4], &(Identity::VideoRoiMeta as u32).to_le_bytes());
     assert!(SenderMessage::parse(&with_roi, 1).is_ok());
-    let text = data(None, info(&[-1], false), vec![MemoryBlock::Text(TextPayload { contents: vec![b'x'; 1024], maxsize: 2048 })], Metas::default());
+    let text = data(
+        None,
+        info(&[-1], false),
+        vec![MemoryBlock::Text(TextPayload { contents: vec![b'x'; 1024], maxsize: 2048 })],
+        Metas::default(),
+    );
     assert_eq!(&text[TEXT_SIZE_AT..TEXT_SIZE_AT + 8], &1024u64.to_le_bytes()[..]);
     assert!(SenderMessage::parse(&text, 0).is_ok());
-    let links_ok = video_with(7, false, nv12(FRAME_BYTES, FRAME_BYTES), landmarks(vec![Link { s_kp_idx: 0, d_kp_idx: 1 }]));
+    let links_ok =
+        video_with(7, false, nv12(FRAME_BYTES, FRAME_BYTES), landmarks(vec![Link { s_kp_idx: 0, d_kp_idx: 1 }]));
     assert!(SenderMessage::parse(&links_ok, 1).is_ok());
 }

@@ -30,4 +30,3 @@ fn ten_thousand_messages_leave_no_fd_behind() {
     assert_eq!(open_fds(), before, "fds leaked");
     assert!(!dir.path("s").exists(), "socket file left behind");
 }
-

@@ -161,7 +161,10 @@ fn closing_returns_queued_and_held_buffers_and_removes_the_socket() {
     assert!(!socket.exists(), "socket file left behind");
     let mut reader = MessageReader::default();
     assert_eq!(read_from_receiver(&sender, &mut reader), Some(ReceiverMessage::Disconnect));
-    assert_eq!([returned_id(read_from_receiver(&sender, &mut reader)), returned_id(read_from_receiver(&sender, &mut reader))], [7, 8]);
+    assert_eq!(
+        [returned_id(read_from_receiver(&sender, &mut reader)), returned_id(read_from_receiver(&sender, &mut reader))],
+        [7, 8]
+    );
     // The held buffer still works, and its return still goes out, from another thread.
     assert_eq!(first8(held.fd(0).unwrap()), 0);
     std::thread::spawn(move || drop(held)).join().unwrap();

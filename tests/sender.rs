@@ -107,7 +107,12 @@ fn every_meta_and_kind_survives_the_trip() {
         class: vec![ClassMeta {
             id: 1,
             parent_id: 3,
-            labels: vec![ClassLabel { name: c("cat"), confidence: 0.75, color: 0xff0000ff, xtraparams: Some(c("x, y=(int)1;")) }],
+            labels: vec![ClassLabel {
+                name: c("cat"),
+                confidence: 0.75,
+                color: 0xff0000ff,
+                xtraparams: Some(c("x, y=(int)1;")),
+            }],
         }],
         landmarks: vec![LandmarksMeta {
             id: 2,
@@ -131,7 +136,8 @@ fn every_meta_and_kind_survives_the_trip() {
     expect_return(&mut sender);
 
     let tensor_fd = memfd(48, 9);
-    let tensor = TensorPayload { tensor_type: 2, n_dimensions: 4, dimensions: [1, 4, 4, 3, 0, 0, 0, 0], size: 48, maxsize: 48 };
+    let tensor =
+        TensorPayload { tensor_type: 2, n_dimensions: 4, dimensions: [1, 4, 4, 3, 0, 0, 0, 0], size: 48, maxsize: 48 };
     sender
         .send(&OutgoingBuffer {
             blocks: vec![OutgoingBlock { fd: Some(tensor_fd.as_fd()), description: MemoryBlock::Tensor(tensor) }],
@@ -231,7 +237,9 @@ fn our_bytes_match_the_deployed_senders() {
         std::fs::read_to_string(capture(name))
             .unwrap()
             .lines()
-            .map(|l| hex::decode(serde_json::from_str::<serde_json::Value>(l).unwrap()["record"].as_str().unwrap()).unwrap())
+            .map(|l| {
+                hex::decode(serde_json::from_str::<serde_json::Value>(l).unwrap()["record"].as_str().unwrap()).unwrap()
+            })
             .collect()
     };
     let frames = captured("video-nopool.jsonl");

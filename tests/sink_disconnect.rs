@@ -100,7 +100,10 @@ fn a_receiver_that_pauses_twice_while_keeping_a_buffer_gets_the_stream_back() {
         // That return was sent after both DISCONNECTs, on the same ordered socket: once
         // the sink has counted every return, its thread has read both.
         wait_until("the sink read both DISCONNECTs and the return after them", || {
-            assert!(!SINK_THREAD_PANICKED.load(Ordering::SeqCst), "cycle {cycle}: the sink's connection thread panicked");
+            assert!(
+                !SINK_THREAD_PANICKED.load(Ordering::SeqCst),
+                "cycle {cycle}: the sink's connection thread panicked"
+            );
             stat(&sink, "returns") == stream.receiver.stats().returns_sent
         });
         assert!(!connected(&sink), "cycle {cycle}: the sink still sends after DISCONNECT: {}", stats(&sink));

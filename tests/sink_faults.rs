@@ -15,11 +15,9 @@ use gst::prelude::*;
 const CAPS: &str = "video/x-raw,format=NV12,width=320,height=240,framerate=30/1";
 const FRAME_SIZE: usize = 320 * 240 * 3 / 2;
 
-
 fn receiver_process(dir: &TempDir, tail: &str) -> Child {
     gst_launch_child(dir, &format!("qtisocketsrc socket=SOCKET ! {CAPS} ! {tail}"))
 }
-
 
 fn fd_targets() -> Vec<String> {
     std::fs::read_dir("/proc/self/fd")
@@ -28,7 +26,6 @@ fn fd_targets() -> Vec<String> {
         .map(|e| format!("{:?} -> {:?}", e.file_name(), std::fs::read_link(e.path()).ok()))
         .collect()
 }
-
 
 fn sender(socket: &Path) -> (gst::Pipeline, gst::Element) {
     let pipeline = gst::parse::launch(&format!(
@@ -69,54 +66,31 @@ fn receiver_killed_and_restarted_three_times_the_stream_resumes_and_nothing_is_h
     for round in 0..3 {
         let receiver = receiver_process(&dir, "fakesink");
         let sent = stat::<u64>(&sink, "buffers-sent");
-        wait_until(&format!("round {round}: the stream resumed"), || {
-            stat::<u64>(&sink, "buffers-sent") >= sent + 15
-        });
+        wait_until(&format!("round {round}: the stream resumed"), || stat::<u64>(&sink, "buffers-sent") >= sent + 15);
         let mut receiver = receiver;
         receiver.kill().unwrap(); // SIGKILL
         receiver.wait().unwrap();
-        wait_until(&format!("round {round}: the sender noticed"), || {
-            !stat::<bool>(&sink, "connected")
-        });
-        assert_eq!(
-            stat::<u64>(&sink, "in-flight"),
-            0,
-            "round {round}: buffers held for a dead receiver"
-        );
+        wait_until(&format!("round {round}: the sender noticed"), || !stat::<bool>(&sink, "connected"));
+        assert_eq!(stat::<u64>(&sink, "in-flight"), 0, "round {round}: buffers held for a dead receiver");
         assert_no_error(&pipeline);
     }
 
     let out = dir.path("frames.raw");
-    let receiver = receiver_process(
-        &dir,
-        &format!("filesink buffer-mode=unbuffered location={}", out.display()),
-    );
+    let receiver = receiver_process(&dir, &format!("filesink buffer-mode=unbuffered location={}", out.display()));
     let sent = stat::<u64>(&sink, "buffers-sent");
-    wait_until("the stream resumed a fourth time", || {
-        stat::<u64>(&sink, "buffers-sent") >= sent + 15
-    });
+    wait_until("the stream resumed a fourth time", || stat::<u64>(&sink, "buffers-sent") >= sent + 15);
     pipeline.send_event(gst::event::Eos::new());
     let bus = pipeline.bus().unwrap();
     let end = bus
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(20),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
+        .timed_pop_filtered(gst::ClockTime::from_seconds(20), &[gst::MessageType::Eos, gst::MessageType::Error])
         .expect("EOS");
     assert!(matches!(end.view(), gst::MessageView::Eos(_)), "{end:?}");
     assert_eq!(stat::<u64>(&sink, "in-flight"), 0, "buffers still held after EOS");
     assert_eq!(stat::<u64>(&sink, "reconnects"), 3);
     let output = receiver.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "the last receiver did not end with EOS: {output:?}"
-    );
+    assert!(output.status.success(), "the last receiver did not end with EOS: {output:?}");
     let frames = std::fs::read(&out).unwrap();
-    assert!(
-        frames.len() >= 15 * FRAME_SIZE && frames.len() % FRAME_SIZE == 0,
-        "{} bytes",
-        frames.len()
-    );
+    assert!(frames.len() >= 15 * FRAME_SIZE && frames.len().is_multiple_of(FRAME_SIZE), "{} bytes", frames.len());
 
     pipeline.set_state(gst::State::Null).unwrap();
     // The EOS message holds the pipeline (its source), which holds its bus's fds.

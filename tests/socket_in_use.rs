@@ -153,10 +153,11 @@ fn a_second_qtisocketsrc_fails_its_state_change_naming_the_path_and_the_first_ke
     drop(second);
 
     let child = spawn_replay(&socket, "video-nopool.jsonl", &[]);
-    let end = first.0.bus().unwrap().timed_pop_filtered(
-        gst::ClockTime::from_seconds(10),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
+    let end = first
+        .0
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Eos, gst::MessageType::Error]);
     assert!(matches!(end.as_ref().map(|m| m.view()), Some(gst::MessageView::Eos(_))), "{end:?}");
     assert_eq!(stat::<u64>(&first.element("src"), "buffers"), 5, "the first qtisocketsrc received every buffer");
     drop(first);

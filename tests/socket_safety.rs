@@ -33,7 +33,11 @@ fn my_uid() -> u32 {
 
 /// The uid the sender runs as: another user's when we may switch to it.
 fn sender_uid() -> u32 {
-    if my_uid() == 0 { NOBODY } else { my_uid() }
+    if my_uid() == 0 {
+        NOBODY
+    } else {
+        my_uid()
+    }
 }
 
 fn mode_of(path: &Path) -> u32 {
@@ -64,12 +68,15 @@ fn the_socket_file_gets_exactly_the_mode_asked_for() {
     assert_eq!(DEFAULT_SOCKET_MODE, 0o600);
     // 0666 survives the process umask (022 here): the receiver sets it after bind.
     for mode in [0o666, 0o660, 0o640, 0o000] {
-        let receiver = Receiver::bind_with(dir.path("s"), &ReceiverOptions { socket_mode: mode, ..Default::default() }).unwrap();
+        let receiver =
+            Receiver::bind_with(dir.path("s"), &ReceiverOptions { socket_mode: mode, ..Default::default() }).unwrap();
         assert_eq!(mode_of(receiver.path()), mode, "asked for {mode:#o}");
     }
     let options = ReceiverOptions { socket_mode: 0o4777, ..Default::default() };
     match Receiver::bind_with(dir.path("setuid"), &options) {
-        Err(Error::SocketPath { reason, .. }) => assert!(reason.contains("0o4777") && reason.contains("0o777"), "{reason}"),
+        Err(Error::SocketPath { reason, .. }) => {
+            assert!(reason.contains("0o4777") && reason.contains("0o777"), "{reason}")
+        }
         other => panic!("a mode with bits outside 0777 was taken: {:?}", other.map(|_| ())),
     }
     assert!(!dir.path("setuid").exists());
@@ -82,14 +89,16 @@ fn a_sender_the_mode_leaves_out_cannot_connect_and_one_it_lets_in_can() {
     // Root may connect whatever the mode: leave the sender out by the bits it falls under.
     let closed = if sender_uid() == my_uid() { 0o000 } else { DEFAULT_SOCKET_MODE };
     let socket = dir.path("s");
-    let mut receiver = Receiver::bind_with(&socket, &ReceiverOptions { socket_mode: closed, ..Default::default() }).unwrap();
+    let mut receiver =
+        Receiver::bind_with(&socket, &ReceiverOptions { socket_mode: closed, ..Default::default() }).unwrap();
     let (ok, output) = finish_replay(sender(&socket, 300));
     assert!(!ok && output.contains("Permission denied"), "{output}");
     assert!(matches!(recv_after_connect(&mut receiver, Some(Duration::ZERO)), Ok(Event::Timeout)));
     assert_eq!(receiver.stats().senders_accepted, 0);
     drop(receiver);
 
-    let mut receiver = Receiver::bind_with(&socket, &ReceiverOptions { socket_mode: 0o666, ..Default::default() }).unwrap();
+    let mut receiver =
+        Receiver::bind_with(&socket, &ReceiverOptions { socket_mode: 0o666, ..Default::default() }).unwrap();
     let child = sender(&socket, 5000);
     let pid = child.id() as i32;
     let mut buffers = 0;
@@ -139,7 +148,6 @@ fn allowed_uids_turn_other_senders_away_and_the_receiver_goes_on() {
     assert!(finish_replay(child).0);
 }
 
-
 #[test]
 fn qtisocketsrc_takes_mode_and_allowed_uids_from_gst_launch_syntax_and_warns_on_refusal() {
     let _serial = serial();
@@ -164,7 +172,9 @@ fn qtisocketsrc_takes_mode_and_allowed_uids_from_gst_launch_syntax_and_warns_on_
         .expect("a warning about the refused sender");
     let gst::MessageView::Warning(warning) = message.view() else { panic!("{message:?}") };
     let text = format!("{} {}", warning.error(), warning.debug().unwrap_or_default());
-    for word in [format!("pid {pid}"), format!("uid {}", sender_uid()), path_str(&socket).to_owned(), "allowed-uids".into()] {
+    for word in
+        [format!("pid {pid}"), format!("uid {}", sender_uid()), path_str(&socket).to_owned(), "allowed-uids".into()]
+    {
         assert!(text.contains(&word), "{text} does not say {word}");
     }
     assert_eq!(mode_of(&socket), 0o666);
@@ -202,7 +212,8 @@ fn qtisocketsrc_reports_the_connected_senders_credentials() {
     let child = sender(&socket, 5000);
     let pid = child.id();
     let bus = pipeline.bus().unwrap();
-    bus.timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Eos, gst::MessageType::Error]).unwrap();
+    bus.timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Eos, gst::MessageType::Error])
+        .unwrap();
     assert!(finish_replay(child).0);
     assert_eq!(*seen.lock().unwrap(), Some((pid as i64, sender_uid() as i64)));
     pipeline.set_state(gst::State::Null).unwrap();

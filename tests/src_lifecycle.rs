@@ -62,7 +62,9 @@ impl ReceivingPipeline {
         let sink = running.element("sink").downcast::<gst_app::AppSink>().unwrap();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
-                .new_sample(|sink| sink.pull_sample().map(drop).map(|_| gst::FlowSuccess::Ok).map_err(|_| gst::FlowError::Eos))
+                .new_sample(|sink| {
+                    sink.pull_sample().map(drop).map(|_| gst::FlowSuccess::Ok).map_err(|_| gst::FlowError::Eos)
+                })
                 .eos(move |_| eos_cb.store(true, Ordering::SeqCst))
                 .build(),
         );
@@ -106,7 +108,7 @@ impl ReceivingPipeline {
 
 fn assert_no_error(pipeline: &gst::Pipeline) {
     let bus = pipeline.bus().unwrap();
-    while let Some(message) = bus.pop_filtered(&[gst::MessageType::Error]) {
+    if let Some(message) = bus.pop_filtered(&[gst::MessageType::Error]) {
         panic!("error on the receiving pipeline: {message:?}");
     }
 }
@@ -184,12 +186,14 @@ impl Drop for Reaped {
 
 fn spawn_deployed_like_sender(socket: &Path) -> Reaped {
     let _ = std::fs::remove_file(stop_file(socket));
-    Reaped(Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "deployed_like_sender_unlinks_on_disconnect_and_the_receiver_binds_again", "--nocapture"])
-        .env(DEPLOYED_SENDER_ENV, socket)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap())
+    Reaped(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "deployed_like_sender_unlinks_on_disconnect_and_the_receiver_binds_again", "--nocapture"])
+            .env(DEPLOYED_SENDER_ENV, socket)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn stop_file(socket: &Path) -> PathBuf {
@@ -240,7 +244,10 @@ fn deployed_like_sender(socket: &Path) {
                     SenderEvent::Returned(ids) => ids.iter().for_each(|id| drop(in_flight.remove(id))),
                     SenderEvent::Disconnect => {
                         // Stop, take every buffer back, then go (the deployed sink's drain).
-                        while s.in_flight() > 0 && matches!(s.next_event(Some(WAIT)), Ok(Some(SenderEvent::Returned(_)))) {}
+                        while s.in_flight() > 0
+                            && matches!(s.next_event(Some(WAIT)), Ok(Some(SenderEvent::Returned(_))))
+                        {
+                        }
                         gone = true;
                         break;
                     }

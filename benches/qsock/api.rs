@@ -126,7 +126,12 @@ fn connect_retrying(path: &Path) -> OwnedFd {
 }
 
 /// Keeps `in_flight` outstanding for `duration`; returns (messages, round trips in ns).
-fn windowed(in_flight: usize, duration: Duration, mut send: impl FnMut(), mut wait_return: impl FnMut()) -> (u64, Vec<u64>) {
+fn windowed(
+    in_flight: usize,
+    duration: Duration,
+    mut send: impl FnMut(),
+    mut wait_return: impl FnMut(),
+) -> (u64, Vec<u64>) {
     let mut sent_at = VecDeque::with_capacity(in_flight);
     let mut rtts = Vec::with_capacity(1 << 20);
     let started = Instant::now();
@@ -148,7 +153,14 @@ fn windowed(in_flight: usize, duration: Duration, mut send: impl FnMut(), mut wa
 
 fn result(who: &str, in_flight: usize, messages: u64, elapsed: Duration, rtts: &mut [u64]) -> ApiResult {
     let (p50_us, p99_us) = percentiles_us(rtts);
-    ApiResult { who: who.into(), in_flight, messages, per_second: messages as f64 / elapsed.as_secs_f64(), p50_us, p99_us }
+    ApiResult {
+        who: who.into(),
+        in_flight,
+        messages,
+        per_second: messages as f64 / elapsed.as_secs_f64(),
+        p50_us,
+        p99_us,
+    }
 }
 
 /// The floor's sender, here; the receiver is `child`, already started.

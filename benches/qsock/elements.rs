@@ -76,7 +76,6 @@ pub struct RecvReport {
 /// the stream runs, as an application polling them would.
 pub const STATS_READER_ENV: &str = "QSOCK_BENCH_STATS_READER";
 
-
 fn frame_bytes(width: u32, height: u32) -> usize {
     (width * height * 3 / 2) as usize
 }
@@ -141,7 +140,8 @@ pub fn sender(transport: Transport, socket: &Path, width: u32, height: u32, dura
     appsrc.set_max_bytes(size as u64 * 2);
     appsrc.set_block(true);
     pipeline.set_state(gst::State::Playing).unwrap();
-    let pool = if transport == Transport::ShmCopy { own_pool(&caps, size) } else { pool_from_sink(&appsrc, &caps, size) };
+    let pool =
+        if transport == Transport::ShmCopy { own_pool(&caps, size) } else { pool_from_sink(&appsrc, &caps, size) };
 
     let mut report = SendReport::default();
     let mut cpu_start = None;
@@ -205,7 +205,8 @@ pub fn receiver(transport: Transport, socket: &Path, idle: Duration) {
         Transport::Ours => format!("qtisocketsrc name=src socket={} socket-mode=0600", socket.display()),
         Transport::Shm | Transport::ShmCopy => format!("shmsrc socket-path={} is-live=true", socket.display()),
     };
-    let pipeline = gst::parse::launch(&format!("{src} ! fakesink name=sink sync=false enable-last-sample=false")).unwrap();
+    let pipeline =
+        gst::parse::launch(&format!("{src} ! fakesink name=sink sync=false enable-last-sample=false")).unwrap();
     let pipeline = pipeline.downcast::<gst::Pipeline>().unwrap();
     let probe = Arc::new(Mutex::new(Probe {
         first: None,
@@ -272,7 +273,8 @@ pub fn receiver(transport: Transport, socket: &Path, idle: Duration) {
     });
     let bus = pipeline.bus().unwrap();
     loop {
-        let message = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(50), &[gst::MessageType::Eos, gst::MessageType::Error]);
+        let message = bus
+            .timed_pop_filtered(gst::ClockTime::from_mseconds(50), &[gst::MessageType::Eos, gst::MessageType::Error]);
         if let Some(message) = message {
             if let gst::MessageView::Error(e) = message.view() {
                 // shmsrc reports its sender leaving as an error: that is its end of stream.

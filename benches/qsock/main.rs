@@ -9,6 +9,7 @@
 //!  3. scale: 1, 4 and 16 pairs at once;
 //!  4. soak: 1,000,000 buffers (`QSOCK_BENCH_SOAK` to change), RSS and fds at the start
 //!     and the end.
+//!
 //! Writes target/bench/results.json and target/bench/report.md. Every process here is a
 //! child of this one (the same binary, `QSOCK_BENCH_ROLE` saying which part it plays).
 //! `QSOCK_BENCH_QUICK=1` shortens every run (a smoke check, not figures).
@@ -35,8 +36,11 @@ fn main() {
     }
     let quick = std::env::var_os("QSOCK_BENCH_QUICK").is_some();
     let run_for = Duration::from_millis(if quick { 300 } else { 2000 });
-    let soak_buffers: u64 =
-        std::env::var("QSOCK_BENCH_SOAK").ok().and_then(|n| n.parse().ok()).unwrap_or(if quick { 20_000 } else { 1_000_000 });
+    let soak_buffers: u64 = std::env::var("QSOCK_BENCH_SOAK").ok().and_then(|n| n.parse().ok()).unwrap_or(if quick {
+        20_000
+    } else {
+        1_000_000
+    });
     let dir = std::env::temp_dir().join(format!("qsock-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
@@ -115,7 +119,12 @@ fn main() {
         let buffers: u64 = runs.iter().map(|r| r.recv.buffers).sum();
         let seconds = runs.iter().map(|r| r.recv.seconds).fold(0.0, f64::max);
         let cpu: f64 = runs.iter().map(|r| r.recv.cpu_s + r.send.cpu_s).sum();
-        let scale = ScaleRun { pairs, buffers, per_second: buffers as f64 / seconds, cpu_us_per_buffer: cpu * 1e6 / buffers as f64 };
+        let scale = ScaleRun {
+            pairs,
+            buffers,
+            per_second: buffers as f64 / seconds,
+            cpu_us_per_buffer: cpu * 1e6 / buffers as f64,
+        };
         println!(
             "{:>2} pairs: {:>9.0} buffers/s aggregate ({:.2}x 1 pair), {:.1} µs CPU per buffer (both sides)",
             pairs,
@@ -131,8 +140,13 @@ fn main() {
     let soak = pair(Transport::Ours, &socket, 320, 240, run_for, Some(soak_buffers));
     println!(
         "received {} of {} in {:.1} s; receiver (RSS KiB, fds) after 10,000 {:?}, at the end {:?}; sender {:?} → {:?}",
-        soak.recv.buffers, soak.send.buffers, soak.recv.seconds, soak.recv.rss_fds_early, soak.recv.rss_fds_end,
-        soak.send.rss_fds_early, soak.send.rss_fds_end
+        soak.recv.buffers,
+        soak.send.buffers,
+        soak.recv.seconds,
+        soak.recv.rss_fds_early,
+        soak.recv.rss_fds_end,
+        soak.send.rss_fds_early,
+        soak.send.rss_fds_end
     );
     results.soak = Some(soak);
 
@@ -245,7 +259,14 @@ impl StartedPair {
     }
 }
 
-fn start_pair(transport: Transport, socket: &Path, width: u32, height: u32, run_for: Duration, count: Option<u64>) -> StartedPair {
+fn start_pair(
+    transport: Transport,
+    socket: &Path,
+    width: u32,
+    height: u32,
+    run_for: Duration,
+    count: Option<u64>,
+) -> StartedPair {
     let socket = socket.to_str().unwrap();
     let receiver = spawn("elem-recv", &[socket, transport.name()]);
     let args = [
@@ -260,7 +281,14 @@ fn start_pair(transport: Transport, socket: &Path, width: u32, height: u32, run_
     StartedPair { transport, width, height, receiver, sender }
 }
 
-fn pair(transport: Transport, socket: &Path, width: u32, height: u32, run_for: Duration, count: Option<u64>) -> PairRun {
+fn pair(
+    transport: Transport,
+    socket: &Path,
+    width: u32,
+    height: u32,
+    run_for: Duration,
+    count: Option<u64>,
+) -> PairRun {
     start_pair(transport, socket, width, height, run_for, count).finish()
 }
 
@@ -308,7 +336,13 @@ impl Results {
             for r in rows.iter() {
                 md += &format!(
                     "| {} | {} | {:.0} | {:.2} | {:.1} | {:.2} | {:.1} |\n",
-                    in_flight, r.who, r.per_second, r.per_second / floor.per_second, r.p50_us, r.p50_us / floor.p50_us, r.p99_us
+                    in_flight,
+                    r.who,
+                    r.per_second,
+                    r.per_second / floor.per_second,
+                    r.p50_us,
+                    r.p50_us / floor.p50_us,
+                    r.p99_us
                 );
             }
         }

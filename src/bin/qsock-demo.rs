@@ -40,8 +40,10 @@ fn launch(description: &str) -> Result<gst::Pipeline, String> {
 fn run_to_eos(pipeline: &gst::Pipeline, limit: Duration) -> Result<(), String> {
     pipeline.set_state(gst::State::Playing).map_err(|e| format!("cannot play: {e}"))?;
     let bus = pipeline.bus().expect("a pipeline has a bus");
-    let message = bus
-        .timed_pop_filtered(gst::ClockTime::from_nseconds(limit.as_nanos() as u64), &[gst::MessageType::Eos, gst::MessageType::Error]);
+    let message = bus.timed_pop_filtered(
+        gst::ClockTime::from_nseconds(limit.as_nanos() as u64),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
     let result = match message.as_ref().map(|m| m.view()) {
         Some(gst::MessageView::Eos(_)) => Ok(()),
         Some(gst::MessageView::Error(e)) => Err(format!("{} ({:?})", e.error(), e.debug())),
@@ -111,7 +113,10 @@ fn demo(frames: u32, out: PathBuf) -> Result<(), String> {
             latencies.push(now_ns().saturating_sub(stamp));
             if latencies.len() == (frames as usize / 2).max(1) {
                 // A copy: the received memory goes back to the sender.
-                let sample = gst::Sample::builder().buffer(&buffer.copy_deep().expect("a copy")).caps_if_some(pad.current_caps().as_ref()).build();
+                let sample = gst::Sample::builder()
+                    .buffer(&buffer.copy_deep().expect("a copy"))
+                    .caps_if_some(pad.current_caps().as_ref())
+                    .build();
                 *kept.lock().unwrap() = Some(sample);
             }
             gst::PadProbeReturn::Ok
@@ -125,11 +130,7 @@ fn demo(frames: u32, out: PathBuf) -> Result<(), String> {
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting the sender: {e}"))?;
-    println!(
-        "sender   (pid {}): videotestsrc ! {CAPS} ! qtisocketsink socket={}",
-        sender.id(),
-        socket.display()
-    );
+    println!("sender   (pid {}): videotestsrc ! {CAPS} ! qtisocketsink socket={}", sender.id(), socket.display());
     println!("receiver (pid {}): qtisocketsrc socket={} ! fakesink", std::process::id(), socket.display());
     let received = run_to_eos(&pipeline, Duration::from_secs(50));
     let src_stats = pipeline.by_name("src").expect("named").property::<gst::Structure>("stats");
@@ -163,8 +164,12 @@ fn demo(frames: u32, out: PathBuf) -> Result<(), String> {
         latencies.len()
     );
     let sample = kept.lock().unwrap().take().ok_or("no frame was received")?;
-    let png = gst_video::convert_sample(&sample, &gst::Caps::builder("image/png").build(), Some(gst::ClockTime::from_seconds(10)))
-        .map_err(|e| format!("PNG conversion: {e}"))?;
+    let png = gst_video::convert_sample(
+        &sample,
+        &gst::Caps::builder("image/png").build(),
+        Some(gst::ClockTime::from_seconds(10)),
+    )
+    .map_err(|e| format!("PNG conversion: {e}"))?;
     let bytes = png.buffer().ok_or("empty PNG")?.map_readable().map_err(|e| e.to_string())?.to_vec();
     std::fs::write(&snapshot, bytes).map_err(|e| format!("{}: {e}", snapshot.display()))?;
     println!("snapshot:         {}", snapshot.display());

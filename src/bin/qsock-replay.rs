@@ -50,7 +50,8 @@ fn load(path: &Path) -> Result<Vec<CapturedMessage>, String> {
 }
 
 fn memfd(size: u64, first8: &[u8]) -> std::io::Result<OwnedFd> {
-    let memfd = memfd::MemfdOptions::default().close_on_exec(true).create("qsock-replay").map_err(std::io::Error::other)?;
+    let memfd =
+        memfd::MemfdOptions::default().close_on_exec(true).create("qsock-replay").map_err(std::io::Error::other)?;
     let mut file = memfd.into_file();
     file.set_len(size)?;
     file.write_all(&first8[..first8.len().min(size as usize)])?;
@@ -104,7 +105,9 @@ impl Replayer {
                 MessageIn::Hangup => return Ok(false),
                 MessageIn::WouldBlock => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() || !wait_readable(self.connection.as_fd(), Some(left)).map_err(|e| e.to_string())? {
+                    if left.is_zero()
+                        || !wait_readable(self.connection.as_fd(), Some(left)).map_err(|e| e.to_string())?
+                    {
                         return Ok(false);
                     }
                 }
@@ -147,7 +150,8 @@ impl Replayer {
 }
 
 fn run(args: &[String]) -> Result<bool, String> {
-    let usage = "usage: qsock-replay SOCKET CAPTURE.jsonl [--repeat N] [--hangup-after N] [--connect-timeout-ms N] [--quiet]";
+    let usage =
+        "usage: qsock-replay SOCKET CAPTURE.jsonl [--repeat N] [--hangup-after N] [--connect-timeout-ms N] [--quiet]";
     let [socket, capture, options @ ..] = args else { return Err(usage.into()) };
     let (mut repeat, mut hangup_after, mut quiet) = (1usize, None, false);
     let mut connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;

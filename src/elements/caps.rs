@@ -195,9 +195,8 @@ pub(crate) fn frame_rate(duration_ns: u64) -> gst::Fraction {
 /// The `GstVideoFormat` named by a FRAME's `format`, if this GStreamer knows it as raw video.
 fn video_format(value: u32) -> Result<gst_video::VideoFormat, String> {
     // Asked for every frame: GStreamer's list is walked once.
-    static RAW: LazyLock<Vec<(u32, gst_video::VideoFormat)>> = LazyLock::new(|| {
-        gst_video::VideoFormat::iter_raw().map(|f| (f.into_glib() as u32, f)).collect()
-    });
+    static RAW: LazyLock<Vec<(u32, gst_video::VideoFormat)>> =
+        LazyLock::new(|| gst_video::VideoFormat::iter_raw().map(|f| (f.into_glib() as u32, f)).collect());
     RAW.iter()
         .find_map(|&(raw, format)| (raw == value).then_some(format))
         .ok_or_else(|| format!("FRAME.format {value} is not a raw video format this GStreamer knows"))
@@ -376,8 +375,11 @@ fn tensor_caps(s: &gst::StructureRef) -> Result<Format, String> {
     let mut dimensions = Vec::new();
     for inner in arrays.iter() {
         let inner = inner.get::<gst::Array>().map_err(|_| "'dimensions' is not an array of arrays")?;
-        let dims: Result<Vec<u32>, _> =
-            inner.iter().map(|d| d.get::<i32>().ok().and_then(|d| u32::try_from(d).ok())).map(|d| d.ok_or(())).collect();
+        let dims: Result<Vec<u32>, _> = inner
+            .iter()
+            .map(|d| d.get::<i32>().ok().and_then(|d| u32::try_from(d).ok()))
+            .map(|d| d.ok_or(()))
+            .collect();
         let dims = dims.map_err(|_| "a dimension is not a non-negative integer")?;
         if dims.len() > MAX_TENSOR_DIMENSIONS {
             return Err(format!("a tensor has {} dimensions; the protocol carries at most 8", dims.len()));
@@ -652,8 +654,12 @@ mod tests {
     #[test]
     fn video_caps_are_completed_with_rate_and_pixel_aspect_ratio() {
         init();
-        let key =
-            FormatKey::Video { format: VideoFormat::Nv12, width: 1920, height: 1080, interlace: Interlace::Progressive };
+        let key = FormatKey::Video {
+            format: VideoFormat::Nv12,
+            width: 1920,
+            height: 1080,
+            interlace: Interlace::Progressive,
+        };
         assert_eq!(key.caps(false), caps("video/x-raw, format=NV12, width=1920, height=1080"));
         let any = key.caps(true);
         assert!(any.features(0).expect("features").is_any());
@@ -744,8 +750,8 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{format:?} {size:?} strides {strides:?}: {e}"));
         }
         // Measured with the padded stride: 64 rows of 128 bytes, then 32 of 128.
-        let error = video_meta(&frame(VideoFormat::Nv12, (64, 64), &[0, 128 * 64], &[128, 128], 128 * 96 - 1), 0)
-            .unwrap_err();
+        let error =
+            video_meta(&frame(VideoFormat::Nv12, (64, 64), &[0, 128 * 64], &[128, 128], 128 * 96 - 1), 0).unwrap_err();
         assert!(error.contains("plane 1 (4096 bytes from offset 8192) runs past the block's size 12287"), "{error}");
     }
 

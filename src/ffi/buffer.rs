@@ -75,7 +75,9 @@ impl qsock_buffer {
 
     fn block(&self, index: usize) -> Result<&MemoryBlock, Failure> {
         let blocks = &self.buffer.message().blocks;
-        blocks.get(index).ok_or_else(|| invalid(format!("block index {index} is past the buffer's {} blocks", blocks.len())))
+        blocks
+            .get(index)
+            .ok_or_else(|| invalid(format!("block index {index} is past the buffer's {} blocks", blocks.len())))
     }
 }
 
@@ -115,7 +117,11 @@ pub extern "C" fn qsock_buffer_get_info(buffer: *const qsock_buffer, info_out: *
 
 /// Fills `*block_out` with memory block `index`: its fd, buf_id, size and maxsize.
 #[no_mangle]
-pub extern "C" fn qsock_buffer_get_block(buffer: *const qsock_buffer, index: usize, block_out: *mut qsock_block) -> qsock_status {
+pub extern "C" fn qsock_buffer_get_block(
+    buffer: *const qsock_buffer,
+    index: usize,
+    block_out: *mut qsock_block,
+) -> qsock_status {
     call(|| {
         let b = handle(buffer, "buffer")?;
         let block = b.block(index)?;
@@ -128,7 +134,11 @@ pub extern "C" fn qsock_buffer_get_block(buffer: *const qsock_buffer, index: usi
 /// Fills `*video_out` with video block `index`'s format and layout.
 /// `QSOCK_INVALID_ARGUMENT` if the buffer is not video.
 #[no_mangle]
-pub extern "C" fn qsock_buffer_get_video(buffer: *const qsock_buffer, index: usize, video_out: *mut qsock_video_info) -> qsock_status {
+pub extern "C" fn qsock_buffer_get_video(
+    buffer: *const qsock_buffer,
+    index: usize,
+    video_out: *mut qsock_video_info,
+) -> qsock_status {
     call(|| {
         let block = handle(buffer, "buffer")?.block(index)?;
         let MemoryBlock::Frame(f) = block else { return Err(wrong_kind(index, "video", block)) };
@@ -160,7 +170,11 @@ pub extern "C" fn qsock_buffer_get_video(buffer: *const qsock_buffer, index: usi
 /// Fills `*tensor_out` with tensor block `index`'s type and dimensions.
 /// `QSOCK_INVALID_ARGUMENT` if the buffer is not tensors.
 #[no_mangle]
-pub extern "C" fn qsock_buffer_get_tensor(buffer: *const qsock_buffer, index: usize, tensor_out: *mut qsock_tensor_info) -> qsock_status {
+pub extern "C" fn qsock_buffer_get_tensor(
+    buffer: *const qsock_buffer,
+    index: usize,
+    tensor_out: *mut qsock_tensor_info,
+) -> qsock_status {
     call(|| {
         let block = handle(buffer, "buffer")?.block(index)?;
         let MemoryBlock::Tensor(t) = block else { return Err(wrong_kind(index, "a tensor", block)) };
@@ -211,7 +225,11 @@ pub extern "C" fn qsock_buffer_get_protection_meta(
 
 /// Fills `*roi_out` with region-of-interest meta `index`.
 #[no_mangle]
-pub extern "C" fn qsock_buffer_get_roi_meta(buffer: *const qsock_buffer, index: usize, roi_out: *mut qsock_roi_meta) -> qsock_status {
+pub extern "C" fn qsock_buffer_get_roi_meta(
+    buffer: *const qsock_buffer,
+    index: usize,
+    roi_out: *mut qsock_roi_meta,
+) -> qsock_status {
     call(|| {
         let metas = &handle(buffer, "buffer")?.buffer.message().metas;
         let r = nth(&metas.roi, index, "ROI meta")?;
@@ -232,12 +250,17 @@ pub extern "C" fn qsock_buffer_get_roi_meta(buffer: *const qsock_buffer, index: 
 
 /// Fills `*class_out` with classification meta `index` and its labels.
 #[no_mangle]
-pub extern "C" fn qsock_buffer_get_class_meta(buffer: *const qsock_buffer, index: usize, class_out: *mut qsock_class_meta) -> qsock_status {
+pub extern "C" fn qsock_buffer_get_class_meta(
+    buffer: *const qsock_buffer,
+    index: usize,
+    class_out: *mut qsock_class_meta,
+) -> qsock_status {
     call(|| {
         let b = handle(buffer, "buffer")?;
         let c = nth(&b.buffer.message().metas.class, index, "classification meta")?;
         let labels = &b.class_labels[index];
-        let class = qsock_class_meta { id: c.id, parent_id: c.parent_id, n_labels: labels.len(), labels: labels.as_ptr() };
+        let class =
+            qsock_class_meta { id: c.id, parent_id: c.parent_id, n_labels: labels.len(), labels: labels.as_ptr() };
         write_out(class_out, "class_out", class)
     })
 }

@@ -20,7 +20,11 @@ pub(crate) trait Handle: Send + Sized {}
 
 /// Makes `*out` a new handle for C from `make()`: `out` is checked before `make` runs,
 /// so a NULL out-pointer creates nothing; on failure `*out` is left unchanged.
-pub(crate) fn give_out<T: Handle>(out: *mut *mut T, name: &str, make: impl FnOnce() -> Result<T, Failure>) -> Result<(), Failure> {
+pub(crate) fn give_out<T: Handle>(
+    out: *mut *mut T,
+    name: &str,
+    make: impl FnOnce() -> Result<T, Failure>,
+) -> Result<(), Failure> {
     let out = arg_mut(out, name)?;
     *out = Box::into_raw(Box::new(make()?));
     Ok(())

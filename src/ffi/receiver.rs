@@ -87,7 +87,10 @@ pub extern "C" fn qsock_receiver_options_init(options: *mut qsock_receiver_optio
 /// On `QSOCK_OK`, `*receiver_out` is a new receiver, owned by the caller, who must free
 /// it with `qsock_receiver_close`. On failure `*receiver_out` is left unchanged.
 #[no_mangle]
-pub extern "C" fn qsock_receiver_open(socket_path: *const c_char, receiver_out: *mut *mut qsock_receiver) -> qsock_status {
+pub extern "C" fn qsock_receiver_open(
+    socket_path: *const c_char,
+    receiver_out: *mut *mut qsock_receiver,
+) -> qsock_status {
     call(|| open(socket_path, &ReceiverOptions::default(), receiver_out))
 }
 
@@ -111,7 +114,11 @@ pub extern "C" fn qsock_receiver_open_with_options(
     })
 }
 
-fn open(socket_path: *const c_char, options: &ReceiverOptions, receiver_out: *mut *mut qsock_receiver) -> Result<(), Failure> {
+fn open(
+    socket_path: *const c_char,
+    options: &ReceiverOptions,
+    receiver_out: *mut *mut qsock_receiver,
+) -> Result<(), Failure> {
     let path = path(socket_path, "socket_path")?;
     give_out(receiver_out, "receiver_out", || Ok(qsock_receiver::new(Receiver::bind_with(path, options)?)))
 }
@@ -156,12 +163,17 @@ pub extern "C" fn qsock_receiver_recv_buffer(
                 Event::Buffer(buffer) => give_out(buffer_out, "buffer_out", || Ok(qsock_buffer::new(buffer))),
                 // The credentials are in qsock_receiver_get_stats; wait on for a buffer.
                 Event::SenderConnected(_) => continue,
-                Event::Eos => Err(Failure::new(QSOCK_EOS, format!("the sender on {path} ended its stream (EOS); it may send again"))),
+                Event::Eos => Err(Failure::new(
+                    QSOCK_EOS,
+                    format!("the sender on {path} ended its stream (EOS); it may send again"),
+                )),
                 Event::SenderGone => Err(Failure::new(
                     QSOCK_SENDER_GONE,
                     format!("the sender on {path} closed the connection; the next call waits for a new sender"),
                 )),
-                Event::Timeout => Err(Failure::new(QSOCK_TIMEOUT, format!("nothing arrived on {path} within {timeout_ms} ms"))),
+                Event::Timeout => {
+                    Err(Failure::new(QSOCK_TIMEOUT, format!("nothing arrived on {path} within {timeout_ms} ms")))
+                }
                 Event::Interrupted => Err(Failure::new(
                     QSOCK_INTERRUPTED,
                     format!("the wait on {path} was interrupted (qsock_receiver_interrupt)"),
@@ -254,7 +266,10 @@ pub extern "C" fn qsock_receiver_send_disconnect(receiver: *mut qsock_receiver) 
 /// another waits in `qsock_receiver_recv_buffer`: it never waits for that call, nor slows
 /// it down.
 #[no_mangle]
-pub extern "C" fn qsock_receiver_get_stats(receiver: *const qsock_receiver, stats_out: *mut qsock_receiver_stats) -> qsock_status {
+pub extern "C" fn qsock_receiver_get_stats(
+    receiver: *const qsock_receiver,
+    stats_out: *mut qsock_receiver_stats,
+) -> qsock_status {
     call(|| {
         let s = receiver_arg(receiver)?.handle.stats();
         let stats = qsock_receiver_stats {

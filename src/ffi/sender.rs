@@ -133,8 +133,9 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let structure =
-                |ptr, field: &str| optional_bounded_string(ptr, QSOCK_MAX_STRUCTURE, &format!("roi_metas[{i}].{field}"));
+            let structure = |ptr, field: &str| {
+                optional_bounded_string(ptr, QSOCK_MAX_STRUCTURE, &format!("roi_metas[{i}].{field}"))
+            };
             Ok(RoiMeta {
                 label: bounded_string(r.label, QSOCK_MAX_NAME, &format!("roi_metas[{i}].label"))?,
                 id: r.id,
@@ -303,7 +304,11 @@ pub extern "C" fn qsock_sender_next_event(
         let sender = handle(sender, "sender")?;
         arg_mut(event_out, "event_out")?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
-        let mut event = qsock_sender_event { type_: qsock_event_type::QSOCK_EVENT_RETURN, n_buf_ids: 0, buf_ids: [-1; QSOCK_MAX_BLOCKS] };
+        let mut event = qsock_sender_event {
+            type_: qsock_event_type::QSOCK_EVENT_RETURN,
+            n_buf_ids: 0,
+            buf_ids: [-1; QSOCK_MAX_BLOCKS],
+        };
         match sender.lock()?.wait_event(timeout)? {
             Waited::Timeout => {
                 return Err(Failure::new(QSOCK_TIMEOUT, format!("the receiver said nothing within {timeout_ms} ms")));

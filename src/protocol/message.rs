@@ -169,6 +169,8 @@ impl DataMessage {
 }
 
 /// What a sender says to a receiver.
+// One per message, parsed and moved once: boxing would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum SenderMessage {
     Data(DataMessage),

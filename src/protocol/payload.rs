@@ -471,7 +471,12 @@ impl Payload for ClassMeta {
                     name: l.c_string(0, NAME_CAPACITY, "VIDEO_CLASS_META.labels.name")?,
                     confidence: l.f64(32),
                     color: l.u32(40),
-                    xtraparams: l.optional_c_string(44, STRUCTURE_CAPACITY, 300, "VIDEO_CLASS_META.labels.xtraparams")?,
+                    xtraparams: l.optional_c_string(
+                        44,
+                        STRUCTURE_CAPACITY,
+                        300,
+                        "VIDEO_CLASS_META.labels.xtraparams",
+                    )?,
                 })
             })
             .collect::<Result<_, ProtocolError>>()?;

@@ -10,7 +10,6 @@ use std::sync::{Mutex, OnceLock};
 
 use gst::glib;
 
-
 pub const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 
 pub fn capture(name: &str) -> PathBuf {

@@ -23,7 +23,6 @@ pub use gstqtisocket::protocol::{
 
 use crate::common::{borrow_all, memfd};
 
-
 /// One NV12 64x48 frame; every memfd here has this size unless a lie says otherwise.
 pub const FRAME_BYTES: u64 = 64 * 48 * 3 / 2;
 /// The buf_id of the valid message sent after each lie.
@@ -112,7 +111,8 @@ pub fn roi(det_meta: Option<&str>) -> Metas {
 }
 
 pub fn landmarks(links: Vec<Link>) -> Metas {
-    let keypoint = |name: &str, x| Keypoint { name: CString::new(name).unwrap(), confidence: 0.9, color: 0xff0000ff, x, y: 10 };
+    let keypoint =
+        |name: &str, x| Keypoint { name: CString::new(name).unwrap(), confidence: 0.9, color: 0xff0000ff, x, y: 10 };
     Metas {
         landmarks: vec![LandmarksMeta {
             id: 1,
@@ -156,7 +156,6 @@ pub struct Lie {
 pub fn message(record: Vec<u8>, n_fds: usize) -> Vec<Step> {
     vec![Message(record, memfds(n_fds))]
 }
-
 
 /// Expands `$then! { name: Lie { .. }, .. }` with every lie, in the order they are told
 /// one after another on one connection.

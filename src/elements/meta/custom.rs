@@ -130,7 +130,11 @@ fn structures(s: &gst::StructureRef, field: &str, max: usize) -> Result<Vec<gst:
     if array.len() > max {
         gst::warning!(CAT, "{} {field}; the protocol carries {max}: the rest are not sent", array.len());
     }
-    array.iter().take(max).map(|v| v.get::<gst::Structure>().map_err(|_| format!("'{field}' holds a non-structure"))).collect()
+    array
+        .iter()
+        .take(max)
+        .map(|v| v.get::<gst::Structure>().map_err(|_| format!("'{field}' holds a non-structure")))
+        .collect()
 }
 
 fn field<'a, T: glib::value::FromValue<'a>>(s: &'a gst::StructureRef, name: &str) -> Result<T, String> {

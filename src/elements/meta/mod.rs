@@ -123,7 +123,9 @@ pub(crate) fn sent_metas(buffer: &gst::BufferRef, video: bool) -> Metas {
         if is_meta_of(&meta, class_info) {
             // SAFETY: registered with the vendor's classification info, whose size was
             // checked against this layout.
-            metas.class.push(read_vendor_classification(unsafe { &*(meta.as_ptr() as *const VendorClassificationMeta) }));
+            metas
+                .class
+                .push(read_vendor_classification(unsafe { &*(meta.as_ptr() as *const VendorClassificationMeta) }));
         } else if is_meta_of(&meta, landmarks_info) {
             // SAFETY: as above, for the landmarks layout.
             metas.landmarks.push(read_vendor_landmarks(unsafe { &*(meta.as_ptr() as *const VendorLandmarksMeta) }));

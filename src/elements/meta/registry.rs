@@ -112,7 +112,8 @@ pub(super) fn landmarks_info() -> Option<MetaInfo> {
 // A meta found on a buffer is registered: reading one needs no look into libraries (a
 // `dlopen`, far too slow for every buffer).
 pub(super) fn registered_classification() -> Option<MetaInfo> {
-    registered(c"GstVideoClassificationMeta").filter(|info| info.size() >= std::mem::size_of::<VendorClassificationMeta>())
+    registered(c"GstVideoClassificationMeta")
+        .filter(|info| info.size() >= std::mem::size_of::<VendorClassificationMeta>())
 }
 
 pub(super) fn registered_landmarks() -> Option<MetaInfo> {

@@ -36,7 +36,6 @@ const EOS_RETURN_TIMEOUT: Duration = Duration::from_secs(2);
 const POOL_MAX_BUFFERS: u32 = 16;
 const POOL_MIN_BUFFERS: u32 = 2;
 
-
 #[derive(Debug, Clone)]
 struct Settings {
     socket: Option<String>,
@@ -239,7 +238,7 @@ impl BaseSinkImpl for QtiSocketSink {
         };
         let wait = lock(&self.settings).wait_for_receiver;
         match link.send(prepared, wait) {
-            Sent::Sent => Ok(gst::FlowSuccess::Ok),
+            Sent::Delivered => Ok(gst::FlowSuccess::Ok),
             Sent::Dropped => {
                 gst::log!(CAT, imp = self, "no receiver connected: buffer {:?} dropped", buffer.pts());
                 Ok(gst::FlowSuccess::Ok)
@@ -434,11 +433,7 @@ impl QtiSocketSink {
     /// Posts an error for a buffer the protocol cannot carry.
     fn refuse(&self, reason: &str) -> gst::FlowError {
         let socket = lock(&self.settings).socket.clone().unwrap_or_default();
-        gst::element_imp_error!(
-            self,
-            gst::StreamError::Format,
-            ("Cannot send this buffer to {}: {}", socket, reason)
-        );
+        gst::element_imp_error!(self, gst::StreamError::Format, ("Cannot send this buffer to {}: {}", socket, reason));
         gst::FlowError::Error
     }
 

@@ -64,7 +64,8 @@ pub(super) struct Counters {
 /// What became of a buffer given to [`Link::send`].
 #[derive(Debug)]
 pub(super) enum Sent {
-    Sent,
+    /// On its way to the receiver; held until its return.
+    Delivered,
     /// Not connected (or the connection just failed): dropped, as the deployed sink does.
     Dropped,
     Flushing,
@@ -261,7 +262,8 @@ impl Link {
             self.shared.wake_thread();
         }
         let fds_sent = sender.counts().1 - fds_before;
-        let ids: Vec<i32> = outgoing.blocks.iter().filter_map(|b| b.fd).map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd)).collect();
+        let ids: Vec<i32> =
+            outgoing.blocks.iter().filter_map(|b| b.fd).map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd)).collect();
         drop(outgoing);
         match result {
             Ok(()) => {
@@ -277,7 +279,7 @@ impl Link {
                 if !ids.is_empty() {
                     state.held.push_back(Held { holds: prepared.holds, ids });
                 }
-                Sent::Sent
+                Sent::Delivered
             }
             Err(Error::InvalidBuffer(reason)) => Sent::Invalid(reason),
             Err(error) => {
@@ -391,7 +393,11 @@ enum Served {
     Open,
     /// Closed; `served`: the receiver had said something valid on it; `broke_protocol`: it
     /// ended on a message that broke the protocol.
-    Closed { served: bool, receiver: Option<PeerCredentials>, broke_protocol: bool },
+    Closed {
+        served: bool,
+        receiver: Option<PeerCredentials>,
+        broke_protocol: bool,
+    },
 }
 
 /// One connection attempt; on success the new connection is published.
@@ -417,12 +423,8 @@ fn serve(shared: &Shared) -> Served {
     let mut events = Vec::new();
     let mut state = lock(&shared.state);
     let mut ended = None;
-    loop {
-        let sender = match &mut state.phase {
-            Phase::Connected(sender) | Phase::Draining(sender) => sender,
-            // Only this thread closes, so never; were it so, there is nothing to read.
-            Phase::Connecting => break,
-        };
+    // Only this thread closes, so a connection is there; were it not, nothing to read.
+    while let Phase::Connected(sender) | Phase::Draining(sender) = &mut state.phase {
         match sender.next_event(Some(Duration::ZERO)) {
             Ok(None) => break,
             Ok(Some(SenderEvent::Returned(ids))) => {

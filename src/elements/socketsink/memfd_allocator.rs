@@ -69,7 +69,8 @@ mod imp {
             self.parent_constructed();
             // GstFdAllocator marks itself CUSTOM_ALLOC (it cannot allocate by size, so
             // generic code must not use it); this one can, and pools may use it.
-            self.obj().unset_object_flags(gst::ObjectFlags::from_bits_retain(gst::ffi::GST_ALLOCATOR_FLAG_CUSTOM_ALLOC));
+            self.obj()
+                .unset_object_flags(gst::ObjectFlags::from_bits_retain(gst::ffi::GST_ALLOCATOR_FLAG_CUSTOM_ALLOC));
         }
     }
 
@@ -77,8 +78,7 @@ mod imp {
 
     unsafe impl AllocatorImpl for MemfdAllocator {
         unsafe fn alloc(&self, size: usize, params: &gst::AllocationParams) -> *mut gst::ffi::GstMemory {
-            let Some(maxsize) = size.checked_add(params.prefix()).and_then(|s| s.checked_add(params.padding()))
-            else {
+            let Some(maxsize) = size.checked_add(params.prefix()).and_then(|s| s.checked_add(params.padding())) else {
                 return std::ptr::null_mut();
             };
             let file = match sealed_memfd(maxsize.max(1)) {

@@ -12,7 +12,9 @@ use gst_video::prelude::*;
 use super::memfd_allocator::MemfdAllocator;
 use crate::elements::caps::{frame_flags, frame_from, Format};
 use crate::elements::meta;
-use crate::protocol::{MemoryBlock, Metas, TensorPayload, TextPayload, MAX_PLANES, MAX_TENSOR_DIMENSIONS, MAX_TEXT_LEN};
+use crate::protocol::{
+    MemoryBlock, Metas, TensorPayload, TextPayload, MAX_PLANES, MAX_TENSOR_DIMENSIONS, MAX_TEXT_LEN,
+};
 use crate::{OutgoingBlock, OutgoingBuffer};
 
 /// Buffers each copy pool may have out at once: a receiver that keeps more makes
@@ -106,7 +108,6 @@ pub(super) struct Prepared {
 }
 
 impl Prepared {
-
     /// The sender's view of this buffer.
     pub fn outgoing(&self) -> OutgoingBuffer<'_> {
         let blocks = self
@@ -262,11 +263,11 @@ fn prepare_tensors(
     }
     let from_metas = meta::sent_tensor_metas(buffer);
     let mut copied = 0;
-    for index in 0..n {
+    for (index, caps_dimensions) in dimensions.iter().enumerate() {
         let memory = buffer.peek_memory(index);
         let (tensor_type, dims) = match from_metas.iter().find(|t| t.0 as usize == index) {
             Some((_, t, d)) => (*t, d.clone()),
-            None => (*tensor_type as u32, dimensions[index].clone()),
+            None => (*tensor_type as u32, caps_dimensions.clone()),
         };
         let mut tensor = TensorPayload {
             tensor_type,

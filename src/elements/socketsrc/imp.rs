@@ -310,7 +310,11 @@ impl ObjectImpl for QtiSocketSrc {
                     .iter()
                     .map(|uid| {
                         uid.get::<u32>().unwrap_or_else(|_| {
-                            gst::warning!(CAT, imp = self, "allowed-uids: {uid:?} is not a uid (guint); it matches nobody");
+                            gst::warning!(
+                                CAT,
+                                imp = self,
+                                "allowed-uids: {uid:?} is not a uid (guint); it matches nobody"
+                            );
                             u32::MAX // (uid_t)-1: no process runs as it
                         })
                     })
@@ -556,7 +560,9 @@ impl QtiSocketSrc {
                     stream.last_message = Instant::now();
                     stream.discont = true;
                     match peer {
-                        Some(p) => gst::info!(CAT, imp = self, "sender connected: pid {}, uid {}, gid {}", p.pid, p.uid, p.gid),
+                        Some(p) => {
+                            gst::info!(CAT, imp = self, "sender connected: pid {}, uid {}, gid {}", p.pid, p.uid, p.gid)
+                        }
                         None => gst::info!(CAT, imp = self, "sender connected; its credentials are unknown"),
                     }
                     let rebinds = stream.receiver.stats().socket_rebinds;
@@ -916,7 +922,8 @@ impl QtiSocketSrc {
             (TimestampMode::Rebased, Some(now)) => {
                 let offset = rebase_offset(&mut stream.rebase_offset, stream.discont, pts.or(dts), now);
                 let rebase = |t: Option<gst::ClockTime>| {
-                    t.and_then(|t| u64::try_from(i128::from(t.nseconds()) + offset).ok()).map(gst::ClockTime::from_nseconds)
+                    t.and_then(|t| u64::try_from(i128::from(t.nseconds()) + offset).ok())
+                        .map(gst::ClockTime::from_nseconds)
                 };
                 b.set_pts(rebase(pts).or(Some(now)));
                 b.set_dts(rebase(dts));
@@ -971,7 +978,12 @@ impl QtiSocketSrc {
 /// in the past (the sender paused; arrival jitter stays well inside). It only ever grows
 /// within a stream, so timestamps never go backwards; a sender ahead of real time (not
 /// live) keeps its lead, which a synchronising sink turns into the sender's pace.
-fn rebase_offset(offset: &mut Option<i128>, discont: bool, sender_time: Option<gst::ClockTime>, now: gst::ClockTime) -> i128 {
+fn rebase_offset(
+    offset: &mut Option<i128>,
+    discont: bool,
+    sender_time: Option<gst::ClockTime>,
+    now: gst::ClockTime,
+) -> i128 {
     let now = i128::from(now.nseconds());
     let Some(sender) = sender_time.map(|t| i128::from(t.nseconds())) else { return offset.unwrap_or(0) };
     let fresh = now - sender;

@@ -23,10 +23,7 @@ pub enum TimestampMode {
     /// taken at the first buffer (and after a new sender, a DISCONT, or a jump): frames
     /// keep the sender's spacing and play at its pace in a synchronising sink.
     #[default]
-    #[enum_value(
-        name = "Rebased: the sender's timestamps, moved onto this pipeline's running time",
-        nick = "rebased"
-    )]
+    #[enum_value(name = "Rebased: the sender's timestamps, moved onto this pipeline's running time", nick = "rebased")]
     Rebased,
     /// The sender's PTS, DTS and duration, unchanged: the running time of the sender's
     /// pipeline, as the deployed element does.
