@@ -10,12 +10,13 @@ cd "$(dirname "$0")/.."
 venv="$PWD/target/python-venv"
 # Debian's python3 (python3-venv, python3-gi: scripts/setup); the venv sees its gi.
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.5,<2" "numpy>=1.21" pytest
-# A dev build in the main crate's target dir: its dependencies are already built there.
-PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$PWD/target" MATURIN_PEP517_ARGS="--profile dev --locked" \
+"$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.5,<2" "numpy>=1.21" pytest mypy
+# A dev build in target/python: never in target/debug or target/release, whose shared
+# libraries GStreamer loads as plugins (GST_PLUGIN_PATH) and would choke on this one.
+PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$PWD/target/python" MATURIN_PEP517_ARGS="--profile dev --locked" \
     "$venv/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./python
 # The binding's pure Rust tests (video format layouts).
-(cd python && PYO3_PYTHON="$venv/bin/python" CARGO_TARGET_DIR="$PWD/../target" cargo test --locked --lib --quiet)
+(cd python && PYO3_PYTHON="$venv/bin/python" CARGO_TARGET_DIR="$PWD/../target/python" cargo test --locked --lib --quiet)
 status=0
 GST_PLUGIN_PATH="$PWD/target/debug" "$venv/bin/python" -m pytest python/tests -p no:cacheprovider || status=$?
 # pytest exits 5 when it collected no test: a failure here, never a silent pass.

@@ -15,13 +15,13 @@ import sys
 
 import qsock
 
-# Luma weights (BT.601) for the RGB-like formats; Y is the brightness of the YUV ones.
+# Formats whose one plane holds R, G and B (and maybe A or x) in the order of the name;
+# the others (NV12, I420, GRAY8, ...) have the brightness in their first plane, Y.
 RGB_ORDERS = {"RGB", "BGR", "RGBA", "RGBx", "BGRA", "BGRx", "ARGB", "ABGR", "xRGB", "xBGR"}
 
 
-def brightness(buf: qsock.Buffer) -> float:
+def brightness(buf: qsock.Buffer, order: str) -> float:
     planes = buf.planes()
-    order = buf.video.format
     if order not in RGB_ORDERS:  # NV12, I420, GRAY8, ...: the first plane is Y
         return float(planes[0].mean())
     pixels = planes[0]  # (height, width, 3 or 4), channels in the order the name gives
@@ -38,13 +38,13 @@ def main() -> int:
         print(f"listening on {args.socket}", file=sys.stderr, flush=True)
         try:
             for buf in receiver:
-                if buf.kind != "video":
+                video = buf.video
+                if video is None:
                     print(f"(a {buf.kind} buffer)")
                     continue
-                video = buf.video
                 pts = "-" if buf.pts is None else f"{buf.pts / 1e9:.3f} s"
-                print(f"{pts:>10}  {video.format} {video.width}x{video.height}  brightness {brightness(buf):6.2f}",
-                      flush=True)
+                level = brightness(buf, video.format)
+                print(f"{pts:>10}  {video.format} {video.width}x{video.height}  brightness {level:6.2f}", flush=True)
         except KeyboardInterrupt:
             pass
     return 0

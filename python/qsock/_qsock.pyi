@@ -1,9 +1,11 @@
-"""Type stubs of the extension module (python/src/*.rs): the docstrings are the Rust ones."""
+"""Type stubs of the extension module (python/src/*.rs): the docstrings are the Rust ones.
+Checked against the module by mypy.stubtest (python/tests/test_typing.py)."""
 
-import enum
 import os
+from pathlib import Path
 from types import TracebackType
-from typing import Iterable, Iterator, Literal, Sequence, Union
+from typing_extensions import Self
+from typing import ClassVar, final, Iterable, Iterator, Literal, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -13,18 +15,24 @@ _ArrayLike = npt.ArrayLike
 
 DEFAULT_SOCKET_MODE: int
 
+@final
+class MemoryOwner:
+    """The base object of the arrays qsock makes: keeps their memory mapped (internal)."""
+
 def video_formats() -> dict[str, int]:
     """The formats planes(), send_video() and frame() know: {name: GstVideoFormat value}."""
 
 def default_layout(format: str, width: int, height: int) -> tuple[list[int], list[int], int]:
     """GStreamer's default layout of a frame: (offsets, strides, size)."""
 
-class StreamEvent(enum.Enum):
-    """What Receiver.recv() returns besides a Buffer."""
+@final
+class StreamEvent:
+    """What Receiver.recv() returns besides a Buffer (compare with `is` or ==)."""
 
-    EOS = ...
-    SENDER_GONE = ...
+    EOS: ClassVar[StreamEvent]
+    SENDER_GONE: ClassVar[StreamEvent]
 
+@final
 class PlaneInfo:
     """One plane of a video frame: its offset in the memory and its row stride."""
 
@@ -33,6 +41,7 @@ class PlaneInfo:
     @property
     def stride(self) -> int: ...
 
+@final
 class VideoInfo:
     """A video frame's description, as the sender gave it (GstVideoMeta values)."""
 
@@ -53,6 +62,7 @@ class VideoInfo:
     @property
     def maxsize(self) -> int: ...
 
+@final
 class TensorInfo:
     """A tensor's description: element type, dimensions, bytes."""
 
@@ -69,6 +79,7 @@ class TensorInfo:
     @property
     def maxsize(self) -> int: ...
 
+@final
 class RegionOfInterest:
     """A labelled rectangle (GstVideoRegionOfInterestMeta), in pixels."""
 
@@ -81,8 +92,8 @@ class RegionOfInterest:
     parent_id: int
     det_meta: str | None
     xtraparams: str | None
-    def __init__(
-        self,
+    def __new__(
+        cls,
         label: str,
         x: int,
         y: int,
@@ -93,8 +104,9 @@ class RegionOfInterest:
         parent_id: int = -1,
         det_meta: str | None = None,
         xtraparams: str | None = None,
-    ) -> None: ...
+    ) -> Self: ...
 
+@final
 class ClassLabel:
     """One label of a classification."""
 
@@ -102,16 +114,18 @@ class ClassLabel:
     confidence: float
     color: int
     xtraparams: str | None
-    def __init__(self, name: str, confidence: float = 0.0, *, color: int = 0, xtraparams: str | None = None) -> None: ...
+    def __new__(cls, name: str, confidence: float = 0.0, *, color: int = 0, xtraparams: str | None = None) -> Self: ...
 
+@final
 class Classification:
     """An image classification result: up to 32 labels."""
 
     labels: list[ClassLabel]
     id: int
     parent_id: int
-    def __init__(self, labels: Sequence[ClassLabel], *, id: int = 0, parent_id: int = -1) -> None: ...
+    def __new__(cls, labels: Sequence[ClassLabel], *, id: int = 0, parent_id: int = -1) -> Self: ...
 
+@final
 class Keypoint:
     """One keypoint of a landmarks result, in pixels."""
 
@@ -120,8 +134,9 @@ class Keypoint:
     y: int
     confidence: float
     color: int
-    def __init__(self, name: str, x: int, y: int, confidence: float = 0.0, *, color: int = 0) -> None: ...
+    def __new__(cls, name: str, x: int, y: int, confidence: float = 0.0, *, color: int = 0) -> Self: ...
 
+@final
 class Landmarks:
     """A pose or landmarks result: up to 64 keypoints and 64 links."""
 
@@ -131,23 +146,25 @@ class Landmarks:
     id: int
     parent_id: int
     xtraparams: str | None
-    def __init__(
-        self,
+    def __new__(
+        cls,
         keypoints: Sequence[Keypoint],
-        links: Sequence[tuple[int, int]] = ...,
+        links: Sequence[tuple[int, int]] = (),
         confidence: float = 0.0,
         *,
         id: int = 0,
         parent_id: int = -1,
         xtraparams: str | None = None,
-    ) -> None: ...
+    ) -> Self: ...
 
+@final
 class Protection:
     """A GstProtectionMeta's info: a serialized GstStructure."""
 
     structure: str
-    def __init__(self, structure: str) -> None: ...
+    def __new__(cls, structure: str) -> Self: ...
 
+@final
 class Buffer:
     """One received buffer: its description and its memory as read-only numpy arrays
     (no copy). Returned to the sender when it and every array made from it are gone, or
@@ -204,21 +221,22 @@ class Buffer:
         self, exc_type: type[BaseException] | None, exc_value: BaseException | None, traceback: TracebackType | None
     ) -> None: ...
 
+@final
 class Receiver:
     """Receives buffers from one sender at a time on a UNIX socket; iterable (ends at
     EOS unless keep_listening) and a context manager. Waits release the GIL."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path: str | os.PathLike[str],
         *,
         timeout: float | None = None,
         socket_mode: int = 0o600,
         allowed_uids: Iterable[int] | None = None,
         keep_listening: bool = False,
-    ) -> None: ...
+    ) -> Self: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
     @property
     def timeout(self) -> float | None: ...
     @property
@@ -240,6 +258,7 @@ class Receiver:
     def __enter__(self) -> "Receiver": ...
     def __exit__(self, *exc: object) -> None: ...
 
+@final
 class Frame:
     """A video frame written in place into a pooled memfd; sent at the end of its with
     block (no copy)."""
@@ -260,19 +279,20 @@ class Frame:
         self, exc_type: type[BaseException] | None, exc_value: BaseException | None, traceback: TracebackType | None
     ) -> None: ...
 
+@final
 class Sender:
     """Sends buffers to one receiver, memory through a pool of sealed memfds."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path: str | os.PathLike[str],
         *,
         connect_timeout: float = 10.0,
         pool_size: int = 16,
         return_timeout: float = 5.0,
-    ) -> None: ...
+    ) -> Self: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
     def send_video(
         self,
         planes: _ArrayLike | Sequence[_ArrayLike],

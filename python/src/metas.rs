@@ -80,7 +80,8 @@ pub struct PyRoi {
 #[pymethods]
 impl PyRoi {
     #[new]
-    #[pyo3(signature = (label, x, y, w, h, *, id=0, parent_id=-1, det_meta=None, xtraparams=None))]
+    #[pyo3(signature = (label, x, y, w, h, *, id=0, parent_id=-1, det_meta=None, xtraparams=None),
+            text_signature = "(label, x, y, w, h, *, id=0, parent_id=-1, det_meta=None, xtraparams=None)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         label: String,
@@ -219,7 +220,7 @@ pub struct PyClassification {
 #[pymethods]
 impl PyClassification {
     #[new]
-    #[pyo3(signature = (labels, *, id=0, parent_id=-1))]
+    #[pyo3(signature = (labels, *, id=0, parent_id=-1), text_signature = "(labels, *, id=0, parent_id=-1)")]
     fn new(labels: Vec<PyClassLabel>, id: u32, parent_id: i32) -> Self {
         PyClassification {
             labels,
@@ -355,7 +356,8 @@ pub struct PyLandmarks {
 #[pymethods]
 impl PyLandmarks {
     #[new]
-    #[pyo3(signature = (keypoints, links=Vec::new(), confidence=0.0, *, id=0, parent_id=-1, xtraparams=None))]
+    #[pyo3(signature = (keypoints, links=Vec::new(), confidence=0.0, *, id=0, parent_id=-1, xtraparams=None),
+            text_signature = "(keypoints, links=(), confidence=0.0, *, id=0, parent_id=-1, xtraparams=None)")]
     fn new(
         keypoints: Vec<PyKeypoint>,
         links: Vec<(u32, u32)>,

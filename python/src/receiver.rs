@@ -544,6 +544,7 @@ impl PyBuffer {
         optional_time(self.message.info.pts)
     }
 
+    /// Decoding time in ns, or None.
     #[getter]
     fn dts(&self) -> Option<u64> {
         optional_time(self.message.info.dts)

@@ -29,6 +29,11 @@ use crate::mapping::Mapping;
 use crate::metas;
 use crate::receiver::seconds;
 
+/// How long a wait runs without the GIL before it looks for a signal (Ctrl-C).
+const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a connect is retried while no receiver listens (the deployed sender's 10 ms).
+const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(10);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
     /// In the pool, ready once no array over it is alive.
@@ -255,7 +260,8 @@ impl Inner {
                     ),
                 ));
             }
-            self.wait_event(py, left)?;
+            // In slices, so that Ctrl-C gets through a long wait.
+            self.wait_event(py, left.min(SIGNAL_CHECK_INTERVAL))?;
             py.check_signals()?;
         }
     }
@@ -534,9 +540,18 @@ impl PySender {
         if pool_size == 0 {
             return Err(PyValueError::new_err("pool_size must be at least 1"));
         }
-        let sender = py
-            .detach(|| Sender::connect_retrying(&path, connect_timeout))
-            .py_err(py)?;
+        // Every 10 ms, as the deployed sender does, in Python so that Ctrl-C gets through.
+        let deadline = Instant::now() + connect_timeout;
+        let sender = loop {
+            match py.detach(|| Sender::connect(&path)) {
+                Ok(sender) => break sender,
+                Err(_) if Instant::now() < deadline => {
+                    py.detach(|| std::thread::sleep(CONNECT_RETRY_INTERVAL));
+                    py.check_signals()?;
+                }
+                Err(e) => return Err(to_py(py, e)),
+            }
+        };
         let inner = Inner {
             sender: Some(sender),
             slots: BTreeMap::new(),
@@ -880,7 +895,7 @@ impl PySender {
                     format!("{in_flight} memfds still out with the receiver after {timeout} s"),
                 ));
             }
-            inner.wait_event(py, left.min(Duration::from_millis(100)))?;
+            inner.wait_event(py, left.min(SIGNAL_CHECK_INTERVAL))?;
             py.check_signals()?;
         }
     }

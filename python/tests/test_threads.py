@@ -131,3 +131,13 @@ def test_buffers_can_be_dropped_and_released_on_another_thread(sock):
             del buf
         tx.flush()
         assert tx.stats()["returns"] == 20
+
+
+def test_fileno_polls_readable_for_select(receiver, sock):
+    import select
+
+    with qsock.Sender(sock) as tx:
+        assert select.select([receiver], [], [], 0)[0] == [receiver]  # a sender to accept
+        tx.send_text("ready")
+        assert select.select([receiver], [], [], 5)[0] == [receiver]
+        assert receiver.recv(timeout=0).text == "ready"
