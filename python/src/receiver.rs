@@ -375,6 +375,21 @@ impl PyReceiver {
     }
 }
 
+/// The mapping cache, locked without letting go of the GIL when nobody holds it (the
+/// usual case: one receiving thread), and without holding the GIL while waiting otherwise.
+fn lock_cache<'a>(
+    py: Python<'_>,
+    cache: &'a Mutex<MappingCache>,
+) -> std::sync::MutexGuard<'a, MappingCache> {
+    match cache.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => cache
+            .lock_py_attached(py)
+            .unwrap_or_else(|e| e.into_inner()),
+    }
+}
+
 /// What a `Buffer` and its arrays share: the buffer (its drop sends the return) and the
 /// mappings of its blocks, made on first use.
 struct Core {
@@ -399,10 +414,7 @@ impl Core {
             .shared_fd(block)
             .ok_or_else(|| PyValueError::new_err("this block has no fd"))?;
         let mapped = if message.info.use_buffer_pool {
-            cache
-                .lock_py_attached(py)
-                .unwrap_or_else(|e| e.into_inner())
-                .get(fd, len)
+            lock_cache(py, cache).get(fd, len)
         } else {
             Mapping::new(fd.as_fd(), len, false).map(Arc::new)
         };
