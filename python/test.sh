@@ -2,7 +2,7 @@
 # Builds the Python package (python/) into a virtualenv of Debian's python3 and runs its
 # tests with pytest: captures of the deployed sender played by qsock-replay, Python
 # receiving from qtisocketsink and sending to qtisocketsrc in gst-launch-1.0, zero-copy,
-# release, threads, 10,000 buffers. scripts/test runs it after `cargo build --lib
+# release, threads, 10,000 buffers, the type stubs. scripts/test runs it after `cargo build --lib
 # --bins`, whose plugin and qsock-replay (target/debug) the tests use.
 set -eu
 cd "$(dirname "$0")/.."

@@ -214,3 +214,16 @@ def test_no_receiver_at_the_path(sock):
         qsock.Sender(sock, connect_timeout=0.05)
     assert isinstance(caught.value, OSError) and caught.value.errno is not None
     assert sock in str(caught.value)
+
+
+def test_memfds_are_sealed_against_resizing(receiver, sock):
+    import fcntl
+    import os
+
+    with qsock.Sender(sock) as tx:
+        buf = roundtrip(receiver, lambda: tx.send_video(np.zeros((4, 4), np.uint8), format="GRAY8"))
+        seals = fcntl.fcntl(buf.fd(), fcntl.F_GET_SEALS)
+        wanted = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+        assert seals & wanted == wanted
+        with pytest.raises(PermissionError):
+            os.ftruncate(buf.fd(), 1)  # no receiver can be made to read past the end
