@@ -60,6 +60,31 @@ impl Drop for Mapping {
     }
 }
 
+/// `struct dma_buf_sync` of linux/dma-buf.h.
+#[repr(C)]
+struct DmaBufSync {
+    flags: u64,
+}
+
+const DMA_BUF_IOCTL_SYNC: rustix::ioctl::Opcode =
+    rustix::ioctl::opcode::write::<DmaBufSync>(b'b', 0);
+const DMA_BUF_SYNC_READ: u64 = 1;
+const DMA_BUF_SYNC_END: u64 = 1 << 2;
+
+/// Starts (or ends) a window of CPU reads of a DMA-BUF (`DMA_BUF_IOCTL_SYNC`), so that
+/// the CPU sees what a device wrote where caches are not coherent with it. Returns
+/// whether `fd` is a DMA-BUF that took it; any other fd (a memfd: `ENOTTY`) needs nothing.
+pub fn dma_buf_sync_read(fd: BorrowedFd<'_>, end: bool) -> bool {
+    let flags = DMA_BUF_SYNC_READ | if end { DMA_BUF_SYNC_END } else { 0 };
+    // SAFETY: DMA_BUF_IOCTL_SYNC takes a pointer to a struct dma_buf_sync, whose layout
+    // DmaBufSync has; the kernel only reads it.
+    let sync = unsafe {
+        rustix::ioctl::Setter::<DMA_BUF_IOCTL_SYNC, DmaBufSync>::new(DmaBufSync { flags })
+    };
+    // SAFETY: the opcode and its argument match (above); other fds reject it with ENOTTY.
+    unsafe { rustix::ioctl::ioctl(fd, sync) }.is_ok()
+}
+
 /// Mappings of the pooled objects of the current sender, keyed by the receiver's shared
 /// fd (`ReceivedBuffer::shared_fd`): the same `Arc<OwnedFd>` comes back for every buffer
 /// that reuses a pooled `buf_id`. An entry is dropped once its fd is gone (the sender

@@ -7,6 +7,9 @@
 //! given back while the array lives. `Buffer.release()` gives the buffer back at once
 //! when no array of it is alive, and raises `BufferInUse` (a `BufferError`, as
 //! `memoryview.release()` does) when some are: it never pulls memory from under an array.
+//!
+//! A DMA-BUF block is read inside a `DMA_BUF_IOCTL_SYNC` window: started when the buffer
+//! first maps it, ended when the buffer goes back (memfds need none).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -28,7 +31,7 @@ use pyo3::types::PyDict;
 use crate::arrays::{array_over, ArrayLayout, Dtype};
 use crate::errors::{new_err, IntoPyResult};
 use crate::formats;
-use crate::mapping::{Mapping, MappingCache};
+use crate::mapping::{dma_buf_sync_read, Mapping, MappingCache};
 use crate::metas::{self, PyClassification, PyLandmarks, PyMetas, PyProtection, PyRoi};
 
 /// How long a wait runs without the GIL before it looks for a signal (Ctrl-C): only an
@@ -395,6 +398,22 @@ fn lock_cache<'a>(
 struct Core {
     buffer: ReceivedBuffer,
     mappings: Vec<OnceLock<Arc<Mapping>>>,
+    /// Blocks that are DMA-BUFs in a CPU read window (DMA_BUF_IOCTL_SYNC started when
+    /// first mapped for this buffer, ended when the buffer goes back).
+    dma_buf_reads: Vec<AtomicBool>,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        for (block, reading) in self.dma_buf_reads.iter().enumerate() {
+            if reading.load(Ordering::Relaxed) {
+                if let Some(fd) = self.buffer.fd(block) {
+                    dma_buf_sync_read(fd, true);
+                }
+            }
+        }
+        // Then the ReceivedBuffer drops: the return goes to the sender.
+    }
 }
 
 impl Core {
@@ -424,7 +443,15 @@ impl Core {
                 format!("mapping block {block} ({len} bytes): {e}"),
             ))
         })?;
-        Ok(self.mappings[block].get_or_init(|| mapping).clone())
+        let mut first = false;
+        let mapping = self.mappings[block].get_or_init(|| {
+            first = true;
+            mapping
+        });
+        if first && dma_buf_sync_read(fd.as_fd(), false) {
+            self.dma_buf_reads[block].store(true, Ordering::Relaxed);
+        }
+        Ok(mapping.clone())
     }
 }
 
@@ -481,9 +508,16 @@ impl PyBuffer {
     fn new(buffer: ReceivedBuffer, cache: Arc<Mutex<MappingCache>>) -> PyBuffer {
         let message = buffer.message().clone();
         let mappings = (0..message.blocks.len()).map(|_| OnceLock::new()).collect();
+        let dma_buf_reads = (0..message.blocks.len())
+            .map(|_| AtomicBool::new(false))
+            .collect();
         PyBuffer {
             message,
-            core: Mutex::new(Some(Arc::new(Core { buffer, mappings }))),
+            core: Mutex::new(Some(Arc::new(Core {
+                buffer,
+                mappings,
+                dma_buf_reads,
+            }))),
             cache,
         }
     }
