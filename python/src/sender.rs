@@ -617,6 +617,7 @@ impl PySender {
             ));
         }
         let (height, width) = (to_u32(first[0])?, to_u32(first[1])?);
+        check_frame_size(width, height)?;
         let dtype = Dtype::of_sample(format.sample);
         for (i, plane) in planes.iter().enumerate() {
             let expected = format.plane_array(i, width, height).shape();
@@ -837,11 +838,7 @@ impl PySender {
                 formats::names()
             ))
         })?;
-        if width == 0 || height == 0 {
-            return Err(PyValueError::new_err(format!(
-                "a frame of {width}x{height} holds nothing"
-            )));
-        }
+        check_frame_size(width, height)?;
         let metas = metas::to_wire(metas)?;
         let (offsets, strides, size) = format.default_layout(width, height);
         let this = slf.get();
@@ -938,6 +935,18 @@ impl PySender {
     fn __repr__(&self) -> String {
         format!("<qsock.Sender {:?}>", self.path)
     }
+}
+
+/// The largest width or height a frame may have here (GStreamer's 8K is 7680).
+const MAX_FRAME_SIDE: u32 = 1 << 16;
+
+fn check_frame_size(width: u32, height: u32) -> PyResult<()> {
+    if width == 0 || height == 0 || width > MAX_FRAME_SIDE || height > MAX_FRAME_SIDE {
+        return Err(PyValueError::new_err(format!(
+            "a frame of {width}x{height}: width and height are 1..={MAX_FRAME_SIDE}"
+        )));
+    }
+    Ok(())
 }
 
 fn to_u32(n: usize) -> PyResult<u32> {

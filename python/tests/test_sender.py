@@ -115,6 +115,11 @@ def test_what_a_sender_refuses(receiver, sock):
             tx.send_text("x" * 1025)
         with pytest.raises(ValueError, match="at most 31"):
             tx.send_video(np.zeros((4, 4), np.uint8), format="GRAY8", metas=[qsock.RegionOfInterest("x" * 40, 0, 0, 1, 1)])
+        for width, height in ((0, 4), (70000, 2)):
+            with pytest.raises(ValueError, match="width and height are 1..=65536"):
+                tx.frame(width, height, "GRAY8")
+        with pytest.raises(ValueError, match="width and height"):
+            tx.send_video(np.zeros((0, 4), np.uint8), format="GRAY8")
         with pytest.raises(TypeError, match="metas takes"):
             tx.send_video(np.zeros((4, 4), np.uint8), format="GRAY8", metas=["person"])
         assert tx.stats()["buffers_sent"] == 0 and tx.stats()["in_flight"] == 0
