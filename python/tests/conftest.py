@@ -19,6 +19,28 @@ BUILD = Path(os.environ.get("QSOCK_BUILD_DIR", REPO / "target" / "debug"))
 REPLAY = BUILD / "qsock-replay"
 
 
+# Children started by a test; whatever still runs when the test ends (it failed half-way)
+# is killed, so that no sender outlives its test.
+_children = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_children():
+    yield
+    while _children:
+        child = _children.pop()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def spawn(command, **kwargs):
+    """subprocess.Popen, killed at the end of the test if still running."""
+    child = subprocess.Popen(command, **kwargs)
+    _children.append(child)
+    return child
+
+
 def replay(socket, capture, *args, quiet=True):
     """Starts qsock-replay playing `capture` (a name under tests/data) into `socket`."""
     if not REPLAY.exists():
@@ -26,7 +48,7 @@ def replay(socket, capture, *args, quiet=True):
     command = [str(REPLAY), str(socket), str(DATA / capture), *map(str, args)]
     if quiet:
         command.append("--quiet")
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return spawn(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(process, timeout=20):

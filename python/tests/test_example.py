@@ -4,14 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import gst_env, require_gst
+from conftest import gst_env, require_gst, spawn
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "brightness.py"
 
 
 def test_brightness_example(sock):
     require_gst()
-    example = subprocess.Popen(
+    example = spawn(
         [sys.executable, str(EXAMPLE), sock], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert example.stderr.readline().startswith("listening on")

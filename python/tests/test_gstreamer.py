@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import qsock
-from conftest import gst_env, mappings, require_gst
+from conftest import gst_env, mappings, require_gst, spawn
 
 WIDTH, HEIGHT, FRAMES = 320, 240, 30
 CAPS = f"video/x-raw,format=NV12,width={WIDTH},height={HEIGHT},framerate=30/1"
@@ -21,7 +21,7 @@ FRAME_BYTES = WIDTH * HEIGHT * 3 // 2
 
 def launch(pipeline):
     require_gst()
-    return subprocess.Popen(
+    return spawn(
         ["gst-launch-1.0", "-q", *pipeline.split()],
         env=gst_env(),
         stdout=subprocess.PIPE,
@@ -91,9 +91,7 @@ def test_videotestsrc_writes_into_the_sinks_memfds_no_copy_anywhere(receiver, so
     pipeline = (
         f"videotestsrc num-buffers={FRAMES} ! {CAPS} ! qtisocketsink name=sink socket={sock} wait-for-receiver=true"
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", SINK_STATS, pipeline], env=gst_env(), stdout=subprocess.PIPE, text=True
-    )
+    child = spawn([sys.executable, "-c", SINK_STATS, pipeline], env=gst_env(), stdout=subprocess.PIPE, text=True)
     means = [float(buf.planes()[0].mean()) for buf in receiver]
     out, _ = child.communicate(timeout=60)
     assert child.returncode == 0, out

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 import qsock
+from conftest import spawn
 
 
 def busy_python(seconds):
@@ -105,7 +106,7 @@ def test_ctrl_c_reaches_a_wait_without_timeout(sock):
         sys.exit(1)
         """
     )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = spawn([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "waiting"
     time.sleep(0.3)
     child.send_signal(signal.SIGINT)
