@@ -1,7 +1,8 @@
 //! Element level, two processes: a sender pipeline (`appsrc ! qtisocketsink`, or
-//! `appsrc ! shmsink` for the baseline) fed NV12 frames from the buffer pool its sink
-//! proposes (so neither side copies unless its sink must), and a receiver pipeline
-//! (`qtisocketsrc ! fakesink`, or `shmsrc ! fakesink`) whose probe reads each frame's
+//! `appsrc ! shmsink` / `appsrc ! unixfdsink` for the baselines) fed NV12 frames from the
+//! buffer pool its sink proposes (so neither side copies unless its sink must), and a
+//! receiver pipeline (`qtisocketsrc ! fakesink`, `shmsrc ! fakesink` or
+//! `unixfdsrc ! fakesink`) whose probe reads each frame's
 //! first 16 bytes: the sender's index (each must follow the last) and its send time.
 //! Each side reports its CPU time while streaming and its peak RSS.
 
@@ -22,6 +23,10 @@ pub enum Transport {
     /// shmsink → shmsrc, frames from the producer's own pool (a camera's or decoder's
     /// memory): shmsink copies each into its shared memory.
     ShmCopy,
+    /// unixfdsink → unixfdsrc (GStreamer ≥ 1.24, in gst-plugins-bad): fds over a UNIX
+    /// socket too, upstream writing into the memfds of the allocator unixfdsink proposes.
+    /// One unixfdsink serves any number of unixfdsrc clients.
+    UnixFd,
 }
 
 impl Transport {
@@ -30,6 +35,7 @@ impl Transport {
             "ours" => Transport::Ours,
             "shm" => Transport::Shm,
             "shm-copy" => Transport::ShmCopy,
+            "unixfd" => Transport::UnixFd,
             other => panic!("unknown transport {other}"),
         }
     }
@@ -38,6 +44,7 @@ impl Transport {
             Transport::Ours => "ours",
             Transport::Shm => "shm",
             Transport::ShmCopy => "shm-copy",
+            Transport::UnixFd => "unixfd",
         }
     }
 }
@@ -131,6 +138,7 @@ pub fn sender(transport: Transport, socket: &Path, width: u32, height: u32, dura
             socket.display(),
             size * 12 + (1 << 20)
         ),
+        Transport::UnixFd => format!("unixfdsink socket-path={} wait-for-connection=true sync=false", socket.display()),
     };
     let caps = caps(width, height);
     let pipeline = gst::parse::launch(&format!("appsrc name=src format=time ! {sink}")).unwrap();
@@ -171,8 +179,9 @@ pub fn sender(transport: Transport, socket: &Path, width: u32, height: u32, dura
     report.cpu_s = (cpu_time() - cpu_start.unwrap_or_default()).as_secs_f64();
     let _ = appsrc.end_of_stream();
     let bus = pipeline.bus().unwrap();
-    if transport == Transport::Ours {
-        // Our sink's EOS waits for the receiver to return every buffer.
+    if matches!(transport, Transport::Ours | Transport::UnixFd) {
+        // Our sink's EOS waits for the receiver to return every buffer; unixfdsink sends
+        // its clients EOS.
         bus.timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Eos, gst::MessageType::Error]);
     } else {
         std::thread::sleep(Duration::from_millis(500)); // let shmsrc read the last frames
@@ -204,6 +213,7 @@ pub fn receiver(transport: Transport, socket: &Path, idle: Duration) {
     let src = match transport {
         Transport::Ours => format!("qtisocketsrc name=src socket={} socket-mode=0600", socket.display()),
         Transport::Shm | Transport::ShmCopy => format!("shmsrc socket-path={} is-live=true", socket.display()),
+        Transport::UnixFd => format!("unixfdsrc socket-path={}", socket.display()),
     };
     let pipeline =
         gst::parse::launch(&format!("{src} ! fakesink name=sink sync=false enable-last-sample=false")).unwrap();
@@ -236,6 +246,8 @@ pub fn receiver(transport: Transport, socket: &Path, idle: Duration) {
         if s.first.is_none() {
             s.first = Some(now);
             s.cpu_start = cpu_time();
+            // A unixfdsrc that joins a running unixfdsink (fan-out) starts mid-stream.
+            s.next_index = index;
         }
         s.last = Some(now);
         let slot = s.buffers as usize % LATENCY_SAMPLES;
@@ -251,14 +263,31 @@ pub fn receiver(transport: Transport, socket: &Path, idle: Duration) {
         gst::PadProbeReturn::Ok
     });
     if transport != Transport::Ours {
-        // shmsink makes the socket; shmsrc fails to start until it is there.
+        // shmsink (unixfdsink) makes the socket; shmsrc (unixfdsrc) fails to start until
+        // it is there.
         let started = Instant::now();
         while !socket.exists() {
             assert!(started.elapsed() < Duration::from_secs(10), "no shmsink at {}", socket.display());
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let started = Instant::now();
+    // unixfdsink's socket file exists a moment before it listens: a unixfdsrc that
+    // connects then is refused (at start, or by an error message). Started again until
+    // its first frame, for up to 10 s.
+    let restart = || {
+        let retry = transport == Transport::UnixFd && started.elapsed() < Duration::from_secs(10);
+        if retry {
+            pipeline.set_state(gst::State::Null).unwrap();
+            while bus.pop().is_some() {}
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        retry
+    };
+    while let Err(e) = pipeline.set_state(gst::State::Playing) {
+        assert!(restart(), "the receiver did not start: {e}");
+    }
     let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let reader = (transport == Transport::Ours && std::env::var_os(STATS_READER_ENV).is_some()).then(|| {
         let (src, reading) = (pipeline.by_name("src").unwrap(), reading.clone());
@@ -271,14 +300,20 @@ pub fn receiver(transport: Transport, socket: &Path, idle: Duration) {
             reads
         })
     });
-    let bus = pipeline.bus().unwrap();
     loop {
         let message = bus
             .timed_pop_filtered(gst::ClockTime::from_mseconds(50), &[gst::MessageType::Eos, gst::MessageType::Error]);
         if let Some(message) = message {
             if let gst::MessageView::Error(e) = message.view() {
+                let not_yet = transport == Transport::UnixFd && probe.lock().unwrap().first.is_none();
+                if not_yet && restart() {
+                    while let Err(e) = pipeline.set_state(gst::State::Playing) {
+                        assert!(restart(), "the receiver did not start: {e}");
+                    }
+                    continue;
+                }
                 // shmsrc reports its sender leaving as an error: that is its end of stream.
-                if transport == Transport::Ours {
+                if transport == Transport::Ours || not_yet {
                     eprintln!("receiver error: {} {:?}", e.error(), e.debug());
                 }
             }

@@ -10,13 +10,16 @@
 //!  4. soak: 1,000,000 buffers (`QSOCK_BENCH_SOAK` to change), RSS and fds at the start
 //!     and the end.
 //!
-//! Writes target/bench/results.json and target/bench/report.md. Every process here is a
+//! Writes target/bench/results.json and target/bench/report.md. With
+//! `QSOCK_BENCH_PART=newest-gst`, only the part for a newer GStreamer (newest_gst.rs:
+//! unixfdsink → unixfdsrc beside ours), which scripts/bench runs in a Debian 13 root. Every process here is a
 //! child of this one (the same binary, `QSOCK_BENCH_ROLE` saying which part it plays).
 //! `QSOCK_BENCH_QUICK=1` shortens every run (a smoke check, not figures).
 
 mod api;
 mod elements;
 mod measure;
+mod newest_gst;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,6 +46,11 @@ fn main() {
     });
     let dir = std::env::temp_dir().join(format!("qsock-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    if std::env::var("QSOCK_BENCH_PART").as_deref() == Ok("newest-gst") {
+        newest_gst::run(&dir, run_for);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
 
     let mut results = Results { machine: machine(), ..Results::default() };
     println!("machine: {}", results.machine);
@@ -109,22 +117,7 @@ fn main() {
 
     println!("\n== Scale: pairs at once, 1920x1080, qtisocketsink → qtisocketsrc ==");
     for pairs in PAIRS {
-        let children: Vec<_> = (0..pairs)
-            .map(|i| {
-                let socket = dir.join(format!("scale-{pairs}-{i}"));
-                start_pair(Transport::Ours, &socket, 1920, 1080, run_for, None)
-            })
-            .collect();
-        let runs: Vec<PairRun> = children.into_iter().map(|c| c.finish()).collect();
-        let buffers: u64 = runs.iter().map(|r| r.recv.buffers).sum();
-        let seconds = runs.iter().map(|r| r.recv.seconds).fold(0.0, f64::max);
-        let cpu: f64 = runs.iter().map(|r| r.recv.cpu_s + r.send.cpu_s).sum();
-        let scale = ScaleRun {
-            pairs,
-            buffers,
-            per_second: buffers as f64 / seconds,
-            cpu_us_per_buffer: cpu * 1e6 / buffers as f64,
-        };
+        let scale = scale(&dir, Transport::Ours, pairs, run_for);
         println!(
             "{:>2} pairs: {:>9.0} buffers/s aggregate ({:.2}x 1 pair), {:.1} µs CPU per buffer (both sides)",
             pairs,
@@ -292,12 +285,37 @@ fn pair(
     start_pair(transport, socket, width, height, run_for, count).finish()
 }
 
+/// `pairs` sender/receiver pairs at once, 1920x1080, each on its own socket.
+fn scale(dir: &Path, transport: Transport, pairs: usize, run_for: Duration) -> ScaleRun {
+    let children: Vec<_> = (0..pairs)
+        .map(|i| {
+            let socket = dir.join(format!("scale-{}-{pairs}-{i}", transport.name()));
+            start_pair(transport, &socket, 1920, 1080, run_for, None)
+        })
+        .collect();
+    let runs: Vec<PairRun> = children.into_iter().map(|c| c.finish()).collect();
+    let buffers: u64 = runs.iter().map(|r| r.recv.buffers).sum();
+    let seconds = runs.iter().map(|r| r.recv.seconds).fold(0.0, f64::max);
+    let cpu: f64 = runs.iter().map(|r| r.recv.cpu_s + r.send.cpu_s).sum();
+    ScaleRun {
+        pairs,
+        buffers,
+        per_second: buffers as f64 / seconds,
+        cpu_us_per_buffer: cpu * 1e6 / buffers as f64,
+        p50_us: runs.iter().map(|r| r.recv.p50_us).sum::<f64>() / pairs as f64,
+        p99_us: runs.iter().map(|r| r.recv.p99_us).fold(0.0, f64::max),
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct ScaleRun {
     pairs: usize,
     buffers: u64,
     per_second: f64,
     cpu_us_per_buffer: f64,
+    /// The pairs' mean p50 latency and their largest p99.
+    p50_us: f64,
+    p99_us: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -327,7 +345,7 @@ fn machine() -> String {
 
 impl Results {
     fn markdown(&self) -> String {
-        let mut md = format!("Machine: {}\n\n", self.machine);
+        let mut md = format!("Machine: {}; {}\n\n", self.machine, gst::version_string());
         md += "### API level (two processes, one 168-byte record and one fd per message)\n\n";
         md += "| in flight | who | messages/s | × floor | p50 round trip (µs) | × floor | p99 (µs) |\n|---|---|---|---|---|---|---|\n";
         for in_flight in IN_FLIGHT {
@@ -357,6 +375,7 @@ impl Results {
                     Transport::Ours => "qtisocketsink → qtisocketsrc",
                     Transport::Shm => "shmsink → shmsrc, upstream in shmsink's memory",
                     Transport::ShmCopy => "shmsink → shmsrc, frames copied in",
+                    Transport::UnixFd => "unixfdsink → unixfdsrc",
                 },
                 r.per_second(),
                 r.recv.p50_us,

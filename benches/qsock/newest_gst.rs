@@ -1,0 +1,221 @@
+//! The part for a newer GStreamer: `scripts/bench` runs this binary a second time inside
+//! the Debian 13 root of `scripts/newest-gst` (GStreamer 1.26, `QSOCK_BENCH_PART=
+//! newest-gst`), for unixfdsink → unixfdsrc, which Debian 12's 1.22 lacks, beside ours
+//! on the same runtime, measured the same way (elements.rs: frames from the pool or
+//! allocator the sink proposes, latency from a stamp in each frame read at the receiver):
+//!  1. one pair at 320x240, 1920x1080 and 7680x4320, ours and unixfd;
+//!  2. 1, 4 and 16 pairs at once, 1920x1080, ours and unixfd;
+//!  3. fan-out: one unixfdsink serving 1, 4 and 16 unixfdsrc clients, each client getting
+//!     every frame (unixfdsink keeps a frame until every client has released it).
+//!     qtisocketsink has one receiver per socket (as the deployed protocol does): the
+//!     nearest to it with ours is N pairs (2).
+//! Writes target/bench/newest-gst.json and target/bench/newest-gst.md.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::elements::{RecvReport, SendReport, Transport};
+use crate::{machine, pair, scale, spawn, wait, PairRun, ScaleRun, PAIRS};
+
+const SIZES: [(u32, u32); 3] = [(320, 240), (1920, 1080), (7680, 4320)];
+const TRANSPORTS: [Transport; 2] = [Transport::Ours, Transport::UnixFd];
+
+#[derive(Debug, Serialize)]
+struct FanOut {
+    clients: usize,
+    /// Frames the one sender pushed.
+    sent: u64,
+    /// Buffers per second each client received (from its first to its last), the mean
+    /// over the clients, and the sum.
+    per_client_per_second: f64,
+    delivered_per_second: f64,
+    /// The clients' mean p50 latency and their largest p99.
+    p50_us: f64,
+    p99_us: f64,
+    /// The sender's CPU time per frame pushed, and all clients' per buffer received.
+    send_cpu_us_per_frame: f64,
+    recv_cpu_us_per_buffer: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    machine: String,
+    gstreamer: String,
+    elements: Vec<PairRun>,
+    scale: Vec<(Transport, ScaleRun)>,
+    fan_out: Vec<FanOut>,
+}
+
+pub fn run(dir: &Path, run_for: Duration) {
+    gst::init().unwrap();
+    let gstreamer = gst::version_string().to_string();
+    let mut results =
+        Results { machine: machine(), gstreamer: gstreamer.clone(), elements: vec![], scale: vec![], fan_out: vec![] };
+    println!("machine: {}; {gstreamer}", results.machine);
+    assert!(
+        gst::ElementFactory::find("unixfdsink").is_some(),
+        "no unixfdsink in {gstreamer}: this part runs on GStreamer >= 1.24 (scripts/newest-gst)"
+    );
+
+    println!("\n== {gstreamer}: one pair, qtisocketsink → qtisocketsrc and unixfdsink → unixfdsrc ==");
+    for (width, height) in SIZES {
+        for transport in TRANSPORTS {
+            let socket = dir.join(format!("newest-{}-{width}", transport.name()));
+            let run = pair(transport, &socket, width, height, run_for, None);
+            println!("{}", run.line());
+            results.elements.push(run);
+        }
+    }
+
+    println!("\n== {gstreamer}: pairs at once, 1920x1080 ==");
+    for transport in TRANSPORTS {
+        for pairs in PAIRS {
+            let s = scale(dir, transport, pairs, run_for);
+            println!(
+                "{:<6} {:>2} pairs: {:>9.0} buffers/s aggregate, p50 {:>7.1} µs, {:.1} µs CPU per buffer (both sides)",
+                transport.name(),
+                pairs,
+                s.per_second,
+                s.p50_us,
+                s.cpu_us_per_buffer
+            );
+            results.scale.push((transport, s));
+        }
+    }
+
+    println!("\n== {gstreamer}: fan-out, one unixfdsink, N unixfdsrc clients, 1920x1080 ==");
+    for clients in PAIRS {
+        let f = fan_out(dir, clients, run_for);
+        println!(
+            "{:>2} clients: {:>8.0} buffers/s per client, {:>9.0} delivered in all, p50 {:>7.1} µs p99 {:>8.1} µs, \
+             CPU sender {:.1} µs/frame, clients {:.1} µs/buffer ({} frames sent)",
+            clients,
+            f.per_client_per_second,
+            f.delivered_per_second,
+            f.p50_us,
+            f.p99_us,
+            f.send_cpu_us_per_frame,
+            f.recv_cpu_us_per_buffer,
+            f.sent
+        );
+        results.fan_out.push(f);
+    }
+
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("newest-gst.json"), serde_json::to_string_pretty(&results).unwrap()).unwrap();
+    std::fs::write(out.join("newest-gst.md"), results.markdown()).unwrap();
+    println!("\nwrote {0}/newest-gst.json and {0}/newest-gst.md", out.display());
+}
+
+/// One unixfdsink (1920x1080 frames for `run_for`) and `clients` unixfdsrc processes.
+fn fan_out(dir: &Path, clients: usize, run_for: Duration) -> FanOut {
+    let socket = dir.join(format!("fan-out-{clients}"));
+    let socket = socket.to_str().unwrap();
+    // The clients wait for the socket, the sender for its first client.
+    let receivers: Vec<_> = (0..clients).map(|_| spawn("elem-recv", &[socket, "unixfd"])).collect();
+    let ms = run_for.as_millis().to_string();
+    let sender = spawn("elem-send", &[socket, "unixfd", "1920", "1080", &ms, "0"]);
+    let send: SendReport = serde_json::from_str(&wait(sender)).unwrap();
+    let recv: Vec<RecvReport> = receivers.into_iter().map(|r| serde_json::from_str(&wait(r)).unwrap()).collect();
+    let received: u64 = recv.iter().map(|r| r.buffers).sum();
+    FanOut {
+        clients,
+        sent: send.buffers,
+        per_client_per_second: recv.iter().map(|r| r.buffers as f64 / r.seconds).sum::<f64>() / clients as f64,
+        delivered_per_second: recv.iter().map(|r| r.buffers as f64 / r.seconds).sum(),
+        p50_us: recv.iter().map(|r| r.p50_us).sum::<f64>() / clients as f64,
+        p99_us: recv.iter().map(|r| r.p99_us).fold(0.0, f64::max),
+        send_cpu_us_per_frame: send.cpu_s * 1e6 / send.buffers.max(1) as f64,
+        recv_cpu_us_per_buffer: recv.iter().map(|r| r.cpu_s).sum::<f64>() * 1e6 / received.max(1) as f64,
+    }
+}
+
+fn name(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Ours => "qtisocketsink → qtisocketsrc",
+        Transport::UnixFd => "unixfdsink → unixfdsrc",
+        Transport::Shm => "shmsink → shmsrc",
+        Transport::ShmCopy => "shmsink → shmsrc, copied",
+    }
+}
+
+impl Results {
+    fn markdown(&self) -> String {
+        let v = self.gstreamer.trim_start_matches("GStreamer ");
+        let mut md = format!(
+            "\n### On GStreamer {v}: one pair, ours beside unixfdsink → unixfdsrc\n\n\
+             The same benchmark binary, run again in the Debian 13 root of scripts/newest-gst ({}; {}). \
+             unixfdsink → unixfdsrc (gst-plugins-bad ≥ 1.24, not in Debian 12's 1.22) is measured as ours is: \
+             NV12 frames written into the pool or allocator the sink proposes (memfds for both, no copy), \
+             latency from a CLOCK_MONOTONIC stamp in each frame, read at the receiver's sink.\n\n",
+            self.gstreamer, self.machine
+        );
+        md += "\
+               | frame | transport | buffers/s | × ours | p50 latency (µs) | p99 (µs) | CPU/buffer sender (µs) | CPU/buffer receiver (µs) |\n\
+               |---|---|---|---|---|---|---|---|\n";
+        for r in &self.elements {
+            let ours = self
+                .elements
+                .iter()
+                .find(|o| o.transport == Transport::Ours && o.width == r.width)
+                .map_or(f64::NAN, |o| o.per_second());
+            md += &format!(
+                "| {}x{} | {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                r.width,
+                r.height,
+                name(r.transport),
+                r.per_second(),
+                r.per_second() / ours,
+                r.recv.p50_us,
+                r.recv.p99_us,
+                r.send.cpu_s * 1e6 / r.send.buffers.max(1) as f64,
+                r.recv.cpu_s * 1e6 / r.recv.buffers.max(1) as f64
+            );
+        }
+        md += &format!("\n### On GStreamer {v}: pairs at once (1920x1080, each pair its own socket)\n\n");
+        md += "\
+               | pairs | transport | buffers/s aggregate | × 1 pair | × ours | mean p50 (µs) | worst p99 (µs) | CPU per buffer, both sides (µs) |\n\
+               |---|---|---|---|---|---|---|---|\n";
+        for (transport, s) in &self.scale {
+            let of = |t: Transport, pairs: usize| {
+                self.scale
+                    .iter()
+                    .find(|(tt, ss)| *tt == t && ss.pairs == pairs)
+                    .map_or(f64::NAN, |(_, ss)| ss.per_second)
+            };
+            md += &format!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |\n",
+                s.pairs,
+                name(*transport),
+                s.per_second,
+                s.per_second / of(*transport, 1),
+                s.per_second / of(Transport::Ours, s.pairs),
+                s.p50_us,
+                s.p99_us,
+                s.cpu_us_per_buffer
+            );
+        }
+        md += &format!("\n### On GStreamer {v}: fan-out, one unixfdsink, N unixfdsrc clients (1920x1080)\n\n");
+        md += "Each client gets every frame; unixfdsink keeps a frame until every client has released it. \
+               qtisocketsink has one receiver per socket (as the deployed protocol does): the nearest to this \
+               with ours is N pairs, above.\n\n\
+               | clients | buffers/s per client | buffers/s delivered, all clients | mean p50 (µs) | worst p99 (µs) | sender CPU per frame (µs) | clients' CPU per buffer (µs) |\n\
+               |---|---|---|---|---|---|---|\n";
+        for f in &self.fan_out {
+            md += &format!(
+                "| {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                f.clients,
+                f.per_client_per_second,
+                f.delivered_per_second,
+                f.p50_us,
+                f.p99_us,
+                f.send_cpu_us_per_frame,
+                f.recv_cpu_us_per_buffer
+            );
+        }
+        md
+    }
+}
