@@ -199,6 +199,12 @@ fn run(lies: &[(&str, Lie)]) {
         assert_eq!(stat::<u64>(&scene.src, "buffers"), expected.len() as u64);
     }
     let names: Vec<&str> = lies.iter().map(|(name, _)| *name).collect();
+    // GStreamer's threads let go of the last references (and so fds) a moment after NULL
+    // returns: wait for them, with a deadline, then check the counts are exactly back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (open_fds() != before || !open_test_memfds().is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(open_test_memfds(), Vec::<u64>::new(), "sender memfds outlived the pipeline: {names:?}");
     assert_eq!(open_fds(), before, "fds outlived the pipeline and the sender: {names:?}");
     assert_no_glib_warnings();

@@ -9,6 +9,7 @@
 //!     every frame (unixfdsink keeps a frame until every client has released it).
 //!     qtisocketsink has one receiver per socket (as the deployed protocol does): the
 //!     nearest to it with ours is N pairs (2).
+//!
 //! Writes target/bench/newest-gst.json and target/bench/newest-gst.md.
 
 use std::path::{Path, PathBuf};

@@ -379,6 +379,10 @@ impl ElementImpl for QtiSocketSrc {
                     started.playing = true;
                     started.resumed = started.played;
                     started.played = true;
+                    // GstBaseSrc 1.26 calls unlock() on the way to PAUSED and no
+                    // unlock_stop() on the way back (1.22 calls neither): that unlock was
+                    // the pause's, not a flush's. A real flush ends with unlock_stop().
+                    started.flushing = false;
                 }
             }
             gst::StateChange::PlayingToPaused => self.pause(),
