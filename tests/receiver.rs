@@ -204,8 +204,8 @@ fn socket_path_safety() {
     refused(&dir.path(&"x".repeat(120)), "at most 107");
     // A stale socket left by a receiver that died is replaced.
     let stale = dir.path("stale");
-    let _ = std::os::unix::net::UnixListener::bind(&stale).unwrap();
-    let receiver = Receiver::bind(&stale).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let receiver = bind_stale(&stale);
     assert!(receiver.path().exists());
     // A directory that does not exist is named in the error.
     let message = Receiver::bind(dir.path("missing/s")).err().unwrap().to_string();

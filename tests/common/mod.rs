@@ -284,3 +284,20 @@ pub fn nv12_64x48(size: u64) -> gstqtisocket::protocol::MemoryBlock {
         maxsize: size,
     })
 }
+
+/// `Receiver::bind(path)` on a stale socket file, allowing for the moment in which another
+/// test's child, between its fork and its exec, still holds a copy of the listener that
+/// made it (somebody does listen there until that child execs).
+#[allow(dead_code)]
+pub fn bind_stale(path: &Path) -> gstqtisocket::Receiver {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match gstqtisocket::Receiver::bind(path) {
+            Ok(receiver) => return receiver,
+            Err(e) if e.to_string().contains("is listening") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("the stale socket {} was not replaced: {e}", path.display()),
+        }
+    }
+}
