@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 venv="$PWD/target/python-venv"
 # Debian's python3 (python3-venv, python3-gi: scripts/setup); the venv sees its gi.
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.5,<2" "numpy>=1.21" pytest mypy
+"$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.5,<2" "numpy>=1.21" "pytest>=8,<10" "mypy==2.4.1"
 # A dev build in target/python: never in target/debug or target/release, whose shared
 # libraries GStreamer loads as plugins (GST_PLUGIN_PATH) and would choke on this one.
 PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$PWD/target/python" MATURIN_PEP517_ARGS="--profile dev --locked" \

@@ -29,6 +29,7 @@ def test_code_using_qsock_type_checks(tmp_path):
     snippet.write_text(textwrap.dedent(
         """
         import numpy as np
+        import numpy.typing as npt
         import qsock
 
         def receive(path: str) -> float:
@@ -37,7 +38,7 @@ def test_code_using_qsock_type_checks(tmp_path):
                 for buf in rx:
                     video = buf.video
                     if video is not None:
-                        y: np.ndarray = buf.planes()[0]
+                        y: npt.NDArray[np.generic] = buf.planes()[0]
                         total += float(y.mean()) + video.planes[0].stride
                     for tensor in buf.tensors() if buf.kind == "tensor" else []:
                         total += float(tensor.sum())
