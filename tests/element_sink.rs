@@ -24,22 +24,6 @@ fn stats(element: &gst::Element) -> gst::Structure {
     element.property::<gst::Structure>("stats")
 }
 
-/// `appsrc ! qtisocketsink` (both named), PLAYING.
-fn sender_pipeline(socket: &Path, caps: &str, sink_properties: &str) -> (gst::Pipeline, gst_app::AppSrc, gst::Element) {
-    init();
-    let pipeline = gst::parse::launch(&format!(
-        "appsrc name=src format=time caps={caps} ! qtisocketsink name=sink socket={} sync=false {sink_properties}",
-        path_str(socket)
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let sink = pipeline.by_name("sink").unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    (pipeline, src, sink)
-}
-
 /// Waits for EOS or an error on `pipeline`'s bus; returns the error's text, if any.
 fn wait_end(pipeline: &gst::Pipeline) -> Option<String> {
     let bus = pipeline.bus().unwrap();

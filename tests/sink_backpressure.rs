@@ -70,22 +70,6 @@ fn receiver_process(dir: &TempDir, out: &Path) -> Child {
     )
 }
 
-/// `appsrc ! qtisocketsink wait-for-receiver=true`, PLAYING.
-fn sender(socket: &Path) -> (gst::Pipeline, gst_app::AppSrc, gst::Element) {
-    init();
-    let pipeline = gst::parse::launch(&format!(
-        "appsrc name=src format=time caps={CAPS} ! qtisocketsink name=sink socket={} sync=false wait-for-receiver=true",
-        path_str(socket)
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let sink = pipeline.by_name("sink").unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    (pipeline, src, sink)
-}
-
 /// What the sink offers upstream for memory: its memfd allocator.
 fn offered_allocator(sink: &gst::Element) -> gst::Allocator {
     let caps = gst::Caps::builder_full().structure(CAPS.parse::<gst::Structure>().unwrap()).build();
@@ -103,7 +87,7 @@ fn stream_under_load(tag: &str, mut make: impl FnMut(&gst::Element, u64) -> gst:
     let dir = TempDir::new(tag);
     let out = dir.path("frames.raw");
     let receiver = receiver_process(&dir, &out);
-    let (pipeline, src, sink) = sender(&dir.path("s"));
+    let (pipeline, src, sink) = sender_pipeline(&dir.path("s"), CAPS, "wait-for-receiver=true");
     let load = CpuLoad::start();
     let started = Instant::now();
     for i in 0..FRAMES {

@@ -301,3 +301,25 @@ pub fn bind_stale(path: &Path) -> gstqtisocket::Receiver {
         }
     }
 }
+
+/// `appsrc ! qtisocketsink` (both named), PLAYING.
+#[allow(dead_code)]
+pub fn sender_pipeline(
+    socket: &Path,
+    caps: &str,
+    sink_properties: &str,
+) -> (gst::Pipeline, gst_app::AppSrc, gst::Element) {
+    use gst::prelude::*;
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time caps={caps} ! qtisocketsink name=sink socket={} sync=false {sink_properties}",
+        path_str(socket)
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, src, sink)
+}
