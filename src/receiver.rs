@@ -269,7 +269,7 @@ impl Receiver {
             let ready = self.wait(left)?;
             self.listener_ready = ready.listener;
             if ready.path {
-                self.on_path_event();
+                self.on_path_event()?;
             }
         }
     }
@@ -351,27 +351,31 @@ impl Receiver {
     }
 
     /// The socket file's directory changed: if our file is gone, bind the path again.
-    fn on_path_event(&mut self) {
-        let Some(watch) = &self.path_watch else { return };
+    fn on_path_event(&mut self) -> Result<(), Error> {
+        let Some(watch) = &self.path_watch else { return Ok(()) };
         // Drain the events: only the state of the path matters, not their history.
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
         let mut reader = rustix::fs::inotify::Reader::new(watch, &mut buf);
         while reader.next().is_ok() {}
         if self.listener.is_path_ours() || rustix::fs::lstat(self.listener.path()).is_ok() {
             // Still ours, or somebody else's file now: never replaced.
-            return;
+            return Ok(());
         }
-        let Ok(listener) = Listener::bind(self.listener.path(), self.options.socket_mode) else { return };
+        // A receiver nobody can reach any more must say so rather than wait in silence.
+        let again = |source| Error::Io {
+            what: format!("socket {}: removed by someone, and binding it again failed", self.listener.path().display()),
+            source,
+        };
+        let listener = Listener::bind(self.listener.path(), self.options.socket_mode).map_err(again)?;
         // The listener is watched always: while a sender is connected, to turn others away.
+        // The new one is watched before the old one stops being, so a failure changes nothing.
+        epoll::add(&self.poller, &listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN)
+            .map_err(|e| again(e.into()))?;
         let _ = epoll::delete(&self.poller, &self.listener);
-        let watched =
-            epoll::add(&self.poller, &listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN);
-        if watched.is_err() {
-            return;
-        }
         // Senders that had connected to the old socket stay in its backlog until it goes.
         self.listener = listener;
         self.shared.counters.socket_rebinds.fetch_add(1, Relaxed);
+        Ok(())
     }
 
     /// One step without blocking: accept a sender, or read one message.

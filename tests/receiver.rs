@@ -227,3 +227,18 @@ fn each_pooled_buffer_keeps_its_own_object_across_reuse() {
     // Parsing what the sender sent here must agree with the parser: EOS came last.
     assert!(matches!(SenderMessage::parse(&[0; 4], 0), Ok(SenderMessage::Eos)));
 }
+
+#[test]
+fn a_socket_file_that_cannot_be_made_again_is_an_error_naming_it() {
+    let dir = TempDir::new("rebind-fails");
+    let sub = dir.path("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let socket = sub.join("s");
+    let mut receiver = Receiver::bind(&socket).unwrap();
+    // Removed (as the deployed sender does), and its directory too: nowhere to bind again.
+    std::fs::remove_file(&socket).unwrap();
+    std::fs::remove_dir(&sub).unwrap();
+    let error = receiver.recv(Some(Duration::from_secs(5))).unwrap_err().to_string();
+    assert!(error.contains(&*socket.to_string_lossy()) && error.contains("binding it again failed"), "{error}");
+    assert_eq!(receiver.stats().socket_rebinds, 0);
+}
