@@ -7,6 +7,7 @@
 
 mod elements;
 mod error;
+pub mod fanout;
 mod fd_cache;
 mod ffi;
 pub mod protocol;
@@ -22,6 +23,7 @@ pub mod transport;
 #[doc(hidden)]
 pub use elements::meta::vendor as vendor_meta;
 pub use error::Error;
+pub use fanout::{Delivery, Destination, Fanout, FanoutEvent, FanoutOptions, FanoutStats, PeerStats, SlowReceiver};
 pub use receiver::{
     Event, Interrupter, ReceivedBuffer, Receiver, ReceiverHandle, ReceiverOptions, ReceiverStats, DEFAULT_SOCKET_MODE,
 };

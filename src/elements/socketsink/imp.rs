@@ -1,8 +1,9 @@
-//! The `qtisocketsink` implementation: a `GstBaseSink` on [`crate::Sender`].
+//! The `qtisocketsink` implementation: a `GstBaseSink` on [`crate::Fanout`].
 //!
 //! Threads: `render()` (the streaming thread) prepares each buffer (copying memory that
-//! has no fd) without a lock, then sends it through the [`Link`], whose own thread keeps
-//! the connection and lets go of buffers as the receiver returns them.
+//! has no fd) without a lock, then sends it through the fan-out, whose own thread keeps
+//! the connections (one `socket`, or every receiver in `socket-dir`) and lets go of
+//! buffers as the receivers return them.
 
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -14,13 +15,14 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use super::link::{Counters, Link, LinkEvent, Sent};
 use super::memfd_allocator::MemfdAllocator;
 use super::outgoing::{self, CopyPools, Refusal};
+use super::report::{self, peer_structure};
 use crate::elements::caps::{Format, TEXT_CAPS};
+use crate::fanout::{Delivery, Destination, Fanout, FanoutOptions, FanoutStats};
 use crate::transport::MAX_SOCKET_PATH_LEN;
 
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "qtisocketsink",
         gst::DebugColorFlags::empty(),
@@ -31,33 +33,105 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_WAIT_FOR_RECEIVER: bool = false;
 /// How long EOS waits for the receiver to return what it holds before going on.
 const EOS_RETURN_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most buffers the pool offered upstream hands out at once: a receiver that keeps
-/// buffers makes upstream wait instead of memory grow.
+/// With `socket`, the most buffers the pools offered upstream hand out at once (at
+/// least): a receiver that keeps buffers makes upstream wait instead of memory grow.
 const POOL_MAX_BUFFERS: u32 = 16;
 const POOL_MIN_BUFFERS: u32 = 2;
+/// `max-in-flight` 0 with `socket-dir`: what each receiver may hold.
+const DIR_MAX_IN_FLIGHT: u32 = 4;
+/// Buffers upstream and the sink itself may hold beside the receivers' share.
+const POOL_HEADROOM: u32 = 4;
+
+/// The `slow-receiver` property's values.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstQtiSocketSinkSlowReceiver")]
+pub enum SlowReceiverMode {
+    #[enum_value(name = "Wait: back-pressure, rendering waits until the receiver returns a buffer", nick = "wait")]
+    Wait = 0,
+    #[enum_value(name = "Skip: the receiver misses the buffer (counted), the others get it", nick = "skip")]
+    Skip = 1,
+}
+
+impl From<SlowReceiverMode> for crate::SlowReceiver {
+    fn from(mode: SlowReceiverMode) -> Self {
+        match mode {
+            SlowReceiverMode::Wait => crate::SlowReceiver::Wait,
+            SlowReceiverMode::Skip => crate::SlowReceiver::Skip,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Settings {
     socket: Option<String>,
+    socket_dir: Option<String>,
     wait_for_receiver: bool,
+    /// 0: automatic (none with `socket`, [`DIR_MAX_IN_FLIGHT`] with `socket-dir`).
+    max_in_flight: u32,
+    slow_receiver: SlowReceiverMode,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { socket: None, wait_for_receiver: DEFAULT_WAIT_FOR_RECEIVER }
+        Settings {
+            socket: None,
+            socket_dir: None,
+            wait_for_receiver: DEFAULT_WAIT_FOR_RECEIVER,
+            max_in_flight: 0,
+            slow_receiver: SlowReceiverMode::Skip,
+        }
     }
 }
+
+impl Settings {
+    /// What each receiver may hold: `None` for no limit of the sink's own.
+    fn max_in_flight(&self) -> Option<usize> {
+        match (self.max_in_flight, &self.socket_dir) {
+            (0, None) => None,
+            (0, Some(_)) => Some(DIR_MAX_IN_FLIGHT as usize),
+            (n, _) => Some(n as usize),
+        }
+    }
+
+    /// The most buffers a pool offered upstream (or a copy pool) may have out (0: no
+    /// limit). With `socket`: [`POOL_MAX_BUFFERS`], or more for a larger `max-in-flight`.
+    /// With `socket-dir` the number of receivers is not known: no fixed limit, since each
+    /// receiver holds at most `max-in-flight` (a receiver at its limit is skipped or
+    /// waited for), so at most receivers × max-in-flight + a few are out at once.
+    fn pool_max_buffers(&self) -> u32 {
+        match (self.socket_dir.is_some(), self.max_in_flight()) {
+            (true, _) => 0,
+            (false, None) => POOL_MAX_BUFFERS,
+            (false, Some(n)) => POOL_MAX_BUFFERS.max(n as u32 + POOL_HEADROOM),
+        }
+    }
+}
+
+/// Counters of `render`'s own, for `stats`.
+#[derive(Debug, Clone, Default)]
+struct RenderCounters {
+    copies: u64,
+    bytes_copied: u64,
+    bytes_described: u64,
+}
+
+/// What the sink sends through: the fan-out, holding each buffer's memories until every
+/// receiver has returned them.
+type Sending = Fanout<Vec<gst::Buffer>>;
 
 #[derive(Default)]
 pub struct QtiSocketSink {
     settings: Mutex<Settings>,
     /// From the caps: how buffers are described.
     format: Mutex<Option<Format>>,
-    link: Mutex<Option<Arc<Link>>>,
+    fanout: Mutex<Option<Arc<Sending>>>,
     copy_pools: CopyPools,
     allocator: MemfdAllocator,
-    /// The counters of the last run, for `stats` once stopped.
-    last_counters: Mutex<Counters>,
+    /// This run's (or, once stopped, the last run's).
+    render_counters: Mutex<RenderCounters>,
+    /// The fan-out's figures of the last run, for `stats` once stopped.
+    last_stats: Mutex<FanoutStats>,
 }
 
 #[glib::object_subclass]
@@ -80,6 +154,18 @@ impl ObjectImpl for QtiSocketSink {
                     )
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("socket-dir")
+                    .nick("Socket directory")
+                    .blurb(
+                        "A directory of receivers' sockets, instead of 'socket': the element sends every \
+                         buffer to each qtisocketsrc listening on a socket there, and follows the directory \
+                         while running. A receiver joins by creating its socket there and leaves by removing \
+                         it, pausing or exiting; anything else in the directory is ignored. No receiver can \
+                         stall the others: see max-in-flight and slow-receiver. Setting both 'socket' and \
+                         'socket-dir' is an error.",
+                    )
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoolean::builder("wait-for-receiver")
                     .nick("Wait for receiver")
                     .blurb(
@@ -90,15 +176,41 @@ impl ObjectImpl for QtiSocketSink {
                     .default_value(DEFAULT_WAIT_FOR_RECEIVER)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecUInt::builder("max-in-flight")
+                    .nick("Buffers in flight per receiver")
+                    .blurb(
+                        "How many buffers one receiver may hold at once; a receiver at this limit is \
+                         handled as slow-receiver says. 0 = automatic: no limit of its own with 'socket' \
+                         (the pool offered upstream bounds it, as the deployed element does), 4 with \
+                         'socket-dir'.",
+                    )
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("slow-receiver", SlowReceiverMode::Skip)
+                    .nick("Slow receiver")
+                    .blurb(
+                        "What a buffer does when a receiver holds max-in-flight buffers already: wait = \
+                         rendering waits until it returns one (back-pressure: one stuck receiver stalls \
+                         everyone); skip = that receiver misses this buffer (counted in stats) while the \
+                         producer and the other receivers go on.",
+                    )
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
                         "Read-only counters since the element started (the last run's once stopped): \
-                         buffers-sent, fds-sent, copies (memories that had no fd and were copied into a \
-                         memfd), bytes-copied, bytes-described (bytes sent as fds), returns (blocks the \
-                         receiver gave back), reconnects (connections after the first that carried buffers), dropped (buffers \
-                         rendered while no receiver was connected), in-flight (buffers out with the \
-                         receiver now), connected.",
+                         buffers-sent (buffers that went to at least one receiver), fds-sent, copies \
+                         (memories that had no fd and were copied into a memfd), bytes-copied, \
+                         bytes-described (bytes sent as fds), returns (blocks the receivers gave back), \
+                         reconnects (connections after the first that carried buffers), dropped (buffers \
+                         rendered while no receiver was connected), skipped (buffers a receiver at its \
+                         max-in-flight missed, all receivers together), in-flight (buffers out with some \
+                         receiver now), connected, receivers (how many are connected now) and \
+                         receiver-stats: one structure per connected receiver with socket, pid, uid \
+                         (SO_PEERCRED), buffers-sent, fds-sent, skipped, in-flight, returns and \
+                         connected-since (ns since the epoch).",
                     )
                     .read_only()
                     .build(),
@@ -110,8 +222,8 @@ impl ObjectImpl for QtiSocketSink {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let name = pspec.name();
         let state = self.obj().current_state();
-        if name == "socket" && state > gst::State::Ready {
-            gst::warning!(CAT, imp = self, "Property 'socket' can only be changed in NULL or READY, not {state:?}");
+        if name != "wait-for-receiver" && state > gst::State::Ready {
+            gst::warning!(CAT, imp = self, "Property '{name}' can only be changed in NULL or READY, not {state:?}");
             return;
         }
         let mut settings = lock(&self.settings);
@@ -120,7 +232,13 @@ impl ObjectImpl for QtiSocketSink {
                 settings.socket = value.get::<Option<String>>().expect("type checked upstream");
                 gst::info!(CAT, imp = self, "socket: {:?}", settings.socket);
             }
+            "socket-dir" => {
+                settings.socket_dir = value.get::<Option<String>>().expect("type checked upstream");
+                gst::info!(CAT, imp = self, "socket-dir: {:?}", settings.socket_dir);
+            }
             "wait-for-receiver" => settings.wait_for_receiver = value.get().expect("type checked upstream"),
+            "max-in-flight" => settings.max_in_flight = value.get().expect("type checked upstream"),
+            "slow-receiver" => settings.slow_receiver = value.get().expect("type checked upstream"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -128,7 +246,10 @@ impl ObjectImpl for QtiSocketSink {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         match pspec.name() {
             "socket" => lock(&self.settings).socket.to_value(),
+            "socket-dir" => lock(&self.settings).socket_dir.to_value(),
             "wait-for-receiver" => lock(&self.settings).wait_for_receiver.to_value(),
+            "max-in-flight" => lock(&self.settings).max_in_flight.to_value(),
+            "slow-receiver" => lock(&self.settings).slow_receiver.to_value(),
             "stats" => self.stats().to_value(),
             other => unreachable!("unknown property {other}"),
         }
@@ -169,7 +290,7 @@ impl ElementImpl for QtiSocketSink {
     /// changed in READY is used, and each run starts with a new connection and new counters.
     fn change_state(&self, transition: gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         if transition == gst::StateChange::ReadyToPaused {
-            // Before the pad is activated: no buffer can be rendered without a link.
+            // Before the pad is activated: no buffer can be rendered without a fan-out.
             if let Err(message) = self.connect() {
                 self.post_error_message(message);
                 return Err(gst::StateChangeError);
@@ -188,8 +309,8 @@ impl ElementImpl for QtiSocketSink {
 
 impl BaseSinkImpl for QtiSocketSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        // NULL→READY: only the settings are checked; the connection starts on READY→PAUSED.
-        self.socket_path().map(drop)
+        // NULL→READY: only the settings are checked; the connections start on READY→PAUSED.
+        self.destination().map(drop)
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
@@ -211,11 +332,12 @@ impl BaseSinkImpl for QtiSocketSink {
             let pool = gst_video::VideoBufferPool::new();
             let mut config = pool.config();
             let size = info.size() as u32;
-            config.set_params(Some(caps), size, POOL_MIN_BUFFERS, POOL_MAX_BUFFERS);
+            let max_buffers = lock(&self.settings).pool_max_buffers();
+            config.set_params(Some(caps), size, POOL_MIN_BUFFERS, max_buffers);
             config.set_allocator(Some(&self.allocator), None);
             config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
             pool.set_config(config).map_err(|e| gst::loggable_error!(CAT, "cannot configure the memfd pool: {e}"))?;
-            query.add_allocation_pool(Some(&pool), size, POOL_MIN_BUFFERS, POOL_MAX_BUFFERS);
+            query.add_allocation_pool(Some(&pool), size, POOL_MIN_BUFFERS, max_buffers);
             gst::debug!(CAT, imp = self, "offering a pool of memfd-backed {}x{} frames", info.width(), info.height());
         }
         // Tensor buffers hold one memory per tensor, which a pool cannot make: upstream
@@ -230,33 +352,44 @@ impl BaseSinkImpl for QtiSocketSink {
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ["A buffer arrived before any caps"]);
             return Err(gst::FlowError::NotNegotiated);
         };
-        let Some(link) = lock(&self.link).clone() else { return Err(gst::FlowError::Flushing) };
-        let prepared = match outgoing::prepare(buffer, &format, &self.copy_pools) {
+        let Some(fanout) = lock(&self.fanout).clone() else { return Err(gst::FlowError::Flushing) };
+        let mut prepared = match outgoing::prepare(buffer, &format, &self.copy_pools) {
             Ok(prepared) => prepared,
             Err(Refusal::Flushing) => return Err(gst::FlowError::Flushing),
             Err(Refusal::Invalid(reason)) => return Err(self.refuse(&reason)),
         };
         let wait = lock(&self.settings).wait_for_receiver;
-        match link.send(prepared, wait) {
-            Sent::Delivered => Ok(gst::FlowSuccess::Ok),
-            Sent::Dropped => {
+        let holds = prepared.take_holds();
+        match fanout.send(&prepared.outgoing(), holds, wait) {
+            Delivery::Sent { .. } => {
+                let mut counters = lock(&self.render_counters);
+                counters.copies += prepared.copies;
+                counters.bytes_copied += prepared.bytes_copied;
+                counters.bytes_described += prepared.bytes_described;
+                Ok(gst::FlowSuccess::Ok)
+            }
+            Delivery::NoReceiver => {
                 gst::log!(CAT, imp = self, "no receiver connected: buffer {:?} dropped", buffer.pts());
                 Ok(gst::FlowSuccess::Ok)
             }
-            Sent::Flushing => Err(gst::FlowError::Flushing),
-            Sent::Invalid(reason) => Err(self.refuse(&reason)),
+            Delivery::Skipped => {
+                gst::log!(CAT, imp = self, "every receiver is at max-in-flight: buffer {:?} skipped", buffer.pts());
+                Ok(gst::FlowSuccess::Ok)
+            }
+            Delivery::Flushing => Err(gst::FlowError::Flushing),
+            Delivery::Invalid(reason) => Err(self.refuse(&reason)),
         }
     }
 
     fn event(&self, event: gst::Event) -> bool {
         if let gst::EventView::Eos(_) = event.view() {
-            if let Some(link) = lock(&self.link).clone() {
-                let still_out = link.send_eos(EOS_RETURN_TIMEOUT);
+            if let Some(fanout) = lock(&self.fanout).clone() {
+                let still_out = fanout.send_eos(EOS_RETURN_TIMEOUT);
                 if still_out > 0 {
                     gst::warning!(
                         CAT,
                         imp = self,
-                        "EOS: the receiver still holds {still_out} buffers after {EOS_RETURN_TIMEOUT:?}; \
+                        "EOS: the receivers still hold {still_out} buffers after {EOS_RETURN_TIMEOUT:?}; \
                          they are released when the element stops"
                     );
                 }
@@ -266,117 +399,47 @@ impl BaseSinkImpl for QtiSocketSink {
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
-        if let Some(link) = lock(&self.link).as_ref() {
-            link.set_flushing(true);
+        if let Some(fanout) = lock(&self.fanout).as_ref() {
+            fanout.set_flushing(true);
         }
         self.copy_pools.set_flushing(true);
         Ok(())
     }
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
-        if let Some(link) = lock(&self.link).as_ref() {
-            link.set_flushing(false);
+        if let Some(fanout) = lock(&self.fanout).as_ref() {
+            fanout.set_flushing(false);
         }
         self.copy_pools.set_flushing(false);
         Ok(())
     }
 }
 
-/// Logs what the link reports. `socket`: the path it connects to.
-fn log_link_event(element: &super::QtiSocketSink, socket: &str, event: LinkEvent) {
-    match event {
-        LinkEvent::Connected => gst::info!(CAT, obj = element, "connected to the receiver at {socket}"),
-        LinkEvent::Disconnect { still_out, again: false } => gst::debug!(
-            CAT,
-            obj = element,
-            "the receiver disconnected; connecting again once its {still_out} buffers are back"
-        ),
-        LinkEvent::Disconnect { still_out, again: true } => gst::debug!(
-            CAT,
-            obj = element,
-            "the receiver disconnected again while {still_out} buffers are still out; still draining"
-        ),
-        // One warning per connection: what fails after the first is its consequence.
-        LinkEvent::SendFailed { error, first: true } => {
-            gst::warning!(CAT, obj = element, "sending failed, the receiver is gone: {error}")
-        }
-        LinkEvent::SendFailed { error, first: false } => gst::debug!(CAT, obj = element, "sending failed too: {error}"),
-        LinkEvent::EosFailed { error, first: true } => gst::warning!(CAT, obj = element, "cannot send EOS: {error}"),
-        LinkEvent::EosFailed { error, first: false } => gst::debug!(CAT, obj = element, "cannot send EOS: {error}"),
-        LinkEvent::ReceiverGone => {
-            gst::info!(CAT, obj = element, "the receiver closed the connection; connecting again")
-        }
-        LinkEvent::ReceiverFailed { error, first: true } => {
-            gst::warning!(CAT, obj = element, "the receiver at {socket} broke the protocol: {error}; connecting again")
-        }
-        LinkEvent::ReceiverFailed { error, first: false } => {
-            gst::debug!(CAT, obj = element, "the receiver at {socket} broke the protocol too: {error}")
-        }
-        LinkEvent::Unserved { receiver, in_a_row, retry_in, broke_protocol: true } => gst::element_warning!(
-            element,
-            gst::ResourceError::OpenWrite,
-            (
-                "The receiver at {} ({}) broke the protocol {} times in a row before taking anything",
-                socket,
-                receiver.map_or("credentials unknown".to_owned(), |p| format!("pid {}, uid {}", p.pid, p.uid)),
-                in_a_row
-            ),
-            [
-                "Connecting again after a growing delay (now {:?}, at most 1 s); each connection's error is in the \
-                 log (qtisocketsink:2). Said once until a connection is served.",
-                retry_in
-            ]
-        ),
-        LinkEvent::Unserved { receiver, in_a_row, retry_in, broke_protocol: false } => {
-            let by = match receiver {
-                Some(p) => format!("pid {}, uid {}", p.pid, p.uid),
-                None => "credentials unknown".to_owned(),
-            };
-            let uid = rustix::process::getuid().as_raw();
-            let meanwhile = if element.property::<bool>("wait-for-receiver") { "wait" } else { "are dropped" };
-            gst::element_warning!(
-                element,
-                gst::ResourceError::OpenWrite,
-                (
-                    "The receiver at {} ({}) closed the connection {} times in a row before taking anything: it \
-                     refuses this sender (uid {}) or serves another sender already",
-                    socket,
-                    by,
-                    in_a_row,
-                    uid
-                ),
-                [
-                    "Allow uid {} in the receiver's allowed-uids, or stop the other sender on {}. Connecting again \
-                     after a growing delay (now {:?}, at most 1 s); buffers rendered meanwhile {}. Said once until \
-                     a connection is served.",
-                    uid,
-                    socket,
-                    retry_in,
-                    meanwhile
-                ]
-            );
-        }
-        LinkEvent::ServedAgain { after } => gst::info!(
-            CAT,
-            obj = element,
-            "the receiver at {socket} takes this sender now, after {after} connections it closed unserved"
-        ),
-        LinkEvent::Drained => {
-            gst::info!(CAT, obj = element, "the receiver disconnected and has every buffer back; connecting again")
-        }
-    }
-}
-
 impl QtiSocketSink {
-    /// The `socket` property, checked as the receiver checks its path.
-    fn socket_path(&self) -> Result<String, gst::ErrorMessage> {
-        let socket = lock(&self.settings).socket.clone().ok_or_else(|| {
-            gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("No socket path set"),
-                ["Set the 'socket' property to the path a qtisocketsrc listens on"]
-            )
-        })?;
+    /// Where to send, from `socket` or `socket-dir` (exactly one), checked as the
+    /// receiver checks its path.
+    fn destination(&self) -> Result<Destination, gst::ErrorMessage> {
+        let settings = lock(&self.settings).clone();
+        let socket = match (settings.socket, settings.socket_dir) {
+            (Some(socket), Some(dir)) => {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("Both 'socket' ({}) and 'socket-dir' ({}) are set", socket, dir),
+                    ["Set 'socket' to send to one receiver, or 'socket-dir' to send to every receiver in a \
+                      directory, not both"]
+                ))
+            }
+            (None, None) => {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("No socket path set"),
+                    ["Set the 'socket' property to the path a qtisocketsrc listens on (or 'socket-dir' to a \
+                      directory of receivers' sockets)"]
+                ))
+            }
+            (None, Some(dir)) => return Ok(Destination::Directory(PathBuf::from(dir))),
+            (Some(socket), None) => socket,
+        };
         let len = socket.len();
         if len == 0 || len > MAX_SOCKET_PATH_LEN {
             return Err(gst::error_msg!(
@@ -391,39 +454,50 @@ impl QtiSocketSink {
                 ["Set 'socket' to a shorter path (qtisocketsrc refuses this one too)"]
             ));
         }
-        Ok(socket)
+        Ok(Destination::Socket(PathBuf::from(socket)))
     }
 
-    /// READY→PAUSED: starts the thread that connects to the receiver.
+    /// READY→PAUSED: starts the fan-out, which connects to the receivers.
     fn connect(&self) -> Result<(), gst::ErrorMessage> {
-        let socket = self.socket_path()?;
+        let destination = self.destination()?;
+        let settings = lock(&self.settings).clone();
+        let options =
+            FanoutOptions { max_in_flight: settings.max_in_flight(), slow_receiver: settings.slow_receiver.into() };
+        self.copy_pools.set_max_buffers(settings.pool_max_buffers());
         let element = self.obj().downgrade();
-        let path = socket.clone();
-        // Weak: the element owns the link, and the link this callback.
-        let report = Box::new(move |event: LinkEvent| {
+        // Weak: the element owns the fan-out, and the fan-out this callback.
+        let report = Box::new(move |event| {
             if let Some(element) = element.upgrade() {
-                log_link_event(&element, &path, event);
+                report::report(&element, event);
             }
         });
-        let link = Link::start(PathBuf::from(&socket), report).map_err(|e| {
-            gst::error_msg!(gst::ResourceError::Failed, ("Cannot start the connection thread for {}: {}", socket, e))
+        let fanout = Fanout::start(destination.clone(), options, report).map_err(|e| match &destination {
+            Destination::Directory(dir) => gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                ("Cannot follow the socket directory {}: {}", dir.display(), e),
+                ["Set 'socket-dir' to an existing directory this process can read"]
+            ),
+            Destination::Socket(socket) => {
+                gst::error_msg!(gst::ResourceError::Failed, ("Cannot start sending to {}: {}", socket.display(), e))
+            }
         })?;
-        *lock(&self.link) = Some(Arc::new(link));
-        gst::info!(CAT, imp = self, "connecting to {socket}");
+        *lock(&self.fanout) = Some(Arc::new(fanout));
+        *lock(&self.render_counters) = RenderCounters::default();
+        gst::info!(CAT, imp = self, "sending to {destination:?} ({options:?})");
         Ok(())
     }
 
-    /// PAUSED→READY (and stop): closes the connection, lets go of every buffer still out,
-    /// keeps the run's counters for `stats`.
+    /// PAUSED→READY (and stop): closes the connections, lets go of every buffer still
+    /// out, keeps the run's figures for `stats`.
     fn disconnect(&self) {
-        if let Some(link) = lock(&self.link).take() {
-            let mut counters = link.counters();
-            // The last reference (render has returned by now): closes the connection and
-            // lets go of every buffer still out with the receiver.
-            drop(link);
-            counters.connected = false;
-            counters.in_flight = 0;
-            *lock(&self.last_counters) = counters;
+        if let Some(fanout) = lock(&self.fanout).take() {
+            let mut stats = fanout.stats();
+            // The last reference (render has returned by now): closes the connections and
+            // lets go of every buffer still out with the receivers.
+            drop(fanout);
+            stats.in_flight = 0;
+            stats.receivers.clear();
+            *lock(&self.last_stats) = stats;
             gst::info!(CAT, imp = self, "disconnected");
         }
         self.copy_pools.clear();
@@ -432,27 +506,34 @@ impl QtiSocketSink {
 
     /// Posts an error for a buffer the protocol cannot carry.
     fn refuse(&self, reason: &str) -> gst::FlowError {
-        let socket = lock(&self.settings).socket.clone().unwrap_or_default();
-        gst::element_imp_error!(self, gst::StreamError::Format, ("Cannot send this buffer to {}: {}", socket, reason));
+        let settings = lock(&self.settings).clone();
+        let to = settings.socket.or(settings.socket_dir).unwrap_or_default();
+        gst::element_imp_error!(self, gst::StreamError::Format, ("Cannot send this buffer to {}: {}", to, reason));
         gst::FlowError::Error
     }
 
     fn stats(&self) -> gst::Structure {
-        let counters = match lock(&self.link).as_ref() {
-            Some(link) => link.counters(),
-            None => lock(&self.last_counters).clone(),
+        let stats = match lock(&self.fanout).as_ref() {
+            Some(fanout) => fanout.stats(),
+            None => lock(&self.last_stats).clone(),
         };
+        let render = lock(&self.render_counters).clone();
+        let receivers: Vec<gst::Structure> =
+            stats.receivers.iter().map(|peer| peer_structure("receiver", peer)).collect();
         gst::Structure::builder("application/x-qtisocketsink-stats")
-            .field("buffers-sent", counters.buffers_sent)
-            .field("fds-sent", counters.fds_sent)
-            .field("copies", counters.copies)
-            .field("bytes-copied", counters.bytes_copied)
-            .field("bytes-described", counters.bytes_described)
-            .field("returns", counters.returns)
-            .field("reconnects", counters.connections_used.saturating_sub(1))
-            .field("dropped", counters.dropped)
-            .field("in-flight", counters.in_flight)
-            .field("connected", counters.connected)
+            .field("buffers-sent", stats.buffers_sent)
+            .field("fds-sent", stats.fds_sent)
+            .field("copies", render.copies)
+            .field("bytes-copied", render.bytes_copied)
+            .field("bytes-described", render.bytes_described)
+            .field("returns", stats.returns)
+            .field("reconnects", stats.connections_used.saturating_sub(1))
+            .field("dropped", stats.dropped)
+            .field("skipped", stats.skipped)
+            .field("in-flight", stats.in_flight)
+            .field("connected", !receivers.is_empty())
+            .field("receivers", receivers.len() as u32)
+            .field("receiver-stats", gst::Array::new(receivers))
             .build()
     }
 }

@@ -1,14 +1,14 @@
 //! `qtisocketsink`: sends buffers to a `qtisocketsrc` (deployed or ours) in another
 //! process, zero-copy, as a `GstBaseSink`. The user documentation is
-//! docs/qtisocketsink.md; the socket work is the sender's ([`crate::Sender`]).
+//! docs/qtisocketsink.md; the connections are the fan-out's ([`crate::Fanout`]).
 
 use gst::glib;
 use gst::prelude::*;
 
 mod imp;
-mod link;
 mod memfd_allocator;
 mod outgoing;
+mod report;
 
 glib::wrapper! {
     /// The `qtisocketsink` element.

@@ -3,7 +3,7 @@
 //! copied once into a sealed memfd from a pool of ours.
 
 use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use gst::prelude::*;
@@ -17,16 +17,15 @@ use crate::protocol::{
 };
 use crate::{OutgoingBlock, OutgoingBuffer};
 
-/// Buffers each copy pool may have out at once: a receiver that keeps more makes
-/// `render` wait (memory stays bounded).
-const COPY_POOL_MAX_BUFFERS: u32 = 16;
-
 /// Pools of memfd-backed buffers to copy memory without an fd into, one per block index.
 #[derive(Default)]
 pub(super) struct CopyPools {
     allocator: MemfdAllocator,
     pools: Mutex<Vec<Option<(usize, gst::BufferPool)>>>,
     flushing: AtomicBool,
+    /// Buffers each pool may have out at once (0: no limit); receivers that keep more make
+    /// `render` wait. Set for each run ([`CopyPools::set_max_buffers`]).
+    max_buffers: AtomicU32,
 }
 
 impl CopyPools {
@@ -56,12 +55,17 @@ impl CopyPools {
     fn new_pool(&self, size: usize) -> Result<gst::BufferPool, Refusal> {
         let pool = gst::BufferPool::new();
         let mut config = pool.config();
-        config.set_params(None, size as u32, 0, COPY_POOL_MAX_BUFFERS);
+        config.set_params(None, size as u32, 0, self.max_buffers.load(Ordering::SeqCst));
         config.set_allocator(Some(&self.allocator), None);
         pool.set_config(config).map_err(|e| Refusal::Invalid(format!("cannot configure a copy pool: {e}")))?;
         pool.set_active(true).map_err(|e| Refusal::Invalid(format!("cannot start a copy pool: {e}")))?;
         pool.set_flushing(self.flushing.load(Ordering::SeqCst));
         Ok(pool)
+    }
+
+    /// How many buffers each pool made from now on may have out at once (0: no limit).
+    pub(super) fn set_max_buffers(&self, max: u32) {
+        self.max_buffers.store(max, Ordering::SeqCst);
     }
 
     /// Makes waiting `acquire`s return (flushing) or lets them wait again.
@@ -92,7 +96,7 @@ pub(super) enum Refusal {
 pub(super) struct Prepared {
     /// The memories each fd belongs to: kept until the receiver returns them, which keeps
     /// the fds open (their numbers are the buf_ids) and pooled buffers out of their pool.
-    pub holds: Vec<gst::Buffer>,
+    holds: Vec<gst::Buffer>,
     blocks: Vec<(Option<RawFd>, MemoryBlock)>,
     pts: u64,
     dts: u64,
@@ -108,14 +112,22 @@ pub(super) struct Prepared {
 }
 
 impl Prepared {
+    /// What keeps the buffer's memories (and so its fds) alive, for the fan-out to keep
+    /// until the receivers have returned them.
+    pub fn take_holds(&mut self) -> Vec<gst::Buffer> {
+        std::mem::take(&mut self.holds)
+    }
+
     /// The sender's view of this buffer.
     pub fn outgoing(&self) -> OutgoingBuffer<'_> {
         let blocks = self
             .blocks
             .iter()
             .map(|(fd, description)| OutgoingBlock {
-                // SAFETY: each fd belongs to a memory of a buffer in `self.holds`, which
-                // keeps it open for as long as `self` (and so the returned borrow) lives.
+                // SAFETY: each fd belongs to a memory of a buffer in `holds`, which keeps it
+                // open: `self.holds`, or the holds taken out of it (`take_holds`), which the
+                // caller hands to the fan-out with this borrow and the fan-out keeps until
+                // the receivers give the fds back, so for longer than the borrow.
                 fd: fd.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) }),
                 description: description.clone(),
             })

@@ -1,0 +1,226 @@
+//! The fan-out's thread: follows the directory, connects to the receivers, reads what
+//! they say, lets go of buffers as they come back, and closes the connections that end.
+//!
+//! Only this thread connects and closes; `send` only marks a connection broken. It polls
+//! copies of the connected sockets, so it waits without the lock.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+
+use super::directory::Directory;
+use super::peer::{backoff, Peer, Phase, CONNECT_RETRY};
+use super::{Destination, FanoutEvent, Shared, UNSERVED_TO_REPORT};
+use crate::{Sender, SenderEvent};
+
+pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
+    // Copies of the connected sockets, by connection id.
+    let mut sockets: HashMap<u64, OwnedFd> = HashMap::new();
+    let mut look_at_directory = directory.is_some();
+    loop {
+        if shared.lock().stopping {
+            return;
+        }
+        if look_at_directory {
+            if let Some(dir) = directory.as_mut() {
+                if let Err(error) = follow(shared, dir) {
+                    (shared.report)(FanoutEvent::DirectoryFailed { dir: dir.path.clone(), error });
+                    directory = None;
+                }
+            }
+        }
+        let next_attempt = connect_due(shared, &mut sockets);
+
+        let ids: Vec<u64> = sockets.keys().copied().collect();
+        let mut poll_fds = vec![PollFd::new(&shared.wake, PollFlags::IN)];
+        if let Some(dir) = directory.as_ref() {
+            poll_fds.push(PollFd::new(dir, PollFlags::IN));
+        }
+        let first_socket = poll_fds.len();
+        poll_fds.extend(ids.iter().map(|id| PollFd::new(&sockets[id], PollFlags::IN)));
+        let timeout = next_attempt.map(|at| at.saturating_duration_since(Instant::now()));
+        let timespec = timeout.and_then(|t| rustix::event::Timespec::try_from(t).ok());
+        // EINTR and the like: the loop looks at everything again.
+        let _ = rustix::event::poll(&mut poll_fds, timespec.as_ref());
+        let woken = !poll_fds[0].revents().is_empty();
+        look_at_directory = directory.is_some() && !poll_fds[1].revents().is_empty();
+        let readable: Vec<u64> = ids
+            .iter()
+            .zip(&poll_fds[first_socket..])
+            .filter(|(_, fd)| woken || !fd.revents().is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        drop(poll_fds);
+        if woken {
+            let mut counter = [0u8; 8];
+            let _ = rustix::io::read(&shared.wake, &mut counter);
+        }
+        for id in readable {
+            if serve(shared, id) {
+                sockets.remove(&id);
+            }
+        }
+    }
+}
+
+/// Takes in what changed in the directory: new sockets become receivers to connect to,
+/// and receivers whose socket is gone are forgotten once their connection ends.
+fn follow<H>(shared: &Shared<H>, dir: &mut Directory) -> std::io::Result<()> {
+    dir.take_changes()?;
+    let scan = dir.scan()?;
+    for (path, why) in scan.newly_ignored {
+        (shared.report)(FanoutEvent::Ignored { path, why: why.to_owned() });
+    }
+    let mut state = shared.lock();
+    let known: BTreeSet<_> = state.peers.iter().map(|p| p.stats.socket.clone()).collect();
+    for peer in state.peers.iter_mut() {
+        peer.present = scan.sockets.contains(&peer.stats.socket);
+    }
+    state.peers.retain(|p| p.present || !matches!(p.phase, Phase::Idle(_)));
+    state.peers.extend(scan.sockets.difference(&known).cloned().map(Peer::new));
+    Ok(())
+}
+
+/// Tries to connect to every receiver whose attempt is due. Returns when the next one is.
+fn connect_due<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>) -> Option<Instant> {
+    let now = Instant::now();
+    let due: Vec<_> = shared
+        .lock()
+        .peers
+        .iter()
+        .filter(|p| matches!(p.phase, Phase::Idle(at) if at <= now))
+        .map(|p| p.stats.socket.clone())
+        .collect();
+    let in_directory = matches!(shared.destination, Destination::Directory(_));
+    for socket in due {
+        // Outside the lock: sends go on meanwhile.
+        let connection = Sender::connect(&socket).and_then(|sender| {
+            let copy = sender
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| crate::Error::Io { what: "copying the connection's fd".into(), source })?;
+            Ok((sender, copy))
+        });
+        let mut state = shared.lock();
+        let id = state.next_connection;
+        let Some(peer) = state.peers.iter_mut().find(|p| p.stats.socket == socket) else { continue };
+        match connection {
+            Ok((sender, copy)) => {
+                peer.connected(sender, id);
+                state.next_connection += 1;
+                sockets.insert(id, copy);
+                drop(state);
+                shared.changed.notify_all();
+                (shared.report)(FanoutEvent::Connected { socket });
+            }
+            Err(error) => {
+                peer.refused += 1;
+                // Alone, a receiver may be starting: try as often as the deployed sink. In a
+                // directory, a socket nobody listens on is tried less and less often.
+                let retry = if in_directory { backoff(peer.refused) } else { CONNECT_RETRY };
+                peer.phase = Phase::Idle(Instant::now() + retry);
+                let first = peer.refused == 1;
+                drop(state);
+                if in_directory && first {
+                    let why = format!("nobody listens on this socket ({error}); trying again less and less often");
+                    (shared.report)(FanoutEvent::Ignored { path: socket, why });
+                }
+            }
+        }
+    }
+    shared
+        .lock()
+        .peers
+        .iter()
+        .filter_map(|p| match p.phase {
+            Phase::Idle(at) => Some(at),
+            _ => None,
+        })
+        .min()
+}
+
+/// Handles everything receiver `id` has said. Returns whether its connection closed.
+fn serve<H>(shared: &Shared<H>, id: u64) -> bool {
+    let mut events = Vec::new();
+    let mut whole = Vec::new();
+    let mut released = Vec::new();
+    let mut state = shared.lock();
+    let stopping = state.stopping;
+    let Some(index) = state.peers.iter().position(|p| p.connection_id == id && !matches!(p.phase, Phase::Idle(_)))
+    else {
+        return true;
+    };
+    let peer = &mut state.peers[index];
+    let socket = peer.stats.socket.clone();
+    let mut ended = None;
+    let mut returns = 0;
+    while let Phase::Connected(sender) | Phase::Draining(sender) = &mut peer.phase {
+        match sender.next_event(Some(Duration::ZERO)) {
+            Ok(None) => break,
+            Ok(Some(SenderEvent::Returned(ids))) => {
+                peer.served = true;
+                let before = peer.stats.returns;
+                peer.on_returned(&ids, &mut whole);
+                returns += peer.stats.returns - before;
+            }
+            Ok(Some(SenderEvent::Disconnect)) => {
+                peer.served = true;
+                let again = peer.start_draining();
+                events.push(FanoutEvent::Disconnect { socket: socket.clone(), still_out: peer.out.len(), again });
+            }
+            Ok(Some(SenderEvent::ReceiverGone)) => {
+                ended = Some(FanoutEvent::ReceiverGone { socket: socket.clone() });
+                break;
+            }
+            Err(error) => {
+                let first = peer.first_warning();
+                ended = Some(FanoutEvent::ReceiverFailed { socket: socket.clone(), error, first });
+                break;
+            }
+        }
+    }
+    let drained = matches!(&peer.phase, Phase::Draining(sender) if sender.in_flight() == 0);
+    let closing = ended.is_some() || drained || stopping;
+    if closing {
+        if !peer.unused_connection {
+            events.push(FanoutEvent::Left(peer.snapshot()));
+        }
+        let retry_in = if peer.served {
+            if peer.unserved >= UNSERVED_TO_REPORT {
+                events.push(FanoutEvent::ServedAgain { socket: socket.clone(), after: peer.unserved });
+            }
+            peer.unserved = 0;
+            Duration::ZERO
+        } else {
+            peer.unserved += 1;
+            let retry_in = backoff(peer.unserved);
+            if peer.unserved == UNSERVED_TO_REPORT {
+                events.push(FanoutEvent::Unserved {
+                    socket: socket.clone(),
+                    receiver: peer.stats.credentials,
+                    in_a_row: peer.unserved,
+                    retry_in,
+                    broke_protocol: matches!(ended, Some(FanoutEvent::ReceiverFailed { .. })),
+                });
+            }
+            retry_in
+        };
+        peer.close(retry_in, &mut whole);
+        if !peer.present {
+            state.peers.remove(index);
+        }
+    }
+    state.stats.returns += returns;
+    state.let_go(&whole, &mut released);
+    drop(state);
+    shared.changed.notify_all();
+    events.extend(ended.or(drained.then_some(FanoutEvent::Drained { socket })));
+    for event in events {
+        (shared.report)(event);
+    }
+    // The caller's holds (pooled buffers going back to their pools) outside the lock.
+    drop(released);
+    closing
+}
