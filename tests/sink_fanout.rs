@@ -214,6 +214,24 @@ fn a_receiver_killed_mid_stream_and_a_new_one_the_others_miss_nothing_and_the_ne
     });
     let late_stats = receiver_stats(&sink, &late_socket).expect("the new receiver joined");
     let stats: gst::Structure = sink.property("stats");
+    // Each join and leave was posted (before EOS, which pops the bus).
+    let messages: Vec<(String, String)> = pipeline
+        .bus()
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Element(e) => {
+                e.structure().map(|s| (s.name().to_string(), s.get::<String>("socket").unwrap()))
+            }
+            _ => None,
+        })
+        .collect();
+    let posted =
+        |name: &str, socket: &str| messages.contains(&(name.to_owned(), path_str(&dir.join(socket)).to_owned()));
+    for socket in ["a.sock", "b.sock", "c.sock", "d.sock"] {
+        assert!(posted("qtisocketsink-receiver-joined", socket), "no join of {socket}: {messages:?}");
+    }
+    assert!(posted("qtisocketsink-receiver-left", "c.sock"), "no leave of c.sock: {messages:?}");
     finish(&pipeline, &src);
     for child in healthy {
         output_of(child);
