@@ -128,8 +128,6 @@ fn own_pool(caps: &gst::Caps, size: usize) -> gst::BufferPool {
 
 /// Sends frames for `duration` (or `count` frames), then EOS; prints a [`SendReport`].
 pub fn sender(transport: Transport, socket: &Path, width: u32, height: u32, duration: Duration, count: Option<u64>) {
-    gst::init().unwrap();
-    gstqtisocket::plugin_register_static().unwrap();
     let size = frame_bytes(width, height);
     let sink = match transport {
         Transport::Ours => format!("qtisocketsink socket={} wait-for-receiver=true sync=false", socket.display()),
@@ -140,6 +138,29 @@ pub fn sender(transport: Transport, socket: &Path, width: u32, height: u32, dura
         ),
         Transport::UnixFd => format!("unixfdsink socket-path={} wait-for-connection=true sync=false", socket.display()),
     };
+    let frames = Frames { width, height, duration, count, own_pool: transport == Transport::ShmCopy };
+    let eos_answered = matches!(transport, Transport::Ours | Transport::UnixFd);
+    send_frames(&sink, frames, eos_answered, |_| {});
+}
+
+/// What a sender pushes: `width`x`height` NV12 frames for `duration` (or `count` frames),
+/// from the pool the sink proposes, or with `own_pool` from a system-memory pool.
+pub struct Frames {
+    pub width: u32,
+    pub height: u32,
+    pub duration: Duration,
+    pub count: Option<u64>,
+    pub own_pool: bool,
+}
+
+/// `appsrc ! SINK` (SINK: the rest of the pipeline): sends `frames`, then EOS; prints a
+/// [`SendReport`]. `ready` runs once the pipeline plays, before the first frame.
+/// `eos_answered`: the sink posts EOS once its receivers are done (else a short wait).
+pub fn send_frames(sink: &str, frames: Frames, eos_answered: bool, ready: impl FnOnce(&gst::Pipeline)) {
+    gst::init().unwrap();
+    gstqtisocket::plugin_register_static().unwrap();
+    let Frames { width, height, duration, count, own_pool: copied } = frames;
+    let size = frame_bytes(width, height);
     let caps = caps(width, height);
     let pipeline = gst::parse::launch(&format!("appsrc name=src format=time ! {sink}")).unwrap();
     let pipeline = pipeline.downcast::<gst::Pipeline>().unwrap();
@@ -148,8 +169,8 @@ pub fn sender(transport: Transport, socket: &Path, width: u32, height: u32, dura
     appsrc.set_max_bytes(size as u64 * 2);
     appsrc.set_block(true);
     pipeline.set_state(gst::State::Playing).unwrap();
-    let pool =
-        if transport == Transport::ShmCopy { own_pool(&caps, size) } else { pool_from_sink(&appsrc, &caps, size) };
+    let pool = if copied { own_pool(&caps, size) } else { pool_from_sink(&appsrc, &caps, size) };
+    ready(&pipeline);
 
     let mut report = SendReport::default();
     let mut cpu_start = None;
@@ -179,7 +200,7 @@ pub fn sender(transport: Transport, socket: &Path, width: u32, height: u32, dura
     report.cpu_s = (cpu_time() - cpu_start.unwrap_or_default()).as_secs_f64();
     let _ = appsrc.end_of_stream();
     let bus = pipeline.bus().unwrap();
-    if matches!(transport, Transport::Ours | Transport::UnixFd) {
+    if eos_answered {
         // Our sink's EOS waits for the receiver to return every buffer; unixfdsink sends
         // its clients EOS.
         bus.timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Eos, gst::MessageType::Error]);

@@ -6,7 +6,7 @@
 //!  2. element level: qtisocketsink → qtisocketsrc against shmsink → shmsrc, two
 //!     processes, at 320x240 to 7680x4320; shm twice: with upstream writing straight
 //!     into shmsink's memory, and with frames from the producer's own pool (copied);
-//!  3. scale: 1, 4 and 16 pairs at once;
+//!  3. scale: 1, 4 and 16 pairs at once; fan-out: one producer, 1 to 8 receivers;
 //!  4. soak: 1,000,000 buffers (`QSOCK_BENCH_SOAK` to change), RSS and fds at the start
 //!     and the end.
 //!
@@ -14,10 +14,12 @@
 //! `QSOCK_BENCH_PART=newest-gst`, only the part for a newer GStreamer (newest_gst.rs:
 //! unixfdsink → unixfdsrc beside ours), which scripts/bench runs in a Debian 13 root. Every process here is a
 //! child of this one (the same binary, `QSOCK_BENCH_ROLE` saying which part it plays).
+//! `QSOCK_BENCH_PART=fan-out`: only the fan-out part (fanout.rs), printed, nothing written.
 //! `QSOCK_BENCH_QUICK=1` shortens every run (a smoke check, not figures).
 
 mod api;
 mod elements;
+mod fanout;
 mod measure;
 mod newest_gst;
 
@@ -54,6 +56,12 @@ fn main() {
 
     let mut results = Results { machine: machine(), ..Results::default() };
     println!("machine: {}", results.machine);
+    if std::env::var("QSOCK_BENCH_PART").as_deref() == Ok("fan-out") {
+        fan_out(&dir, run_for, &mut results);
+        println!("{}", fanout::markdown(&results.fan_out));
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     println!("\n== API level: messages/s and round trip, two processes ==");
     for in_flight in IN_FLIGHT {
         let run = |role: &str, pooled: bool| {
@@ -128,6 +136,8 @@ fn main() {
         results.scale.push(scale);
     }
 
+    fan_out(&dir, run_for, &mut results);
+
     println!("\n== Soak: {soak_buffers} buffers, 320x240, qtisocketsink → qtisocketsrc ==");
     let socket = dir.join("soak");
     let soak = pair(Transport::Ours, &socket, 320, 240, run_for, Some(soak_buffers));
@@ -164,6 +174,23 @@ fn print_api(r: &api::ApiResult, floor: &api::ApiResult) {
     );
 }
 
+/// The fan-out part (fanout.rs): 1, 2, 4 and 8 receivers, and a stuck one.
+fn fan_out(dir: &Path, run_for: Duration, results: &mut Results) {
+    println!("\n== Fan-out: one producer, N receivers, 1920x1080 ==");
+    for receivers in fanout::RECEIVERS {
+        for kind in [fanout::Kind::SocketDir, fanout::Kind::Tee] {
+            let run = fanout::run(dir, kind, receivers, false, run_for);
+            println!("{}", run.line());
+            results.fan_out.push(run);
+        }
+    }
+    for with_stuck in [false, true] {
+        let run = fanout::run(dir, fanout::Kind::SocketDirSkip, 2, with_stuck, run_for);
+        println!("{}", run.line());
+        results.fan_out.push(run);
+    }
+}
+
 /// This process plays one part, for the parent.
 fn play(role: &str, args: &[String]) {
     let socket = Path::new(&args[0]);
@@ -171,6 +198,10 @@ fn play(role: &str, args: &[String]) {
         "floor-recv" => api::floor_receiver(socket),
         "rust-recv" => api::rust_receiver(socket),
         "elem-recv" => elements::receiver(Transport::parse(&args[1]), socket, Duration::from_millis(1500)),
+        "fan-send" => {
+            fanout::sender(socket, &args[1], args[2].parse().unwrap(), Duration::from_millis(args[3].parse().unwrap()))
+        }
+        "fan-stuck" => fanout::stuck_receiver(socket, &args[1]),
         "elem-send" => {
             let number = |i: usize| args[i].parse::<u64>().unwrap();
             let count = (number(5) > 0).then(|| number(5));
@@ -327,6 +358,7 @@ struct Results {
     /// 1920x1080 ours, without and with a thread reading the source's `stats`.
     stats_reader: Vec<PairRun>,
     soak: Option<PairRun>,
+    fan_out: Vec<fanout::FanOutRun>,
 }
 
 fn machine() -> String {
@@ -396,6 +428,7 @@ impl Results {
                 s.cpu_us_per_buffer
             );
         }
+        md += &fanout::markdown(&self.fan_out);
         if let [quiet, polled] = &self.stats_reader[..] {
             md += &format!(
                 "\n### A thread reading qtisocketsrc's `stats` in a loop (1920x1080)\n\n| | buffers/s | p50 (µs) | stats reads/s |\n|---|---|---|---|\n\

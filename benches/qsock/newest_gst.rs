@@ -5,10 +5,9 @@
 //! allocator the sink proposes, latency from a stamp in each frame read at the receiver):
 //!  1. one pair at 320x240, 1920x1080 and 7680x4320, ours and unixfd;
 //!  2. 1, 4 and 16 pairs at once, 1920x1080, ours and unixfd;
-//!  3. fan-out: one unixfdsink serving 1, 4 and 16 unixfdsrc clients, each client getting
-//!     every frame (unixfdsink keeps a frame until every client has released it).
-//!     qtisocketsink has one receiver per socket (as the deployed protocol does): the
-//!     nearest to it with ours is N pairs (2).
+//!  3. fan-out: one producer feeding 1, 2, 4 and 8 receivers, each getting every frame:
+//!     one unixfdsink serving N unixfdsrc clients (it keeps a frame until every client
+//!     has released it) beside one qtisocketsink socket-dir (fanout.rs).
 //!
 //! Writes target/bench/newest-gst.json and target/bench/newest-gst.md.
 
@@ -18,27 +17,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::elements::{RecvReport, SendReport, Transport};
+use crate::fanout::{self, FanOutRun, Kind};
 use crate::{machine, pair, scale, spawn, wait, PairRun, ScaleRun, PAIRS};
 
 const SIZES: [(u32, u32); 3] = [(320, 240), (1920, 1080), (7680, 4320)];
 const TRANSPORTS: [Transport; 2] = [Transport::Ours, Transport::UnixFd];
-
-#[derive(Debug, Serialize)]
-struct FanOut {
-    clients: usize,
-    /// Frames the one sender pushed.
-    sent: u64,
-    /// Buffers per second each client received (from its first to its last), the mean
-    /// over the clients, and the sum.
-    per_client_per_second: f64,
-    delivered_per_second: f64,
-    /// The clients' mean p50 latency and their largest p99.
-    p50_us: f64,
-    p99_us: f64,
-    /// The sender's CPU time per frame pushed, and all clients' per buffer received.
-    send_cpu_us_per_frame: f64,
-    recv_cpu_us_per_buffer: f64,
-}
 
 #[derive(Debug, Serialize)]
 struct Results {
@@ -46,7 +29,7 @@ struct Results {
     gstreamer: String,
     elements: Vec<PairRun>,
     scale: Vec<(Transport, ScaleRun)>,
-    fan_out: Vec<FanOut>,
+    fan_out: Vec<FanOutRun>,
 }
 
 pub fn run(dir: &Path, run_for: Duration) {
@@ -86,23 +69,19 @@ pub fn run(dir: &Path, run_for: Duration) {
         }
     }
 
-    println!("\n== {gstreamer}: fan-out, one unixfdsink, N unixfdsrc clients, 1920x1080 ==");
-    for clients in PAIRS {
-        let f = fan_out(dir, clients, run_for);
-        println!(
-            "{:>2} clients: {:>8.0} buffers/s per client, {:>9.0} delivered in all, p50 {:>7.1} µs p99 {:>8.1} µs, \
-             CPU sender {:.1} µs/frame, clients {:.1} µs/buffer ({} frames sent)",
-            clients,
-            f.per_client_per_second,
-            f.delivered_per_second,
-            f.p50_us,
-            f.p99_us,
-            f.send_cpu_us_per_frame,
-            f.recv_cpu_us_per_buffer,
-            f.sent
-        );
-        results.fan_out.push(f);
+    println!("\n== {gstreamer}: fan-out, one producer, N receivers, 1920x1080: ours (socket-dir) and unixfdsink ==");
+    for receivers in fanout::RECEIVERS {
+        let ours = fanout::run(dir, Kind::SocketDir, receivers, false, run_for);
+        let unixfd = fan_out(dir, receivers, false, run_for);
+        for run in [ours, unixfd] {
+            println!("{}", run.line());
+            results.fan_out.push(run);
+        }
     }
+    // A stuck client: unixfdsink keeps every frame until each client released it.
+    let stuck = fan_out(dir, 2, true, run_for);
+    println!("{} (the stuck client killed 1 s after the run)", stuck.line());
+    results.fan_out.push(stuck);
 
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
@@ -111,26 +90,39 @@ pub fn run(dir: &Path, run_for: Duration) {
     println!("\nwrote {0}/newest-gst.json and {0}/newest-gst.md", out.display());
 }
 
-/// One unixfdsink (1920x1080 frames for `run_for`) and `clients` unixfdsrc processes.
-fn fan_out(dir: &Path, clients: usize, run_for: Duration) -> FanOut {
-    let socket = dir.join(format!("fan-out-{clients}"));
+/// One unixfdsink (1920x1080 frames for `run_for`) and `clients` unixfdsrc processes,
+/// and with `with_stuck` one more that never releases a frame: it is killed 1 s after
+/// the run should have ended (else the producer would wait for it for ever).
+fn fan_out(dir: &Path, clients: usize, with_stuck: bool, run_for: Duration) -> FanOutRun {
+    let socket = dir.join(format!("fan-out-{clients}-{with_stuck}"));
     let socket = socket.to_str().unwrap();
     // The clients wait for the socket, the sender for its first client.
     let receivers: Vec<_> = (0..clients).map(|_| spawn("elem-recv", &[socket, "unixfd"])).collect();
+    let stuck = with_stuck.then(|| spawn("fan-stuck", &[socket, "unixfd"]));
     let ms = run_for.as_millis().to_string();
     let sender = spawn("elem-send", &[socket, "unixfd", "1920", "1080", &ms, "0"]);
+    if let Some(mut stuck) = stuck {
+        std::thread::sleep(run_for + Duration::from_secs(1));
+        let _ = stuck.kill();
+        let _ = stuck.wait();
+    }
     let send: SendReport = serde_json::from_str(&wait(sender)).unwrap();
     let recv: Vec<RecvReport> = receivers.into_iter().map(|r| serde_json::from_str(&wait(r)).unwrap()).collect();
     let received: u64 = recv.iter().map(|r| r.buffers).sum();
-    FanOut {
-        clients,
-        sent: send.buffers,
-        per_client_per_second: recv.iter().map(|r| r.buffers as f64 / r.seconds).sum::<f64>() / clients as f64,
-        delivered_per_second: recv.iter().map(|r| r.buffers as f64 / r.seconds).sum(),
+    let rates: Vec<f64> = recv.iter().map(|r| r.buffers as f64 / r.seconds).collect();
+    FanOutRun {
+        kind: Kind::UnixFd,
+        receivers: clients,
+        with_stuck,
+        producer_per_second: send.buffers as f64 / run_for.as_secs_f64(),
+        per_receiver_per_second: rates.iter().sum::<f64>() / clients as f64,
+        per_receiver_over_run: received as f64 / clients as f64 / run_for.as_secs_f64(),
+        aggregate_per_second: rates.iter().sum(),
         p50_us: recv.iter().map(|r| r.p50_us).sum::<f64>() / clients as f64,
         p99_us: recv.iter().map(|r| r.p99_us).fold(0.0, f64::max),
-        send_cpu_us_per_frame: send.cpu_s * 1e6 / send.buffers.max(1) as f64,
-        recv_cpu_us_per_buffer: recv.iter().map(|r| r.cpu_s).sum::<f64>() * 1e6 / received.max(1) as f64,
+        cpu_us_per_buffer: (send.cpu_s + recv.iter().map(|r| r.cpu_s).sum::<f64>()) * 1e6 / received.max(1) as f64,
+        sent: send.buffers,
+        out_of_order: recv.iter().map(|r| r.out_of_order).sum(),
     }
 }
 
@@ -199,24 +191,7 @@ impl Results {
                 s.cpu_us_per_buffer
             );
         }
-        md += &format!("\n### On GStreamer {v}: fan-out, one unixfdsink, N unixfdsrc clients (1920x1080)\n\n");
-        md += "Each client gets every frame; unixfdsink keeps a frame until every client has released it. \
-               qtisocketsink has one receiver per socket (as the deployed protocol does): the nearest to this \
-               with ours is N pairs, above.\n\n\
-               | clients | buffers/s per client | buffers/s delivered, all clients | mean p50 (µs) | worst p99 (µs) | sender CPU per frame (µs) | clients' CPU per buffer (µs) |\n\
-               |---|---|---|---|---|---|---|\n";
-        for f in &self.fan_out {
-            md += &format!(
-                "| {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
-                f.clients,
-                f.per_client_per_second,
-                f.delivered_per_second,
-                f.p50_us,
-                f.p99_us,
-                f.send_cpu_us_per_frame,
-                f.recv_cpu_us_per_buffer
-            );
-        }
+        md += &fanout::markdown(&self.fan_out).replacen("### Fan-out", &format!("### On GStreamer {v}: fan-out"), 1);
         md
     }
 }
