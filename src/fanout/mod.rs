@@ -188,6 +188,9 @@ struct State<H> {
     stats: FanoutStats,
     flushing: bool,
     stopping: bool,
+    /// Threads waiting on `changed`: it is signalled only when there are some (a signal
+    /// is a syscall, and the thread would make one for every return).
+    waiting: usize,
 }
 
 impl<H> State<H> {
@@ -219,6 +222,26 @@ impl<H> Shared<H> {
         // Every change under the lock leaves the state consistent between statements
         // that can panic: a poisoned lock is usable.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits on `changed` at most `timeout` (`None`: until signalled).
+    fn wait<'a>(&self, mut state: MutexGuard<'a, State<H>>, timeout: Option<Duration>) -> MutexGuard<'a, State<H>> {
+        state.waiting += 1;
+        let mut state = match timeout {
+            None => self.changed.wait(state).unwrap_or_else(PoisonError::into_inner),
+            Some(t) => self.changed.wait_timeout(state, t).unwrap_or_else(PoisonError::into_inner).0,
+        };
+        state.waiting -= 1;
+        state
+    }
+
+    /// Unlocks, and wakes the threads waiting on `changed` if there are any.
+    fn signal(&self, state: MutexGuard<'_, State<H>>) {
+        let waiting = state.waiting > 0;
+        drop(state);
+        if waiting {
+            self.changed.notify_all();
+        }
     }
 
     fn wake_thread(&self) {
@@ -264,6 +287,7 @@ impl<H: Send + 'static> Fanout<H> {
                 stats: FanoutStats::default(),
                 flushing: false,
                 stopping: false,
+                waiting: 0,
             }),
             changed: Condvar::new(),
             wake,
@@ -303,7 +327,7 @@ impl<H: Send + 'static> Fanout<H> {
             if !waits {
                 break;
             }
-            state = self.shared.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state = self.shared.wait(state, None);
         }
         let ids: Vec<i32> = buffer.blocks.iter().filter_map(|b| b.fd).map(|fd| fd.as_raw_fd()).collect();
         let serial = state.next_serial;
@@ -395,15 +419,16 @@ impl<H: Send + 'static> Fanout<H> {
             if left.is_zero() {
                 break;
             }
-            state = self.shared.changed.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0;
+            state = self.shared.wait(state, Some(left));
         }
         state.held.len()
     }
 
     /// Makes waiting `send`s and `send_eos` return (unlock), or lets them wait again.
     pub fn set_flushing(&self, flushing: bool) {
-        self.shared.lock().flushing = flushing;
-        self.shared.changed.notify_all();
+        let mut state = self.shared.lock();
+        state.flushing = flushing;
+        self.shared.signal(state);
     }
 
     pub fn stats(&self) -> FanoutStats {

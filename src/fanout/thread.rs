@@ -111,8 +111,7 @@ fn connect_due<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>) -> Op
                 peer.connected(sender, id);
                 state.next_connection += 1;
                 sockets.insert(id, copy);
-                drop(state);
-                shared.changed.notify_all();
+                shared.signal(state);
                 (shared.report)(FanoutEvent::Connected { socket });
             }
             Err(error) => {
@@ -214,8 +213,7 @@ fn serve<H>(shared: &Shared<H>, id: u64) -> bool {
     }
     state.stats.returns += returns;
     state.let_go(&whole, &mut released);
-    drop(state);
-    shared.changed.notify_all();
+    shared.signal(state);
     events.extend(ended.or(drained.then_some(FanoutEvent::Drained { socket })));
     for event in events {
         (shared.report)(event);
