@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,8 @@ struct Shared {
     pid: rustix::process::Pid,
     counters: Counters,
     wake: OwnedFd,
+    /// Set before `wake` is written: whether an interrupt is owed, read without a syscall.
+    woken: AtomicBool,
     current: Mutex<Option<Current>>,
     /// DISCONNECT went to the current sender: what it still sends is answered with a
     /// return, not delivered (it was sent before the sender stopped: stale by now).
@@ -153,6 +155,7 @@ impl Shared {
 struct Ready {
     path: bool,
     listener: bool,
+    wake: bool,
 }
 
 const TOKEN_LISTENER: u64 = 1;
@@ -231,6 +234,7 @@ impl Receiver {
                 pid: rustix::process::getpid(),
                 counters: Counters::default(),
                 wake,
+                woken: AtomicBool::new(false),
                 current: Mutex::new(None),
                 disconnecting: AtomicBool::new(false),
                 last_turned_away: Mutex::new(None),
@@ -258,15 +262,23 @@ impl Receiver {
             if let Some(event) = self.try_recv()? {
                 return Ok(event);
             }
-            // Checked only before waiting: no syscall on the path of a ready message.
+            // Checked only before waiting, and a flag: no syscall unless interrupted.
             if self.take_wake_up() {
                 return Ok(Event::Interrupted);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left == Some(Duration::ZERO) {
-                return Ok(Event::Timeout);
+                // The eventfd may be readable for an interrupt taken already: emptied, so
+                // that an app polling our fd is not woken for nothing; then the flag again,
+                // for an interrupt that came meanwhile.
+                self.drain_wake_fd();
+                return Ok(if self.take_wake_up() { Event::Interrupted } else { Event::Timeout });
             }
             let ready = self.wait(left)?;
+            if ready.wake {
+                // Emptied before the flag is looked at again (the top of the loop).
+                self.drain_wake_fd();
+            }
             self.listener_ready = ready.listener;
             if ready.path {
                 self.on_path_event()?;
@@ -328,9 +340,20 @@ impl Receiver {
     /// Closes the receiver; the same as dropping it, spelled out.
     pub fn close(self) {}
 
+    /// Whether an interrupt is owed (and no longer); a load when none is.
     fn take_wake_up(&self) -> bool {
+        let woken = self.shared.woken.swap(false, Acquire);
+        if woken {
+            self.drain_wake_fd();
+        }
+        woken
+    }
+
+    /// Empties the eventfd, so that the next wait does not return at once for an
+    /// interrupt already taken (its write may come after the flag was seen).
+    fn drain_wake_fd(&self) {
         let mut count = [0u8; 8];
-        rustix::io::read(&self.shared.wake, &mut count).is_ok()
+        let _ = rustix::io::read(&self.shared.wake, &mut count);
     }
 
     /// Waits until something is ready; says whether the socket's directory changed and
@@ -344,6 +367,7 @@ impl Receiver {
             Ok((ready, _)) => Ok(Ready {
                 path: ready.iter().any(|e| e.data.u64() == TOKEN_PATH),
                 listener: ready.iter().any(|e| e.data.u64() == TOKEN_LISTENER),
+                wake: ready.iter().any(|e| e.data.u64() == TOKEN_WAKE),
             }),
             Err(rustix::io::Errno::INTR) => Ok(Ready::default()),
             Err(e) => Err(Error::Io { what: "waiting on the receiver's socket".into(), source: e.into() }),
@@ -591,6 +615,8 @@ pub struct Interrupter(Arc<Shared>);
 
 impl Interrupter {
     pub fn interrupt(&self) {
+        // The flag first: a `recv` that sees the eventfd readable finds the flag set.
+        self.0.woken.store(true, Release);
         // An eventfd write only fails when the counter would overflow: already woken.
         let _ = rustix::io::write(&self.0.wake, &1u64.to_ne_bytes());
     }
