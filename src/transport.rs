@@ -583,6 +583,26 @@ unsafe fn take_received_fds(header: &libc::msghdr) -> Vec<OwnedFd> {
     fds
 }
 
+/// Forks this process's line has been through, counted in each child as it starts (a
+/// `pthread_atfork` child handler).
+static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A number that is different in a child after `fork()` from what its parent read
+/// before, read without a syscall (a process's own `getpid` is one, on every buffer's
+/// return); `None` if the fork handler could not be registered (then ask `getpid`).
+/// Counts the forks of libc's `fork()`, which every runtime's fork goes through.
+pub fn fork_generation() -> Option<u64> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: the handler only increments an atomic, which is async-signal-safe as a fork child handler must be.
+    let registered =
+        *REGISTERED.get_or_init(|| unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) } == 0);
+    registered.then(|| FORKS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// The size of the object behind a memory fd: `st_size` for memfds and files,
 /// `lseek(SEEK_END)` for DMA-BUFs (whose `st_size` is not reliable on older kernels).
 pub fn object_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
