@@ -160,19 +160,23 @@ fn main() {
 /// `QSOCK_BENCH_PART=pair-1080`: only the element pair at 1920x1080, beside the floor (4
 /// in flight) and shm, `QSOCK_BENCH_REPEAT` times (default 3), for before/after checks.
 /// `QSOCK_BENCH_OTHER` may name another build of this binary: its pair runs alternate
-/// with ours, so both are measured in the same run.
+/// with ours, so both are measured in the same run. `QSOCK_BENCH_NO_BASELINES`: the
+/// pairs only (shorter rounds).
 fn pair_1080(dir: &Path, run_for: Duration) {
     let repeat: usize = std::env::var("QSOCK_BENCH_REPEAT").ok().and_then(|n| n.parse().ok()).unwrap_or(3);
     let other = std::env::var_os("QSOCK_BENCH_OTHER");
+    let baselines = std::env::var_os("QSOCK_BENCH_NO_BASELINES").is_none();
     println!("machine: {}", machine());
     for round in 0..repeat {
-        let socket = dir.join(format!("p-floor-{round}"));
-        let child = spawn("floor-recv", &[socket.to_str().unwrap()]);
-        let floor = api::floor_sender(&socket, 4, run_for);
-        let _ = wait(child);
-        print_api(&floor, &floor);
-        let run = pair(Transport::Shm, &dir.join(format!("p-shm-{round}")), 1920, 1080, run_for, None);
-        println!("{}", run.line());
+        if baselines {
+            let socket = dir.join(format!("p-floor-{round}"));
+            let child = spawn("floor-recv", &[socket.to_str().unwrap()]);
+            let floor = api::floor_sender(&socket, 4, run_for);
+            let _ = wait(child);
+            print_api(&floor, &floor);
+            let run = pair(Transport::Shm, &dir.join(format!("p-shm-{round}")), 1920, 1080, run_for, None);
+            println!("{}", run.line());
+        }
         let run = pair(Transport::Ours, &dir.join(format!("p-ours-{round}")), 1920, 1080, run_for, None);
         println!("{}  (this build)", run.line());
         if let Some(other) = &other {
