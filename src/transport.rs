@@ -1,7 +1,8 @@
 //! The socket: `AF_UNIX`/`SOCK_SEQPACKET`, one message = a 4-byte length record and the
 //! message record, fds in `SCM_RIGHTS`. Every fd is an [`OwnedFd`] from the kernel on;
-//! rustix does the `cmsg` work, except for `recvmmsg` (which rustix lacks): the one
-//! `unsafe` of this module is there ([`Connection::recv_two_records`]).
+//! rustix does the `cmsg` work, except for `recvmmsg`, which rustix lacks
+//! ([`Connection::recv_two_records`]). That and the fork counter of [`fork_generation`]
+//! are this module's only `unsafe`.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -661,22 +662,19 @@ impl MessageReader {
         // Read with the length record, still to be handled: the message record, in `buf`.
         let mut next: Option<Incoming> = None;
         loop {
-            let incoming = match (next.take(), self.read_ahead.take()) {
-                (Some(incoming), _) => {
-                    length_bytes = head(buf);
-                    Ok(incoming)
-                }
-                (None, Some((incoming, bytes))) => {
-                    length_bytes = bytes;
-                    Ok(incoming)
-                }
-                (None, None) if self.pending_len.is_none() => {
-                    connection.recv_two_records(&mut length_bytes, buf).map(|(first, second)| {
-                        next = second;
-                        first
-                    })
-                }
-                (None, None) => connection.recv_record(buf),
+            let incoming = if let Some(incoming) = next.take() {
+                length_bytes = head(buf);
+                Ok(incoming)
+            } else if let Some((incoming, bytes)) = self.read_ahead.take() {
+                length_bytes = bytes;
+                Ok(incoming)
+            } else if self.pending_len.is_none() {
+                connection.recv_two_records(&mut length_bytes, buf).map(|(first, second)| {
+                    next = second;
+                    first
+                })
+            } else {
+                connection.recv_record(buf)
             };
             // Where the record's bytes are: a length record's in `length_bytes`, a message
             // record's in `buf`.
