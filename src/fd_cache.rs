@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use crate::protocol::{DataMessage, MemoryKind, ProtocolError};
+use crate::protocol::{DataMessage, MemoryKind, ProtocolError, MAX_MEMORY_BLOCKS};
 use crate::transport::{object_can_shrink, object_size};
 
 struct CachedFd {
@@ -46,11 +46,14 @@ impl FdCache {
         // With every block given an fd, each takes its own (replacing a cached one: our
         // sender resends when the object behind a buf_id changed). With fewer, the fds
         // go in order to the blocks whose buf_id is not cached.
-        let takes_new_fd: Vec<bool> = if fds.len() == buf_ids.len() || !pooled {
-            vec![true; buf_ids.len()]
-        } else {
-            buf_ids.iter().map(|id| !self.by_buf_id.contains_key(id)).collect()
-        };
+        // On the stack: no allocation per message (the parser allows 1..=10 blocks).
+        let mut takes_new_fd = [true; MAX_MEMORY_BLOCKS];
+        let takes_new_fd = &mut takes_new_fd[..buf_ids.len()];
+        if fds.len() != buf_ids.len() && pooled {
+            for (new, id) in takes_new_fd.iter_mut().zip(buf_ids) {
+                *new = !self.by_buf_id.contains_key(id);
+            }
+        }
         let wanting = takes_new_fd.iter().filter(|&&new| new).count();
         if fds.len() > wanting {
             return Err(ProtocolError::FdsDoNotMatchBlocks { n_fds: fds.len(), uncached: wanting });

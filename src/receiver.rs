@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use rustix::event::epoll;
 use crate::fd_cache::FdCache;
 use crate::protocol::{DataMessage, MemoryKind, ReceiverMessage, ReturnMessage, SenderMessage, MAX_RECORD_LEN};
 pub use crate::transport::PeerCredentials;
-use crate::transport::{wait, Connection, Listener, MessageIn, MessageReader, Queued, ReadError, Want};
+use crate::transport::{self, wait, Connection, Listener, MessageIn, MessageReader, Queued, ReadError, Want};
 use crate::Error;
 
 /// What [`Receiver::recv`] brought.
@@ -120,8 +120,13 @@ struct Shared {
     /// its buffers never speak on the connection nor touch the socket file: closing them
     /// closes that process's fds, nothing more.
     pid: rustix::process::Pid,
+    /// [`transport::fork_generation`] in that process when it bound the receiver: what
+    /// tells a child from its parent without a syscall.
+    fork_generation: Option<u64>,
     counters: Counters,
     wake: OwnedFd,
+    /// Set before `wake` is written: whether an interrupt is owed, read without a syscall.
+    woken: AtomicBool,
     current: Mutex<Option<Current>>,
     /// DISCONNECT went to the current sender: what it still sends is answered with a
     /// return, not delivered (it was sent before the sender stopped: stale by now).
@@ -144,7 +149,10 @@ impl Shared {
 
     /// Whether this is the process that bound the receiver (not a forked child).
     fn in_owner_process(&self) -> bool {
-        rustix::process::getpid() == self.pid
+        match self.fork_generation {
+            Some(generation) if transport::fork_generation() == Some(generation) => true,
+            _ => rustix::process::getpid() == self.pid,
+        }
     }
 }
 
@@ -153,6 +161,7 @@ impl Shared {
 struct Ready {
     path: bool,
     listener: bool,
+    wake: bool,
 }
 
 const TOKEN_LISTENER: u64 = 1;
@@ -229,8 +238,10 @@ impl Receiver {
             path_watch,
             shared: Arc::new(Shared {
                 pid: rustix::process::getpid(),
+                fork_generation: transport::fork_generation(),
                 counters: Counters::default(),
                 wake,
+                woken: AtomicBool::new(false),
                 current: Mutex::new(None),
                 disconnecting: AtomicBool::new(false),
                 last_turned_away: Mutex::new(None),
@@ -258,15 +269,23 @@ impl Receiver {
             if let Some(event) = self.try_recv()? {
                 return Ok(event);
             }
-            // Checked only before waiting: no syscall on the path of a ready message.
+            // Checked only before waiting, and a flag: no syscall unless interrupted.
             if self.take_wake_up() {
                 return Ok(Event::Interrupted);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left == Some(Duration::ZERO) {
-                return Ok(Event::Timeout);
+                // The eventfd may be readable for an interrupt taken already: emptied, so
+                // that an app polling our fd is not woken for nothing; then the flag again,
+                // for an interrupt that came meanwhile.
+                self.drain_wake_fd();
+                return Ok(if self.take_wake_up() { Event::Interrupted } else { Event::Timeout });
             }
             let ready = self.wait(left)?;
+            if ready.wake {
+                // Emptied before the flag is looked at again (the top of the loop).
+                self.drain_wake_fd();
+            }
             self.listener_ready = ready.listener;
             if ready.path {
                 self.on_path_event()?;
@@ -328,9 +347,20 @@ impl Receiver {
     /// Closes the receiver; the same as dropping it, spelled out.
     pub fn close(self) {}
 
+    /// Whether an interrupt is owed (and no longer); a load when none is.
     fn take_wake_up(&self) -> bool {
+        let woken = self.shared.woken.swap(false, Acquire);
+        if woken {
+            self.drain_wake_fd();
+        }
+        woken
+    }
+
+    /// Empties the eventfd, so that the next wait does not return at once for an
+    /// interrupt already taken (its write may come after the flag was seen).
+    fn drain_wake_fd(&self) {
         let mut count = [0u8; 8];
-        rustix::io::read(&self.shared.wake, &mut count).is_ok()
+        let _ = rustix::io::read(&self.shared.wake, &mut count);
     }
 
     /// Waits until something is ready; says whether the socket's directory changed and
@@ -344,6 +374,7 @@ impl Receiver {
             Ok((ready, _)) => Ok(Ready {
                 path: ready.iter().any(|e| e.data.u64() == TOKEN_PATH),
                 listener: ready.iter().any(|e| e.data.u64() == TOKEN_LISTENER),
+                wake: ready.iter().any(|e| e.data.u64() == TOKEN_WAKE),
             }),
             Err(rustix::io::Errno::INTR) => Ok(Ready::default()),
             Err(e) => Err(Error::Io { what: "waiting on the receiver's socket".into(), source: e.into() }),
@@ -591,6 +622,8 @@ pub struct Interrupter(Arc<Shared>);
 
 impl Interrupter {
     pub fn interrupt(&self) {
+        // The flag first: a `recv` that sees the eventfd readable finds the flag set.
+        self.0.woken.store(true, Release);
         // An eventfd write only fails when the counter would overflow: already woken.
         let _ = rustix::io::write(&self.0.wake, &1u64.to_ne_bytes());
     }

@@ -1,11 +1,13 @@
 //! The socket: `AF_UNIX`/`SOCK_SEQPACKET`, one message = a 4-byte length record and the
 //! message record, fds in `SCM_RIGHTS`. Every fd is an [`OwnedFd`] from the kernel on;
-//! rustix does the `cmsg` work, so this module needs no `unsafe`.
+//! rustix does the `cmsg` work, except for `recvmmsg`, which rustix lacks
+//! ([`Connection::recv_two_records`]). That and the fork counter of [`fork_generation`]
+//! are this module's only `unsafe`.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -30,6 +32,15 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Room for every fd a message may carry, and a little more, so that a sender that
 /// attaches too many is seen (an error, with every fd closed) rather than truncated.
 const RECV_FDS_CAPACITY: usize = MAX_MEMORY_BLOCKS + 6;
+
+/// Room for the control data of one received record: `SCM_RIGHTS` with
+/// [`RECV_FDS_CAPACITY`] fds.
+const RECV_CONTROL_LEN: usize = rustix::cmsg_space!(ScmRights(RECV_FDS_CAPACITY));
+
+/// A control buffer for `recvmmsg`, aligned for the `cmsghdr`s the kernel writes in it.
+#[repr(C, align(8))]
+struct ControlBuffer([u8; RECV_CONTROL_LEN]);
+const _: () = assert!(std::mem::align_of::<libc::cmsghdr>() <= 8);
 
 /// A problem with the socket path itself (not a failed syscall): `InvalidInput`.
 fn path_error(reason: String) -> io::Error {
@@ -449,12 +460,67 @@ impl Connection {
                 fds.extend(received);
             }
         }
+        self.incoming((msg.bytes, fds, msg.flags.contains(ReturnFlags::CTRUNC)))
+    }
+
+    /// Receives up to two records with one `recvmmsg`, without blocking: the first into
+    /// `first` and, when the next one is queued already, that one into `second`. The
+    /// same records and fds as two [`Connection::recv_record`] calls, with one syscall:
+    /// a message's length record and message record usually arrive together.
+    pub fn recv_two_records(&self, first: &mut [u8], second: &mut [u8]) -> io::Result<(Incoming, Option<Incoming>)> {
+        let mut controls = [ControlBuffer([0; RECV_CONTROL_LEN]), ControlBuffer([0; RECV_CONTROL_LEN])];
+        let mut iovs = [
+            libc::iovec { iov_base: first.as_mut_ptr().cast(), iov_len: first.len() },
+            libc::iovec { iov_base: second.as_mut_ptr().cast(), iov_len: second.len() },
+        ];
+        // SAFETY: mmsghdr is a C struct of integers and pointers, for which all zeroes is valid (empty).
+        let mut messages: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
+        for ((message, iov), control) in messages.iter_mut().zip(&mut iovs).zip(&mut controls) {
+            message.msg_hdr.msg_iov = iov;
+            message.msg_hdr.msg_iovlen = 1;
+            message.msg_hdr.msg_control = control.0.as_mut_ptr().cast();
+            message.msg_hdr.msg_controllen = RECV_CONTROL_LEN as _;
+        }
+        let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC;
+        let received = loop {
+            // SAFETY: every pointer in `messages` is to a live buffer of the length beside it (iovs, controls), all outliving the call.
+            let n = unsafe {
+                libc::recvmmsg(self.fd.as_raw_fd(), messages.as_mut_ptr(), 2, flags as _, std::ptr::null_mut())
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok((Incoming::WouldBlock, None)),
+                // As in `recv_record`: a reset is reported before the records still queued.
+                Some(libc::EINTR | libc::ECONNRESET) => continue,
+                _ => return Err(e),
+            }
+        };
+        // Every fd received is owned before anything else can fail.
+        let mut records = messages[..received.min(2)].iter().map(|message| {
+            // SAFETY: recvmmsg just filled this header: its control data is the kernel's, and the fds in it are new ones of ours.
+            let fds = unsafe { take_received_fds(&message.msg_hdr) };
+            let control_truncated = message.msg_hdr.msg_flags & libc::MSG_CTRUNC != 0;
+            (message.msg_len as usize, fds, control_truncated)
+        });
+        let (Some(first), second) = (records.next(), records.next()) else { return Ok((Incoming::WouldBlock, None)) };
+        let first = self.incoming(first)?;
+        if matches!(first, Incoming::Hangup) {
+            return Ok((first, None));
+        }
+        Ok((first, second.map(|second| self.incoming(second)).transpose()?))
+    }
+
+    /// What a received record is: a record, or the peer's end of stream.
+    fn incoming(&self, (len, fds, control_truncated): (usize, Vec<OwnedFd>, bool)) -> io::Result<Incoming> {
         // A zero-byte read is the peer's end of stream, unless the peer sent an empty
         // record and is still there.
-        if msg.bytes == 0 && fds.is_empty() && self.peer_hung_up()? {
+        if len == 0 && fds.is_empty() && self.peer_hung_up()? {
             return Ok(Incoming::Hangup);
         }
-        Ok(Incoming::Record { len: msg.bytes, fds, control_truncated: msg.flags.contains(ReturnFlags::CTRUNC) })
+        Ok(Incoming::Record { len, fds, control_truncated })
     }
 
     fn peer_hung_up(&self) -> io::Result<bool> {
@@ -485,6 +551,57 @@ impl AsFd for Connection {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// The fds in the `SCM_RIGHTS` control messages of a received message header, owned.
+///
+/// # Safety
+/// `header` was just filled by `recvmsg`/`recvmmsg`: its first `msg_controllen` control
+/// bytes are well-formed `cmsghdr`s written by the kernel, and the fds in them are new
+/// fds of this process that nothing else owns. Call it once per receive.
+unsafe fn take_received_fds(header: &libc::msghdr) -> Vec<OwnedFd> {
+    let mut fds = Vec::new();
+    // SAFETY: the caller's promise: the control buffer holds `msg_controllen` bytes of cmsgs.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(header) };
+    while !cmsg.is_null() {
+        // SAFETY: a non-null header from CMSG_FIRSTHDR/CMSG_NXTHDR lies inside the control bytes, aligned.
+        let (level, kind, len) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len as usize) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is a constant computation on no pointer.
+            let data_len = len.saturating_sub(unsafe { libc::CMSG_LEN(0) } as usize);
+            // SAFETY: SCM_RIGHTS data follows its header, `data_len` bytes inside the control bytes.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<libc::c_int>();
+            for i in 0..data_len / std::mem::size_of::<libc::c_int>() {
+                // SAFETY: the i-th fd of this message, inside its data; read unaligned as cmsg data may be.
+                let fd = unsafe { data.add(i).read_unaligned() };
+                // SAFETY: the kernel installed this fd for this receive; nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        // SAFETY: `cmsg` is a header inside `header`'s control bytes; NXTHDR checks the bounds.
+        cmsg = unsafe { libc::CMSG_NXTHDR(header, cmsg) };
+    }
+    fds
+}
+
+/// Forks this process's line has been through, counted in each child as it starts (a
+/// `pthread_atfork` child handler).
+static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A number that is different in a child after `fork()` from what its parent read
+/// before, read without a syscall (a process's own `getpid` is one, on every buffer's
+/// return); `None` if the fork handler could not be registered (then ask `getpid`).
+/// Counts the forks of libc's `fork()`, which every runtime's fork goes through.
+pub fn fork_generation() -> Option<u64> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: the handler only increments an atomic, which is async-signal-safe as a fork child handler must be.
+    let registered =
+        *REGISTERED.get_or_init(|| unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) } == 0);
+    registered.then(|| FORKS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// The size of the object behind a memory fd: `st_size` for memfds and files,
@@ -529,16 +646,41 @@ pub struct MessageReader {
     pending_len: Option<usize>,
     /// Why the awaited message is rejected already (fds rode on its length record).
     pending_rejection: Option<ProtocolError>,
+    /// A record read together with a length record that turned out not to be one: it is
+    /// the next record, read as a length record by the next call (its first bytes copied).
+    read_ahead: Option<(Incoming, [u8; 4])>,
 }
 
 impl MessageReader {
     /// Reads the next whole message without blocking. A framing error rejects the
     /// records involved (their fds closed) and leaves the reader ready for the next.
+    ///
+    /// A length record and the message record after it are read with one syscall when
+    /// both are there ([`Connection::recv_two_records`]).
     pub fn read(&mut self, connection: &Connection, buf: &mut [u8]) -> Result<MessageIn, ReadError> {
+        let mut length_bytes = [0u8; 4];
+        // Read with the length record, still to be handled: the message record, in `buf`.
+        let mut next: Option<Incoming> = None;
         loop {
-            let (len, fds) = match connection.recv_record(buf) {
+            let incoming = if let Some(incoming) = next.take() {
+                length_bytes = head(buf);
+                Ok(incoming)
+            } else if let Some((incoming, bytes)) = self.read_ahead.take() {
+                length_bytes = bytes;
+                Ok(incoming)
+            } else if self.pending_len.is_none() {
+                connection.recv_two_records(&mut length_bytes, buf).map(|(first, second)| {
+                    next = second;
+                    first
+                })
+            } else {
+                connection.recv_record(buf)
+            };
+            // Where the record's bytes are: a length record's in `length_bytes`, a message
+            // record's in `buf`.
+            let (len, fds) = match incoming {
                 Ok(Incoming::Record { control_truncated: true, .. }) => {
-                    *self = MessageReader::default();
+                    self.reset(next, buf);
                     return Err(ProtocolError::ControlTruncated.into());
                 }
                 Ok(Incoming::Record { len, fds, .. }) => (len, fds),
@@ -551,7 +693,19 @@ impl MessageReader {
             };
             match self.pending_len.take() {
                 None => {
-                    self.pending_len = Some(parse_length_record(&buf[..len.min(buf.len())])?);
+                    let announced = match len {
+                        4 => parse_length_record(&length_bytes),
+                        // The size the record had when it was read whole into `buf`.
+                        _ => Err(ProtocolError::LengthRecordSize { got: len.min(buf.len()) }),
+                    };
+                    let announced = match announced {
+                        Ok(announced) => announced,
+                        Err(e) => {
+                            self.reset(next, buf);
+                            return Err(e.into());
+                        }
+                    };
+                    self.pending_len = Some(announced);
                     if !fds.is_empty() {
                         // Keep the framing: the message record that follows is this
                         // message's, and is rejected with it, once.
@@ -570,6 +724,22 @@ impl MessageReader {
             }
         }
     }
+
+    /// After a framing error: the next record is read as a length record. `next`, read
+    /// already (into the caller's buffer), is that record: its first bytes are kept.
+    fn reset(&mut self, next: Option<Incoming>, buf: &[u8]) {
+        *self = MessageReader::default();
+        // `next` came into `buf`, which the caller may reuse: its first bytes go with it.
+        self.read_ahead = next.map(|incoming| (incoming, head(buf)));
+    }
+}
+
+/// The first 4 bytes of `buf` (zeroes where it is shorter).
+fn head(buf: &[u8]) -> [u8; 4] {
+    let mut bytes = [0; 4];
+    let n = buf.len().min(4);
+    bytes[..n].copy_from_slice(&buf[..n]);
+    bytes
 }
 
 /// Why [`MessageReader::read`] failed: the socket, or a message that breaks the protocol
@@ -685,5 +855,67 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Resul
         Ok(n) => Ok(n > 0),
         Err(rustix::io::Errno::INTR) => Ok(true),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MAX_RECORD_LEN;
+
+    fn pair(name: &str) -> (Listener, Connection, Connection) {
+        // The listener removes its socket file when dropped.
+        let path = std::env::temp_dir().join(format!("qsock-transport-{}-{name}", std::process::id()));
+        let listener = Listener::bind(&path, 0o600).unwrap();
+        let sender = Connection::connect(listener.path()).unwrap();
+        let receiver = listener.accept().unwrap().expect("a sender waits");
+        (listener, sender, receiver)
+    }
+
+    fn memfd() -> OwnedFd {
+        rustix::fs::memfd_create("qsock-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap()
+    }
+
+    /// Records queued together are read two at a time: a record that came with a length
+    /// record that is not one is the next record, taken as a length record, with its fds.
+    #[test]
+    fn a_record_read_ahead_after_a_broken_length_record_is_the_next_one() {
+        let (_listener, sender, receiver) = pair("read-ahead");
+        let (record, fd) = (vec![7u8; 12], memfd());
+        sender.send_raw_record(&[0, 0, 12], &[]).unwrap(); // 3 bytes: not a length record
+        sender.send_message(&record, &[fd.as_fd()]).unwrap();
+        sender.send_raw_record(&[], &[]).unwrap(); // empty: not a length record either
+        sender.send_raw_record(&encode_length_record(12), &[fd.as_fd()]).unwrap(); // fds on a length record
+        sender.send_raw_record(&record, &[fd.as_fd()]).unwrap();
+        sender.send_message(&record, &[]).unwrap();
+        let (mut reader, mut buf) = (MessageReader::default(), vec![0; MAX_RECORD_LEN + 1]);
+        let mut read = || reader.read(&receiver, &mut buf);
+        assert!(matches!(read(), Err(ReadError::Protocol(ProtocolError::LengthRecordSize { got: 3 }))));
+        assert!(matches!(read(), Ok(MessageIn::Message { len: 12, ref fds }) if fds.len() == 1));
+        assert!(matches!(read(), Err(ReadError::Protocol(ProtocolError::LengthRecordSize { got: 0 }))));
+        let rejected = read();
+        assert!(
+            matches!(rejected, Err(ReadError::Protocol(ProtocolError::FdCountMismatch { announced: 0, received: 1 }))),
+            "{rejected:?}"
+        );
+        assert!(matches!(read(), Ok(MessageIn::Message { len: 12, ref fds }) if fds.is_empty()));
+        assert!(matches!(read(), Ok(MessageIn::WouldBlock)));
+        assert_eq!(&buf[..12], &record[..]);
+        drop(sender);
+        assert!(matches!(reader.read(&receiver, &mut buf), Ok(MessageIn::Hangup)));
+    }
+
+    /// A length record whose message record has not come yet is paired with it later.
+    #[test]
+    fn a_message_record_that_comes_later_is_paired_with_its_length_record() {
+        let (_listener, sender, receiver) = pair("later");
+        let (mut reader, mut buf) = (MessageReader::default(), vec![0; MAX_RECORD_LEN + 1]);
+        sender.send_raw_record(&encode_length_record(8), &[]).unwrap();
+        assert!(matches!(reader.read(&receiver, &mut buf), Ok(MessageIn::WouldBlock)));
+        sender.send_raw_record(&[1; 8], &[memfd().as_fd()]).unwrap();
+        assert!(
+            matches!(reader.read(&receiver, &mut buf), Ok(MessageIn::Message { len: 8, ref fds }) if fds.len() == 1)
+        );
+        assert_eq!(&buf[..8], &[1; 8]);
     }
 }

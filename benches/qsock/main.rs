@@ -54,6 +54,12 @@ fn main() {
         return;
     }
 
+    if std::env::var("QSOCK_BENCH_PART").as_deref() == Ok("pair-1080") {
+        pair_1080(&dir, run_for);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+
     let mut results = Results { machine: machine(), ..Results::default() };
     println!("machine: {}", results.machine);
     if std::env::var("QSOCK_BENCH_PART").as_deref() == Ok("fan-out") {
@@ -161,6 +167,37 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `QSOCK_BENCH_PART=pair-1080`: only the element pair at 1920x1080, beside the floor (4
+/// in flight) and shm, `QSOCK_BENCH_REPEAT` times (default 3), for before/after checks.
+/// `QSOCK_BENCH_OTHER` may name another build of this binary: its pair runs alternate
+/// with ours, so both are measured in the same run. `QSOCK_BENCH_NO_BASELINES`: the
+/// pairs only (shorter rounds).
+fn pair_1080(dir: &Path, run_for: Duration) {
+    let repeat: usize = std::env::var("QSOCK_BENCH_REPEAT").ok().and_then(|n| n.parse().ok()).unwrap_or(3);
+    let other = std::env::var_os("QSOCK_BENCH_OTHER");
+    let baselines = std::env::var_os("QSOCK_BENCH_NO_BASELINES").is_none();
+    println!("machine: {}", machine());
+    for round in 0..repeat {
+        if baselines {
+            let socket = dir.join(format!("p-floor-{round}"));
+            let child = spawn("floor-recv", &[socket.to_str().unwrap()]);
+            let floor = api::floor_sender(&socket, 4, run_for);
+            let _ = wait(child);
+            print_api(&floor, &floor);
+            let run = pair(Transport::Shm, &dir.join(format!("p-shm-{round}")), 1920, 1080, run_for, None);
+            println!("{}", run.line());
+        }
+        let run = pair(Transport::Ours, &dir.join(format!("p-ours-{round}")), 1920, 1080, run_for, None);
+        println!("{}  (this build)", run.line());
+        if let Some(other) = &other {
+            std::env::set_var("QSOCK_BENCH_EXE", other);
+            let run = pair(Transport::Ours, &dir.join(format!("p-other-{round}")), 1920, 1080, run_for, None);
+            std::env::remove_var("QSOCK_BENCH_EXE");
+            println!("{}  ({})", run.line(), Path::new(other).display());
+        }
+    }
+}
+
 fn print_api(r: &api::ApiResult, floor: &api::ApiResult) {
     println!(
         "{:>2} in flight  {:<42} {:>9.0} msg/s ({:.2}x floor)  p50 {:>7.1} µs ({:.2}x)  p99 {:>7.1} µs",
@@ -219,12 +256,8 @@ fn play(role: &str, args: &[String]) {
 }
 
 fn spawn(role: &str, args: &[&str]) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(args)
-        .env("QSOCK_BENCH_ROLE", role)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
+    let exe = std::env::var_os("QSOCK_BENCH_EXE").map_or_else(|| std::env::current_exe().unwrap(), PathBuf::from);
+    Command::new(exe).args(args).env("QSOCK_BENCH_ROLE", role).stdout(Stdio::piped()).spawn().unwrap()
 }
 
 /// Waits for a child and returns its last line of output.

@@ -120,6 +120,9 @@ struct Negotiated {
 struct Stream {
     receiver: Receiver,
     socket: String,
+    /// The `timestamp-mode` property (it only changes in NULL or READY): read without a
+    /// lock per buffer.
+    timestamp_mode: TimestampMode,
     negotiated: Option<Negotiated>,
     memories: memory::Memories,
     /// The next buffer starts a new stream of data (new sender).
@@ -424,6 +427,7 @@ impl BaseSrcImpl for QtiSocketSrc {
         *lock(&self.stream) = Some(Stream {
             receiver,
             socket,
+            timestamp_mode: settings.timestamp_mode,
             negotiated: None,
             memories: memory::Memories::new(),
             discont: true,
@@ -806,7 +810,7 @@ impl QtiSocketSrc {
     /// The GstBuffer for a received buffer; `None` when the message was rejected (its
     /// return has gone out).
     fn gst_buffer(&self, stream: &mut Stream, received: ReceivedBuffer) -> Result<Option<gst::Buffer>, gst::FlowError> {
-        let mode = lock(&self.settings).timestamp_mode;
+        let mode = stream.timestamp_mode;
         let message = received.message();
         let key = match FormatKey::of(message) {
             Ok(key) => key.following(stream.negotiated.as_ref().map(|n| &n.key)),
