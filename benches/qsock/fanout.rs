@@ -6,6 +6,7 @@
 //!  - `tee`: `tee` into one `qtisocketsink` per receiver, as one would without fan-out
 //!    (tee passes no pool upstream, so every sink copies each frame);
 //!  - `unixfdsink` (newest_gst.rs, GStreamer ≥ 1.24): one unixfdsink, N unixfdsrc.
+//!
 //! And a stuck receiver: `socket-dir` with `slow-receiver=skip`, two healthy receivers
 //! with and without a third that never returns a buffer; the producer's rate is compared.
 
