@@ -360,14 +360,15 @@ impl BaseSinkImpl for QtiSocketSink {
         };
         let wait = lock(&self.settings).wait_for_receiver;
         let holds = prepared.take_holds();
-        match fanout.send(&prepared.outgoing(), holds, wait) {
-            Delivery::Sent { .. } => {
-                let mut counters = lock(&self.render_counters);
-                counters.copies += prepared.copies;
-                counters.bytes_copied += prepared.bytes_copied;
-                counters.bytes_described += prepared.bytes_described;
-                Ok(gst::FlowSuccess::Ok)
-            }
+        // Counted before the buffer can reach a receiver: whoever reads `stats` after
+        // the receiver got it sees it counted. Not described after all if not sent.
+        self.count_prepared(&prepared);
+        let delivery = fanout.send(&prepared.outgoing(), holds, wait);
+        if !matches!(delivery, Delivery::Sent { .. }) {
+            lock(&self.render_counters).bytes_described -= prepared.bytes_described;
+        }
+        match delivery {
+            Delivery::Sent { .. } => Ok(gst::FlowSuccess::Ok),
             Delivery::NoReceiver => {
                 gst::log!(CAT, imp = self, "no receiver connected: buffer {:?} dropped", buffer.pts());
                 Ok(gst::FlowSuccess::Ok)
@@ -502,6 +503,14 @@ impl QtiSocketSink {
         }
         self.copy_pools.clear();
         *lock(&self.format) = None;
+    }
+
+    /// Counts what preparing `prepared` copied, and the bytes it describes.
+    fn count_prepared(&self, prepared: &outgoing::Prepared) {
+        let mut counters = lock(&self.render_counters);
+        counters.copies += prepared.copies;
+        counters.bytes_copied += prepared.bytes_copied;
+        counters.bytes_described += prepared.bytes_described;
     }
 
     /// Posts an error for a buffer the protocol cannot carry.
