@@ -8,9 +8,11 @@ pool ends when it dies."""
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 
 import numpy as np
@@ -97,7 +99,9 @@ def test_every_receiver_gets_every_frame(directory, tmp_path):
     children = [python_receiver(directory, f"py{i}.sock") for i in range(2)]
     rng = np.random.default_rng(16)
     sent = []
-    with qsock.FanoutSender(directory, max_in_flight=4, slow_receiver="wait") as tx:
+    # "wait": no receiver holds more than 4 frames, so 4 memfds out and one being filled are
+    # enough (a send that finds none free waits for a return; none fails).
+    with qsock.FanoutSender(directory, max_in_flight=4, slow_receiver="wait", pool_size=5) as tx:
         wait_for_receivers(tx, 3)
         for i in range(FRAMES):
             y = rng.integers(0, 256, (HEIGHT, WIDTH), np.uint8)
@@ -125,8 +129,8 @@ def test_every_receiver_gets_every_frame(directory, tmp_path):
     assert stats["buffers_sent"] == FRAMES and stats["skipped"] == 0 and stats["dropped"] == 0
     assert stats["copies"] == FRAMES // 2 and stats["bytes_in_place"] == FRAMES // 2 * FRAME_BYTES
     assert stats["in_flight"] == 0 and stats["memfds_in_flight"] == 0
-    # With "wait", at most max_in_flight frames are out with any receiver: a few memfds.
-    assert stats["pooled"] <= 4 + 1, stats
+    # Each memfd crossed once to each receiver, then was reused.
+    assert stats["pooled"] <= 5 and stats["fds_sent"] <= 5 * 3, stats
 
 
 def test_a_stuck_receiver_gets_max_in_flight_and_the_others_go_on(directory):
@@ -136,6 +140,7 @@ def test_a_stuck_receiver_gets_max_in_flight_and_the_others_go_on(directory):
     stuck_socket = os.path.join(directory, "stuck.sock")
     rng = np.random.default_rng(3)
     sent, delivered = [], []
+    stuck_holds = stuck_memfds = 0
     with qsock.FanoutSender(directory, max_in_flight=max_in_flight, slow_receiver="skip") as tx:
         wait_for_receivers(tx, 3)
         for i in range(count):
@@ -154,10 +159,18 @@ def test_a_stuck_receiver_gets_max_in_flight_and_the_others_go_on(directory):
                 text = f"buffer {i}"
                 delivered.append(tx.send_text(text, pts=i))
                 sent.append((kind, str(i), hashlib.sha256(text.encode()).hexdigest()))
-            # The fast receivers return each buffer before the next goes: never skipped.
+            # The fast receivers return each buffer before the next goes (never skipped),
+            # and the fan-out has let go of it: only the stuck receiver's memfds are out.
+            if kind != "text" and stuck_holds < max_in_flight:
+                stuck_holds += 1
+                stuck_memfds += 1 if kind == "video" else 2
             deadline = time.monotonic() + 10
-            while any(r["in_flight"] for r in tx.stats["receivers"] if r["socket"] != stuck_socket):
-                assert time.monotonic() < deadline, tx.stats
+            while True:
+                stats = tx.stats
+                fast_in_flight = [r["in_flight"] for r in stats["receivers"] if r["socket"] != stuck_socket]
+                if fast_in_flight == [0, 0] and stats["memfds_in_flight"] == stuck_memfds:
+                    break
+                assert time.monotonic() < deadline, stats
                 time.sleep(0.002)
         stats = tx.stats
         by_socket = {r["socket"]: r for r in stats["receivers"]}
@@ -180,10 +193,10 @@ def test_a_stuck_receiver_gets_max_in_flight_and_the_others_go_on(directory):
         assert stats["skipped"] == stuck_stats["skipped"] and stats["buffers_sent"] == count
         assert delivered == [3 if i < len(stuck_expected) else 2 for i in range(count)]
         # The stuck receiver holds max_in_flight buffers' memfds (a tensor buffer has two);
-        # the other buffers cycle through one memfd per block size.
+        # the other buffers cycle through one memfd per block size (3 sizes).
         held_memfds = sum({"video": 1, "tensor": 2, "text": 0}[kind] for kind, *_ in stuck_expected)
-        assert stats["memfds_in_flight"] == held_memfds
-        assert stats["pooled"] <= held_memfds + 3, stats
+        assert stats["memfds_in_flight"] == held_memfds == stuck_memfds
+        assert stats["pooled"] == held_memfds + 3, stats
         assert tx.eos() == 3
         fast_got = [received(child) for child in fast]
         stuck_got = received(stuck)
@@ -250,6 +263,41 @@ def test_wait_for_receiver_waits_for_one_to_join(directory):
         tx.eos()
         lines = received(child)
     assert lines[-1] == ("text", "1", hashlib.sha256(b"hello").hexdigest())
+
+
+def test_a_send_waiting_for_a_receiver_lets_threads_run_and_ctrl_c_in(directory):
+    script = textwrap.dedent(
+        f"""
+        import sys, threading, time
+        import numpy as np
+        import qsock
+        tx = qsock.FanoutSender({directory!r}, wait_for_receiver=True)
+        ticks = []
+        def tick():  # pure Python: runs only while the send has let go of the GIL
+            while len(ticks) < 20:
+                ticks.append(time.monotonic())
+                time.sleep(0.01)
+        ticker = threading.Thread(target=tick)
+        print("waiting", flush=True)
+        ticker.start()
+        try:
+            tx.send_video(np.zeros((8, 8), np.uint8), format="GRAY8")
+        except KeyboardInterrupt:
+            ticker.join()
+            s = tx.stats
+            print(len(ticks), s["memfds_in_flight"], s["pooled"], s["dropped"], flush=True)
+            sys.exit(0)
+        sys.exit(1)
+        """
+    )
+    child = spawn([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert child.stdout.readline() == "waiting\n"
+    time.sleep(0.5)
+    child.send_signal(signal.SIGINT)
+    out, _ = child.communicate(timeout=5)
+    assert child.returncode == 0, out
+    # 20 ticks while the send waited; its memfd back in the pool, nothing sent or dropped.
+    assert out.split() == ["20", "0", "1", "0"], out
 
 
 def test_what_a_fanout_sender_refuses(directory):
