@@ -171,9 +171,10 @@ impl FanoutLink {
 ///
 /// Memory goes out as sealed memfds from a pool of at most `pool_size`, as with `Sender`:
 /// a memfd goes back to the pool once every receiver that got it has returned it or is
-/// gone. When every memfd is out, a send waits up to `return_timeout` for one. At most
-/// receivers x `max_in_flight` memfds (plus one being filled) are out at once: give
-/// `pool_size` at least that. Waits release the GIL.
+/// gone. When every memfd is out, a send waits up to `return_timeout` for one, then
+/// raises `qsock.Timeout`. Receivers hold at most receivers x `max_in_flight` buffers
+/// (fewer when, as usual, they hold the same ones): give `pool_size` room for those and
+/// one being filled. Waits release the GIL.
 #[pyclass(module = "qsock", name = "FanoutSender", frozen)]
 pub struct PyFanoutSender {
     core: Core,
