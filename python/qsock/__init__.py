@@ -21,6 +21,13 @@ Sending::
             y[:] = 128
         tx.eos()
 
+Sending to every receiver in a directory (each a ``Receiver`` or ``qtisocketsrc`` on a
+socket there, joining and leaving as it likes)::
+
+    with qsock.FanoutSender("/tmp/cams", max_in_flight=4, slow_receiver="skip") as tx:
+        n = tx.send_video([y, uv], format="NV12", pts=0)   # how many receivers got it
+        print(tx.stats["receivers"])                        # per-receiver figures
+
 Memory and release: an array made by ``Buffer.planes()``, ``tensors()`` or ``memory()``
 keeps the buffer alive; the buffer is returned to its sender when the Buffer object and
 every such array (and every view of one) are gone. ``Buffer.release()`` returns it at
@@ -54,6 +61,7 @@ from ._qsock import (
     Buffer,
     ClassLabel,
     Classification,
+    FanoutSender,
     Frame,
     Keypoint,
     Landmarks,
@@ -77,7 +85,7 @@ SENDER_GONE = StreamEvent.SENDER_GONE
 __version__ = "0.1.0"
 
 __all__ = [
-    "Receiver", "Buffer", "Sender", "Frame", "StreamEvent", "EOS", "SENDER_GONE",
+    "Receiver", "Buffer", "Sender", "FanoutSender", "Frame", "StreamEvent", "EOS", "SENDER_GONE",
     "VideoInfo", "PlaneInfo", "TensorInfo",
     "RegionOfInterest", "ClassLabel", "Classification", "Keypoint", "Landmarks", "Protection",
     "video_formats", "default_layout", "DEFAULT_SOCKET_MODE",

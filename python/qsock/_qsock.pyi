@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 from typing_extensions import Self
-from typing import ClassVar, final, Iterable, Iterator, Literal, Sequence, Union
+from typing import ClassVar, final, Iterable, Iterator, Literal, Sequence, TypedDict, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -269,10 +269,14 @@ class Frame:
     def height(self) -> int: ...
     @property
     def format(self) -> str: ...
+    @property
+    def receivers(self) -> int | None:
+        """How many receivers got the frame; None until it is sent."""
     def planes(self) -> list[np.ndarray]:
         """Writable arrays over the memfd, one per plane."""
     def fd(self) -> int: ...
-    def send(self) -> None: ...
+    def send(self) -> int:
+        """Sends the frame (no copy); returns how many receivers got it."""
     def cancel(self) -> None: ...
     def __enter__(self) -> "Frame": ...
     def __exit__(
@@ -301,13 +305,14 @@ class Sender:
         pts: int | None = None,
         duration: int | None = None,
         metas: Iterable[_Meta] | None = None,
-    ) -> None:
-        """Sends a frame, copied once into a pooled memfd."""
+    ) -> int:
+        """Sends a frame, copied once into a pooled memfd; returns how many receivers
+        got it (1 for a Sender; failures raise)."""
     def send_tensors(
         self, tensors: Iterable[_ArrayLike], *, pts: int | None = None, duration: int | None = None
-    ) -> None:
+    ) -> int:
         """Sends 1..=10 tensors, each copied once into a pooled memfd."""
-    def send_text(self, text: str | bytes, *, pts: int | None = None, duration: int | None = None) -> None: ...
+    def send_text(self, text: str | bytes, *, pts: int | None = None, duration: int | None = None) -> int: ...
     def frame(
         self,
         width: int,
@@ -320,9 +325,102 @@ class Sender:
     ) -> Frame:
         """A frame to fill in place (writable views of a pooled memfd), sent at the end
         of its with block."""
-    def eos(self) -> None: ...
+    def eos(self) -> int: ...
     def flush(self, timeout: float = 5.0) -> None: ...
     def stats(self) -> dict[str, int | bool]: ...
     def close(self) -> None: ...
     def __enter__(self) -> "Sender": ...
+    def __exit__(self, *exc: object) -> None: ...
+
+class _FanoutReceiverStats(TypedDict):
+    socket: str
+    pid: int | None
+    uid: int | None
+    gid: int | None
+    buffers_sent: int
+    fds_sent: int
+    skipped: int
+    in_flight: int
+    returns: int
+    connected_since: float
+
+class _FanoutStats(TypedDict):
+    buffers_sent: int
+    fds_sent: int
+    returns: int
+    dropped: int
+    skipped: int
+    in_flight: int
+    connections: int
+    joined: int
+    left: int
+    copies: int
+    bytes_copied: int
+    bytes_in_place: int
+    pooled: int
+    memfds_in_flight: int
+    receivers: list[_FanoutReceiverStats]
+
+@final
+class FanoutSender:
+    """Sends buffers to every receiver listening on a socket in a directory, as they come
+    and go; a receiver at max_in_flight misses buffers ("skip") or is waited for ("wait").
+    Send methods return how many receivers got the buffer (0: none connected, or skipped)."""
+
+    def __new__(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        max_in_flight: int | None = 4,
+        slow_receiver: Literal["skip", "wait"] = "skip",
+        wait_for_receiver: bool = False,
+        pool_size: int = 16,
+        return_timeout: float = 5.0,
+    ) -> Self: ...
+    @property
+    def directory(self) -> Path: ...
+    @property
+    def max_in_flight(self) -> int | None: ...
+    @property
+    def slow_receiver(self) -> Literal["skip", "wait"]: ...
+    @property
+    def wait_for_receiver(self) -> bool: ...
+    @property
+    def receivers(self) -> int:
+        """The receivers connected now."""
+    @property
+    def stats(self) -> _FanoutStats:
+        """Totals, the pool's counters, and one dict per connected receiver."""
+    def send_video(
+        self,
+        planes: _ArrayLike | Sequence[_ArrayLike],
+        *,
+        format: str = "NV12",
+        pts: int | None = None,
+        duration: int | None = None,
+        metas: Iterable[_Meta] | None = None,
+    ) -> int:
+        """Sends a frame, copied once into a pooled memfd; returns how many receivers got it."""
+    def send_tensors(
+        self, tensors: Iterable[_ArrayLike], *, pts: int | None = None, duration: int | None = None
+    ) -> int:
+        """Sends 1..=10 tensors, each copied once into a pooled memfd."""
+    def send_text(self, text: str | bytes, *, pts: int | None = None, duration: int | None = None) -> int: ...
+    def frame(
+        self,
+        width: int,
+        height: int,
+        format: str = "NV12",
+        *,
+        pts: int | None = None,
+        duration: int | None = None,
+        metas: Iterable[_Meta] | None = None,
+    ) -> Frame:
+        """A frame to fill in place (writable views of a pooled memfd), sent to every
+        receiver at the end of its with block."""
+    def eos(self) -> int:
+        """Sends EOS to the receivers connected now; returns how many."""
+    def flush(self, timeout: float = 5.0) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> "FanoutSender": ...
     def __exit__(self, *exc: object) -> None: ...

@@ -1,16 +1,19 @@
 //! qsock for Python: the extension module `qsock._qsock`, over the Rust API of the
-//! qtisocket crate (`Receiver`, `Sender`). The package `qsock` (python/qsock/) re-exports
-//! it with the exception classes and the type stubs.
+//! qtisocket crate (`Receiver`, `Sender`, `Fanout`). The package `qsock` (python/qsock/)
+//! re-exports it with the exception classes and the type stubs.
 //!
 //! Layers: `formats` (pure: video formats as arrays), `mapping` (mmap of fds), `arrays`
 //! (numpy arrays over mappings: the only numpy FFI), `metas` (metas as Python objects),
-//! `receiver` and `sender` (the Python classes), `errors` (library errors as exceptions).
+//! `pool` (the senders' memfds), `receiver`, `sender` and `fanout` (the Python classes),
+//! `errors` (library errors as exceptions).
 
 mod arrays;
 mod errors;
+mod fanout;
 mod formats;
 mod mapping;
 mod metas;
+mod pool;
 mod receiver;
 mod sender;
 
@@ -46,6 +49,7 @@ fn _qsock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<receiver::TensorInfo>()?;
     m.add_class::<sender::PySender>()?;
     m.add_class::<sender::PyFrame>()?;
+    m.add_class::<fanout::PyFanoutSender>()?;
     m.add_class::<metas::PyRoi>()?;
     m.add_class::<metas::PyClassLabel>()?;
     m.add_class::<metas::PyClassification>()?;

@@ -1,12 +1,15 @@
-//! `qsock.Sender` and `qsock.Frame`: numpy arrays out to a receiver through a pool of
-//! sealed memfds, either copied in once (`send_video`, `send_tensors`; counted) or
-//! written in place through a writable view of a pooled memfd (`frame()`; no copy).
+//! `qsock.Sender` and `qsock.Frame`, and what `qsock.FanoutSender` shares with them:
+//! numpy arrays out to receivers through a pool of sealed memfds (`pool`), either copied
+//! in once (`send_video`, `send_tensors`; counted) or written in place through a writable
+//! view of a pooled memfd (`frame()`; no copy).
 //!
-//! A pooled memfd is handed out again only when the receiver returned it and no Python
-//! array over it is alive, so an array the user still holds never changes under them.
+//! [`Core`] is the sending both classes share (checking and copying arrays, the pool,
+//! frames); what differs is the [`Link`]: one connection (`Sender`) or the library's
+//! fan-out to every receiver in a directory (`FanoutSender`, `crate::fanout`). A sent
+//! memfd is kept out of the pool by a [`SlotHold`] until the receivers give it back.
 
-use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,98 +27,65 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::arrays::{array_over, ArrayLayout, Dtype};
 use crate::errors::{new_err, to_py, IntoPyResult};
+use crate::fanout::FanoutLink;
 use crate::formats::{self, Format, Sample};
 use crate::mapping::Mapping;
 use crate::metas;
+use crate::pool::{Acquired, Pool, SlotHold};
 use crate::receiver::seconds;
 
 /// How long a wait runs without the GIL before it looks for a signal (Ctrl-C).
-const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a connect is retried while no receiver listens (the deployed sender's 10 ms).
 const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
-    /// In the pool, ready once no array over it is alive.
-    Free,
-    /// Handed to a `Frame` being written.
-    Lent,
-    /// Sent; waiting for the receiver's return.
-    InFlight,
-}
-
-/// One pooled memfd: sealed against shrinking and growing, mapped read-write once.
-struct Slot {
-    fd: OwnedFd,
-    mapping: Arc<Mapping>,
-    state: SlotState,
-}
-
-impl Slot {
-    fn new(size: usize) -> std::io::Result<Slot> {
-        use memfd::{FileSeal, MemfdOptions};
-        let memfd = MemfdOptions::default()
-            .allow_sealing(true)
-            .close_on_exec(true)
-            .create("qsock-python")
-            .map_err(std::io::Error::other)?;
-        memfd.as_file().set_len(size as u64)?;
-        // A receiver can rely on the size: nobody can shrink it under its mappings.
-        memfd
-            .add_seals(&[FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal])
-            .map_err(std::io::Error::other)?;
-        let fd: OwnedFd = memfd.into_file().into();
-        let mapping = Arc::new(Mapping::new(fd.as_fd(), size, true)?);
-        Ok(Slot {
-            fd,
-            mapping,
-            state: SlotState::Free,
-        })
-    }
-
-    fn size(&self) -> usize {
-        self.mapping.len()
-    }
-
-    /// Free, and no array over it alive (the pool holds the only reference).
-    fn is_reusable(&self) -> bool {
-        self.state == SlotState::Free && Arc::strong_count(&self.mapping) == 1
-    }
-}
-
 #[derive(Debug, Default, Clone, Copy)]
-struct Counters {
-    copies: u64,
-    bytes_copied: u64,
-    bytes_in_place: u64,
-    returns: u64,
+pub(crate) struct Counters {
+    pub copies: u64,
+    pub bytes_copied: u64,
+    pub bytes_in_place: u64,
 }
 
-struct Inner {
+/// One connection to one receiver (`qsock.Sender`). The caller's thread reads what the
+/// receiver says: a return drops the memfd's hold.
+pub(crate) struct One {
     sender: Option<Sender>,
-    /// By fd number, which is also the block's buf_id.
-    slots: BTreeMap<RawFd, Slot>,
-    pool_size: usize,
-    return_timeout: Duration,
-    counters: Counters,
+    /// Memfds out with the receiver, by fd number (the buf_id it returns).
+    held: HashMap<RawFd, SlotHold>,
+    /// RETURN messages taken in.
+    returns: u64,
     /// DISCONNECT came: the receiver is pausing and wants nothing more on this connection.
     disconnected: bool,
     receiver_gone: bool,
 }
 
-impl Inner {
-    fn sender(&mut self, py: Python<'_>) -> PyResult<&mut Sender> {
-        if self.sender.is_none() {
-            return Err(new_err(py, "Closed", "the sender is closed".into()));
+impl One {
+    fn on_event(&mut self, event: SenderEvent) {
+        match event {
+            SenderEvent::Returned(buf_ids) => {
+                self.returns += 1;
+                for id in buf_ids {
+                    self.held.remove(&id);
+                }
+            }
+            SenderEvent::Disconnect => self.disconnected = true,
+            SenderEvent::ReceiverGone => {
+                self.receiver_gone = true;
+                // Nothing out will come back: the receiver's copies of the fds are closed.
+                self.held.clear();
+            }
         }
-        if self.receiver_gone {
+    }
+
+    fn check(&mut self, py: Python<'_>) -> PyResult<&mut Sender> {
+        if self.receiver_gone && self.sender.is_some() {
             return Err(new_err(
                 py,
                 "ReceiverGone",
                 "the receiver closed the connection".into(),
             ));
         }
-        if self.disconnected {
+        if self.disconnected && self.sender.is_some() {
             return Err(new_err(
                 py,
                 "Disconnected",
@@ -125,33 +95,6 @@ impl Inner {
         self.sender
             .as_mut()
             .ok_or_else(|| new_err(py, "Closed", "the sender is closed".into()))
-    }
-
-    fn on_event(&mut self, event: SenderEvent) {
-        match event {
-            SenderEvent::Returned(buf_ids) => {
-                self.counters.returns += 1;
-                for id in buf_ids {
-                    if let Some(slot) = self.slots.get_mut(&id) {
-                        if slot.state == SlotState::InFlight {
-                            slot.state = SlotState::Free;
-                        }
-                    }
-                }
-            }
-            SenderEvent::Disconnect => self.disconnected = true,
-            SenderEvent::ReceiverGone => {
-                self.receiver_gone = true;
-                // Nothing out will come back: the receiver's copies of the fds are closed.
-                for slot in self
-                    .slots
-                    .values_mut()
-                    .filter(|s| s.state == SlotState::InFlight)
-                {
-                    slot.state = SlotState::Free;
-                }
-            }
-        }
     }
 
     /// Takes what the receiver said, without waiting.
@@ -171,27 +114,77 @@ impl Inner {
     }
 
     /// Waits without the GIL up to `timeout` for one thing the receiver says.
-    fn wait_event(&mut self, py: Python<'_>, timeout: Duration) -> PyResult<bool> {
+    fn wait_event(&mut self, py: Python<'_>, timeout: Duration) -> PyResult<()> {
         let Some(sender) = self.sender.as_mut() else {
-            return Ok(false);
+            return Ok(());
         };
-        let event = py.detach(|| sender.next_event(Some(timeout))).py_err(py)?;
-        let got = event.is_some();
-        if let Some(event) = event {
+        if self.receiver_gone {
+            return Ok(());
+        }
+        if let Some(event) = py.detach(|| sender.next_event(Some(timeout))).py_err(py)? {
             self.on_event(event);
         }
-        Ok(got)
+        Ok(())
+    }
+}
+
+/// Where the buffers go.
+pub(crate) enum Link {
+    One(One),
+    Fanout(FanoutLink),
+}
+
+/// What a sender is, behind its lock: the link, the pool of memfds and the counters.
+pub(crate) struct Inner {
+    pub link: Link,
+    pub pool: Arc<Pool>,
+    pub return_timeout: Duration,
+    pub counters: Counters,
+}
+
+impl Inner {
+    pub fn new(link: Link, pool_size: usize, return_timeout: Duration) -> Inner {
+        Inner {
+            link,
+            pool: Pool::new(pool_size),
+            return_timeout,
+            counters: Counters::default(),
+        }
     }
 
-    fn in_flight(&self) -> usize {
-        self.slots
-            .values()
-            .filter(|s| s.state == SlotState::InFlight)
-            .count()
+    /// Raises when nothing can be sent (closed; for one connection: the receiver left
+    /// or paused).
+    fn check(&mut self, py: Python<'_>) -> PyResult<()> {
+        match &mut self.link {
+            Link::One(one) => one.check(py).map(drop),
+            Link::Fanout(fanout) => fanout.check(py).map(drop),
+        }
+    }
+
+    /// Takes in what the receiver said, without waiting (the fan-out's thread does it
+    /// for a fan-out).
+    fn drain(&mut self, py: Python<'_>) -> PyResult<()> {
+        match &mut self.link {
+            Link::One(one) => one.drain(py),
+            Link::Fanout(_) => Ok(()),
+        }
+    }
+
+    /// Waits without the GIL, up to `timeout`, for the receivers to return something
+    /// (memfd holds dropped after the `seen`th).
+    fn wait_for_returns(&mut self, py: Python<'_>, seen: u64, timeout: Duration) -> PyResult<()> {
+        match &mut self.link {
+            Link::One(one) => one.wait_event(py, timeout),
+            Link::Fanout(_) => {
+                let pool = &self.pool;
+                py.detach(|| pool.wait_returned(seen, timeout));
+                Ok(())
+            }
+        }
     }
 
     /// A pooled memfd of exactly `size` bytes, lent to the caller: a returned one, a new
-    /// one while the pool has room, or one the receiver gives back within the timeout.
+    /// one while the pool has room, or one the receivers give back within the timeout.
     fn acquire(&mut self, py: Python<'_>, size: usize) -> PyResult<RawFd> {
         if size == 0 {
             return Err(PyValueError::new_err("nothing to send: 0 bytes"));
@@ -199,52 +192,22 @@ impl Inner {
         let deadline = Instant::now() + self.return_timeout;
         loop {
             self.drain(py)?;
-            self.sender(py)?;
-            if let Some((&fd, slot)) = self
-                .slots
-                .iter_mut()
-                .find(|(_, s)| s.is_reusable() && s.size() == size)
-            {
-                slot.state = SlotState::Lent;
-                return Ok(fd);
-            }
-            if self.slots.len() >= self.pool_size {
-                // A free memfd of another size (the frames changed) makes room for one of this size.
-                if let Some(&fd) = self
-                    .slots
-                    .iter()
-                    .find(|(_, s)| s.is_reusable())
-                    .map(|(fd, _)| fd)
-                {
-                    self.slots.remove(&fd);
-                }
-            }
-            if self.slots.len() < self.pool_size {
-                let slot = Slot::new(size).map_err(|e| {
-                    PyErr::from(std::io::Error::new(
-                        e.kind(),
-                        format!("making a {size}-byte memfd: {e}"),
-                    ))
-                })?;
-                let fd = slot.fd.as_raw_fd();
-                self.slots.insert(
-                    fd,
-                    Slot {
-                        state: SlotState::Lent,
-                        ..slot
-                    },
-                );
-                return Ok(fd);
-            }
-            let in_flight = self.in_flight();
+            self.check(py)?;
+            let (in_flight, seen) = match self.pool.try_acquire(size)? {
+                Acquired::Slot(fd) => return Ok(fd),
+                Acquired::Full {
+                    in_flight,
+                    returned,
+                } => (in_flight, returned),
+            };
+            let pool_size = self.pool.size();
             if in_flight == 0 {
                 return Err(new_err(
                     py,
                     "PoolExhausted",
                     format!(
-                        "all {} pooled memfds are held by arrays from frame() or by unsent frames; delete those \
-                         arrays (or raise pool_size)",
-                        self.pool_size
+                        "all {pool_size} pooled memfds are held by arrays from frame() or by unsent frames; delete \
+                         those arrays (or raise pool_size)"
                     ),
                 ));
             }
@@ -254,30 +217,26 @@ impl Inner {
                     py,
                     "Timeout",
                     format!(
-                        "{in_flight} of {} pooled memfds are out with the receiver and none came back within {} s",
-                        self.pool_size,
+                        "{in_flight} of {pool_size} pooled memfds are out with the receiver{} and none came back \
+                         within {} s",
+                        if matches!(self.link, Link::Fanout(_)) { "s" } else { "" },
                         self.return_timeout.as_secs_f64()
                     ),
                 ));
             }
             // In slices, so that Ctrl-C gets through a long wait.
-            self.wait_event(py, left.min(SIGNAL_CHECK_INTERVAL))?;
+            self.wait_for_returns(py, seen, left.min(SIGNAL_CHECK_INTERVAL))?;
             py.check_signals()?;
         }
     }
 
-    fn give_back(&mut self, fds: &[RawFd]) {
-        for fd in fds {
-            if let Some(slot) = self.slots.get_mut(fd) {
-                if slot.state == SlotState::Lent {
-                    slot.state = SlotState::Free;
-                }
-            }
-        }
+    pub fn give_back(&self, fds: &[RawFd]) {
+        self.pool.give_back(fds);
     }
 
-    /// Sends `blocks` (each a lent slot, or text), marking the slots in flight; on
-    /// failure the slots go back to the pool.
+    /// Sends `blocks` (each a lent memfd, or text): the memfds are held until the
+    /// receivers return them; on failure they go back to the pool. Returns how many
+    /// receivers got the buffer.
     fn send(
         &mut self,
         py: Python<'_>,
@@ -285,38 +244,19 @@ impl Inner {
         descriptions: Vec<MemoryBlock>,
         timing: Timing,
         metas: Metas,
-    ) -> PyResult<()> {
-        let result = self.send_inner(py, slots, descriptions, timing, metas);
-        match &result {
-            Ok(()) => {
-                for fd in slots {
-                    if let Some(slot) = self.slots.get_mut(fd) {
-                        slot.state = SlotState::InFlight;
-                    }
-                }
-            }
-            Err(_) => self.give_back(slots),
+    ) -> PyResult<usize> {
+        if let Err(e) = self.drain(py).and_then(|()| self.check(py)) {
+            self.give_back(slots);
+            return Err(e);
         }
-        result
-    }
-
-    fn send_inner(
-        &mut self,
-        py: Python<'_>,
-        slots: &[RawFd],
-        descriptions: Vec<MemoryBlock>,
-        timing: Timing,
-        metas: Metas,
-    ) -> PyResult<()> {
-        self.drain(py)?;
-        self.sender(py)?;
         let text = matches!(descriptions.first(), Some(MemoryBlock::Text(_)));
-        let fds: Vec<_> = slots.iter().map(|fd| self.slots[fd].fd.as_fd()).collect();
+        // The pool keeps a lent memfd open; these copies keep it open during the send too.
+        let fds: Vec<Arc<OwnedFd>> = slots.iter().map(|&fd| self.pool.get(fd).0).collect();
         let blocks = descriptions
             .into_iter()
             .enumerate()
             .map(|(i, description)| OutgoingBlock {
-                fd: fds.get(i).copied(),
+                fd: fds.get(i).map(|fd| fd.as_fd()),
                 description,
             })
             .collect();
@@ -328,13 +268,89 @@ impl Inner {
             pooled: !text,
             metas,
         };
-        let sender = self.sender.as_mut().expect("checked above");
-        py.detach(|| sender.send(&buffer)).map_err(|e| to_py(py, e))
+        match &mut self.link {
+            Link::One(one) => {
+                let sender = one.sender.as_mut().expect("checked above");
+                match py.detach(|| sender.send(&buffer)) {
+                    Ok(()) => {
+                        for &fd in slots {
+                            one.held.insert(fd, self.pool.hold(fd));
+                        }
+                        Ok(1)
+                    }
+                    Err(e) => {
+                        self.pool.give_back(slots);
+                        Err(to_py(py, e))
+                    }
+                }
+            }
+            Link::Fanout(fanout) => {
+                // Held from here: the fan-out drops the holds once every receiver that got
+                // the buffer returned it (at once when none got it, or on an error).
+                let holds = slots.iter().map(|&fd| self.pool.hold(fd)).collect();
+                fanout.send(py, &buffer, holds, self.return_timeout)
+            }
+        }
+    }
+
+    /// Sends EOS; returns to how many receivers.
+    fn eos(&mut self, py: Python<'_>) -> PyResult<usize> {
+        self.drain(py)?;
+        match &mut self.link {
+            Link::One(one) => {
+                let sender = one.check(py)?;
+                py.detach(|| sender.send_eos()).py_err(py)?;
+                Ok(1)
+            }
+            Link::Fanout(fanout) => fanout.eos(py),
+        }
+    }
+
+    /// Waits (without the GIL) until every memfd sent is back, up to `timeout`.
+    fn flush(&mut self, py: Python<'_>, timeout: Duration) -> PyResult<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain(py)?;
+            let seen = self.pool.returned();
+            let in_flight = self.pool.in_flight();
+            if in_flight == 0 {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let whom = match self.link {
+                    Link::One(_) => "the receiver",
+                    Link::Fanout(_) => "the receivers",
+                };
+                return Err(new_err(
+                    py,
+                    "Timeout",
+                    format!(
+                        "{in_flight} memfds still out with {whom} after {} s",
+                        timeout.as_secs_f64()
+                    ),
+                ));
+            }
+            self.wait_for_returns(py, seen, left.min(SIGNAL_CHECK_INTERVAL))?;
+            py.check_signals()?;
+        }
+    }
+
+    /// Closes the connections (the receivers see the sender go); the memfds out stay
+    /// out. Closing twice is fine.
+    fn close(&mut self, py: Python<'_>) {
+        match &mut self.link {
+            Link::One(one) => {
+                let sender = one.sender.take();
+                py.detach(move || drop(sender));
+            }
+            Link::Fanout(fanout) => fanout.close(py),
+        }
     }
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Timing {
+pub(crate) struct Timing {
     pts: u64,
     duration: u64,
 }
@@ -348,6 +364,12 @@ impl Timing {
     }
 }
 
+/// The sending `Sender` and `FanoutSender` share: checking and copying arrays into
+/// pooled memfds, frames written in place, EOS, flush. Each class's methods call these.
+pub(crate) struct Core {
+    pub inner: Arc<Mutex<Inner>>,
+}
+
 /// Sends buffers to one receiver (`qtisocketsrc`, `qsock.Receiver`, a C `qsock_receiver`).
 ///
 /// ``Sender(path, *, connect_timeout=10.0, pool_size=16, return_timeout=5.0)`` connects,
@@ -358,9 +380,11 @@ impl Timing {
 /// `send_tensors` copy the arrays in (once; counted in `stats()`), `frame()` hands out a
 /// writable view of a pooled memfd to fill in place (no copy). When every memfd is out,
 /// a send waits up to `return_timeout` seconds for a return (without the GIL).
+///
+/// To send to every receiver in a directory, see `FanoutSender`.
 #[pyclass(module = "qsock", name = "Sender", frozen)]
 pub struct PySender {
-    inner: Arc<Mutex<Inner>>,
+    core: Core,
     path: PathBuf,
 }
 
@@ -491,8 +515,8 @@ fn tensor_type_of(array: &Bound<'_, PyAny>) -> PyResult<(TensorType, Dtype)> {
     Ok((t, d))
 }
 
-impl PySender {
-    fn lock<'a>(&'a self, py: Python<'_>) -> std::sync::MutexGuard<'a, Inner> {
+impl Core {
+    pub fn lock<'a>(&'a self, py: Python<'_>) -> std::sync::MutexGuard<'a, Inner> {
         self.inner
             .lock_py_attached(py)
             .unwrap_or_else(|e| e.into_inner())
@@ -506,7 +530,7 @@ impl PySender {
         layout: &ArrayLayout,
         source: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let mapping = inner.slots[&slot].mapping.clone();
+        let (_, mapping) = inner.pool.get(slot);
         let dest = array_over(
             py,
             &mapping,
@@ -522,67 +546,11 @@ impl PySender {
             .call((dest, source), Some(&kwargs))?;
         Ok(())
     }
-}
 
-#[pymethods]
-impl PySender {
-    #[new]
-    #[pyo3(signature = (path, *, connect_timeout=10.0, pool_size=16, return_timeout=5.0))]
-    fn new(
-        py: Python<'_>,
-        path: PathBuf,
-        connect_timeout: f64,
-        pool_size: usize,
-        return_timeout: f64,
-    ) -> PyResult<Self> {
-        let connect_timeout = seconds(connect_timeout)?;
-        let return_timeout = seconds(return_timeout)?;
-        if pool_size == 0 {
-            return Err(PyValueError::new_err("pool_size must be at least 1"));
-        }
-        // Every 10 ms, as the deployed sender does, in Python so that Ctrl-C gets through.
-        let deadline = Instant::now() + connect_timeout;
-        let sender = loop {
-            match py.detach(|| Sender::connect(&path)) {
-                Ok(sender) => break sender,
-                Err(_) if Instant::now() < deadline => {
-                    py.detach(|| std::thread::sleep(CONNECT_RETRY_INTERVAL));
-                    py.check_signals()?;
-                }
-                Err(e) => return Err(to_py(py, e)),
-            }
-        };
-        let inner = Inner {
-            sender: Some(sender),
-            slots: BTreeMap::new(),
-            pool_size,
-            return_timeout,
-            counters: Counters::default(),
-            disconnected: false,
-            receiver_gone: false,
-        };
-        Ok(PySender {
-            inner: Arc::new(Mutex::new(inner)),
-            path,
-        })
-    }
+    // The methods below are the classes' (documented in `sending_methods!`); each
+    // returns how many receivers got the buffer.
 
-    #[getter]
-    fn path(&self) -> PathBuf {
-        self.path.clone()
-    }
-
-    /// Sends one video frame, copied once into a pooled memfd in GStreamer's default
-    /// layout for `format`.
-    ///
-    /// `planes` is a list of arrays, one per plane (NV12: Y (height, width) and UV
-    /// (height/2, width/2, 2) uint8), or one array for one-plane formats (RGB
-    /// (height, width, 3), GRAY8 (height, width), ...), or for NV12/NV21/I420/YV12 one
-    /// stacked (height * 3 / 2, width) uint8 array. Width and height come from the
-    /// first plane. `pts` and `duration` are in ns (None: unset); `metas` is a list of
-    /// RegionOfInterest, Classification, Landmarks and Protection objects.
-    #[pyo3(signature = (planes, *, format="NV12", pts=None, duration=None, metas=None))]
-    fn send_video(
+    pub fn send_video(
         &self,
         py: Python<'_>,
         planes: &Bound<'_, PyAny>,
@@ -590,7 +558,7 @@ impl PySender {
         pts: Option<u64>,
         duration: Option<u64>,
         metas: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
+    ) -> PyResult<usize> {
         let format = formats::by_name(format).ok_or_else(|| {
             PyValueError::new_err(format!(
                 "unknown video format {format:?}; known: {}",
@@ -682,7 +650,7 @@ impl PySender {
             }
         };
         let frame = frame_payload(format, width, height, &offsets, &strides, size);
-        inner.send(
+        let receivers = inner.send(
             py,
             &[slot],
             vec![MemoryBlock::Frame(frame)],
@@ -691,19 +659,16 @@ impl PySender {
         )?;
         inner.counters.copies += 1;
         inner.counters.bytes_copied += copied;
-        Ok(())
+        Ok(receivers)
     }
 
-    /// Sends 1..=10 tensors (numpy arrays of up to 8 dimensions; int8 ... uint64,
-    /// float16, float32), each copied once into its own pooled memfd, C order.
-    #[pyo3(signature = (tensors, *, pts=None, duration=None))]
-    fn send_tensors(
+    pub fn send_tensors(
         &self,
         py: Python<'_>,
         tensors: &Bound<'_, PyAny>,
         pts: Option<u64>,
         duration: Option<u64>,
-    ) -> PyResult<()> {
+    ) -> PyResult<usize> {
         let arrays: Vec<Bound<'_, PyAny>> = tensors
             .try_iter()?
             .map(|t| as_array(&t?))
@@ -773,7 +738,7 @@ impl PySender {
             .into_iter()
             .map(|(_, p)| MemoryBlock::Tensor(p))
             .collect();
-        inner.send(
+        let receivers = inner.send(
             py,
             &slots,
             blocks,
@@ -782,18 +747,16 @@ impl PySender {
         )?;
         inner.counters.copies += slots.len() as u64;
         inner.counters.bytes_copied += copied;
-        Ok(())
+        Ok(receivers)
     }
 
-    /// Sends a text buffer (at most 1024 bytes of UTF-8; no fd, no copy into memory).
-    #[pyo3(signature = (text, *, pts=None, duration=None))]
-    fn send_text(
+    pub fn send_text(
         &self,
         py: Python<'_>,
         text: &Bound<'_, PyAny>,
         pts: Option<u64>,
         duration: Option<u64>,
-    ) -> PyResult<()> {
+    ) -> PyResult<usize> {
         let contents: Vec<u8> = if let Ok(s) = text.extract::<String>() {
             s.into_bytes()
         } else {
@@ -816,14 +779,10 @@ impl PySender {
         )
     }
 
-    /// A frame to write in place: ``with sender.frame(1920, 1080, "NV12", pts=t) as f:``
-    /// then fill ``f.planes()`` (writable numpy views of a pooled memfd); the frame is
-    /// sent when the block ends without an exception (nothing is copied). Arrays of a
-    /// sent frame turn read-only; the memfd is reused only once they are all gone.
-    #[pyo3(signature = (width, height, format="NV12", *, pts=None, duration=None, metas=None))]
     #[allow(clippy::too_many_arguments)]
-    fn frame(
-        slf: &Bound<'_, Self>,
+    pub fn frame(
+        &self,
+        py: Python<'_>,
         width: u32,
         height: u32,
         format: &str,
@@ -831,7 +790,6 @@ impl PySender {
         duration: Option<u64>,
         metas: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyFrame> {
-        let py = slf.py();
         let format = formats::by_name(format).ok_or_else(|| {
             PyValueError::new_err(format!(
                 "unknown video format {format:?}; known: {}",
@@ -841,18 +799,18 @@ impl PySender {
         check_frame_size(width, height)?;
         let metas = metas::to_wire(metas)?;
         let (offsets, strides, size) = format.default_layout(width, height);
-        let this = slf.get();
         let (slot, mapping) = {
-            let mut inner = this.lock(py);
+            let mut inner = self.lock(py);
             let slot = inner.acquire(py, size as usize)?;
-            (slot, inner.slots[&slot].mapping.clone())
+            (slot, inner.pool.get(slot).1)
         };
         Ok(PyFrame {
-            inner: this.inner.clone(),
+            inner: self.inner.clone(),
             state: Mutex::new(FrameState {
                 mapping: Some(mapping),
                 arrays: Vec::new(),
                 done: false,
+                receivers: None,
             }),
             slot,
             format,
@@ -864,78 +822,205 @@ impl PySender {
         })
     }
 
-    /// Sends EOS: the receiver ends its stream.
-    fn eos(&self, py: Python<'_>) -> PyResult<()> {
-        let mut inner = self.lock(py);
-        inner.drain(py)?;
-        let sender = inner.sender(py)?;
-        py.detach(|| sender.send_eos()).py_err(py)
+    pub fn eos(&self, py: Python<'_>) -> PyResult<usize> {
+        self.lock(py).eos(py)
     }
 
-    /// Waits (without the GIL) until the receiver returned every memfd sent, up to
-    /// `timeout` seconds; raises `qsock.Timeout` otherwise.
-    #[pyo3(signature = (timeout=5.0))]
-    fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
-        let deadline = Instant::now() + seconds(timeout)?;
-        let mut inner = self.lock(py);
-        loop {
-            inner.drain(py)?;
-            let in_flight = inner.in_flight();
-            if in_flight == 0 || inner.receiver_gone {
-                return Ok(());
+    pub fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let timeout = seconds(timeout)?;
+        self.lock(py).flush(py, timeout)
+    }
+
+    pub fn close(&self, py: Python<'_>) {
+        self.lock(py).close(py);
+    }
+}
+
+/// The methods `Sender` and `FanoutSender` share, in the `#[pymethods]` block of
+/// `$class` (a struct with a `core: Core` field) after the class's own `$own` methods.
+macro_rules! sending_methods {
+    ($class:ident, { $($own:tt)* }) => {
+        #[pyo3::pymethods]
+        impl $class {
+            $($own)*
+
+            /// Sends one video frame, copied once into a pooled memfd in GStreamer's
+            /// default layout for `format`. Returns how many receivers got it: 1 for a
+            /// `Sender`; for a `FanoutSender` 0 when no receiver is connected or every
+            /// one holds `max_in_flight` buffers already (skipped). Failures raise.
+            ///
+            /// `planes` is a list of arrays, one per plane (NV12: Y (height, width) and UV
+            /// (height/2, width/2, 2) uint8), or one array for one-plane formats (RGB
+            /// (height, width, 3), GRAY8 (height, width), ...), or for NV12/NV21/I420/YV12
+            /// one stacked (height * 3 / 2, width) uint8 array. Width and height come from
+            /// the first plane. `pts` and `duration` are in ns (None: unset); `metas` is a
+            /// list of RegionOfInterest, Classification, Landmarks and Protection objects.
+            #[pyo3(signature = (planes, *, format="NV12", pts=None, duration=None, metas=None))]
+            fn send_video(
+                &self,
+                py: pyo3::Python<'_>,
+                planes: &pyo3::Bound<'_, pyo3::PyAny>,
+                format: &str,
+                pts: Option<u64>,
+                duration: Option<u64>,
+                metas: Option<&pyo3::Bound<'_, pyo3::PyAny>>,
+            ) -> pyo3::PyResult<usize> {
+                self.core.send_video(py, planes, format, pts, duration, metas)
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(new_err(
-                    py,
-                    "Timeout",
-                    format!("{in_flight} memfds still out with the receiver after {timeout} s"),
-                ));
+
+            /// Sends 1..=10 tensors (numpy arrays of up to 8 dimensions; int8 ... uint64,
+            /// float16, float32), each copied once into its own pooled memfd, C order.
+            /// Returns how many receivers got them (as `send_video`).
+            #[pyo3(signature = (tensors, *, pts=None, duration=None))]
+            fn send_tensors(
+                &self,
+                py: pyo3::Python<'_>,
+                tensors: &pyo3::Bound<'_, pyo3::PyAny>,
+                pts: Option<u64>,
+                duration: Option<u64>,
+            ) -> pyo3::PyResult<usize> {
+                self.core.send_tensors(py, tensors, pts, duration)
             }
-            inner.wait_event(py, left.min(SIGNAL_CHECK_INTERVAL))?;
-            py.check_signals()?;
+
+            /// Sends a text buffer (at most 1024 bytes of UTF-8; no fd, no copy into
+            /// memory). Returns how many receivers got it (as `send_video`).
+            #[pyo3(signature = (text, *, pts=None, duration=None))]
+            fn send_text(
+                &self,
+                py: pyo3::Python<'_>,
+                text: &pyo3::Bound<'_, pyo3::PyAny>,
+                pts: Option<u64>,
+                duration: Option<u64>,
+            ) -> pyo3::PyResult<usize> {
+                self.core.send_text(py, text, pts, duration)
+            }
+
+            /// A frame to write in place: ``with sender.frame(1920, 1080, "NV12", pts=t) as f:``
+            /// then fill ``f.planes()`` (writable numpy views of a pooled memfd); the frame
+            /// is sent when the block ends without an exception (nothing is copied), and
+            /// ``f.receivers`` tells how many receivers got it. Arrays of a sent frame
+            /// turn read-only; the memfd is reused only once they are all gone.
+            #[pyo3(signature = (width, height, format="NV12", *, pts=None, duration=None, metas=None))]
+            #[allow(clippy::too_many_arguments)]
+            fn frame(
+                &self,
+                py: pyo3::Python<'_>,
+                width: u32,
+                height: u32,
+                format: &str,
+                pts: Option<u64>,
+                duration: Option<u64>,
+                metas: Option<&pyo3::Bound<'_, pyo3::PyAny>>,
+            ) -> pyo3::PyResult<$crate::sender::PyFrame> {
+                self.core.frame(py, width, height, format, pts, duration, metas)
+            }
+
+            /// Sends EOS: the receivers end their streams. Returns to how many receivers
+            /// it went (a `FanoutSender`: those connected now; 0 when none is).
+            fn eos(&self, py: pyo3::Python<'_>) -> pyo3::PyResult<usize> {
+                self.core.eos(py)
+            }
+
+            /// Waits (without the GIL) until the receivers returned every memfd sent, up
+            /// to `timeout` seconds; raises `qsock.Timeout` otherwise.
+            #[pyo3(signature = (timeout=5.0))]
+            fn flush(&self, py: pyo3::Python<'_>, timeout: f64) -> pyo3::PyResult<()> {
+                self.core.flush(py, timeout)
+            }
+
+            /// Closes the connections (the receivers see the sender go). Closing twice is
+            /// fine.
+            fn close(&self, py: pyo3::Python<'_>) {
+                self.core.close(py);
+            }
+
+            fn __enter__(slf: pyo3::Py<Self>) -> pyo3::Py<Self> {
+                slf
+            }
+
+            #[pyo3(signature = (*_exc))]
+            fn __exit__(&self, py: pyo3::Python<'_>, _exc: &pyo3::Bound<'_, pyo3::types::PyTuple>) {
+                self.core.close(py);
+            }
         }
+    };
+}
+pub(crate) use sending_methods;
+
+sending_methods!(PySender, {
+    #[new]
+    #[pyo3(signature = (path, *, connect_timeout=10.0, pool_size=16, return_timeout=5.0))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        connect_timeout: f64,
+        pool_size: usize,
+        return_timeout: f64,
+    ) -> PyResult<Self> {
+        let connect_timeout = seconds(connect_timeout)?;
+        let return_timeout = seconds(return_timeout)?;
+        if pool_size == 0 {
+            return Err(PyValueError::new_err("pool_size must be at least 1"));
+        }
+        // Every 10 ms, as the deployed sender does, in Python so that Ctrl-C gets through.
+        let deadline = Instant::now() + connect_timeout;
+        let sender = loop {
+            match py.detach(|| Sender::connect(&path)) {
+                Ok(sender) => break sender,
+                Err(_) if Instant::now() < deadline => {
+                    py.detach(|| std::thread::sleep(CONNECT_RETRY_INTERVAL));
+                    py.check_signals()?;
+                }
+                Err(e) => return Err(to_py(py, e)),
+            }
+        };
+        let link = Link::One(One {
+            sender: Some(sender),
+            held: HashMap::new(),
+            returns: 0,
+            disconnected: false,
+            receiver_gone: false,
+        });
+        Ok(PySender {
+            core: Core {
+                inner: Arc::new(Mutex::new(Inner::new(link, pool_size, return_timeout))),
+            },
+            path,
+        })
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.path.clone()
     }
 
     /// Counters of this sender: buffers and fds sent, copies and bytes copied into
     /// memfds, bytes written in place through frame(), returns, memfds in flight and pooled.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let mut inner = self.lock(py);
+        let mut inner = self.core.lock(py);
         let _ = inner.drain(py);
-        let (buffers, fds) = inner.sender.as_ref().map_or((0, 0), |s| s.counts());
         let d = PyDict::new(py);
+        let Link::One(one) = &inner.link else {
+            unreachable!("a Sender has one connection")
+        };
+        let (buffers, fds) = one.sender.as_ref().map_or((0, 0), |s| s.counts());
         d.set_item("buffers_sent", buffers)?;
         d.set_item("fds_sent", fds)?;
         d.set_item("copies", inner.counters.copies)?;
         d.set_item("bytes_copied", inner.counters.bytes_copied)?;
         d.set_item("bytes_in_place", inner.counters.bytes_in_place)?;
-        d.set_item("returns", inner.counters.returns)?;
-        d.set_item("in_flight", inner.in_flight())?;
-        d.set_item("pooled", inner.slots.len())?;
-        d.set_item("disconnected", inner.disconnected)?;
-        d.set_item("receiver_gone", inner.receiver_gone)?;
+        d.set_item("returns", one.returns)?;
+        d.set_item("in_flight", inner.pool.in_flight())?;
+        d.set_item("pooled", inner.pool.len())?;
+        d.set_item("disconnected", one.disconnected)?;
+        d.set_item("receiver_gone", one.receiver_gone)?;
         Ok(d)
-    }
-
-    /// Closes the connection (the receiver sees the sender go). Closing twice is fine.
-    fn close(&self, py: Python<'_>) {
-        let sender = self.lock(py).sender.take();
-        py.detach(move || drop(sender));
-    }
-
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) {
-        self.close(py);
     }
 
     fn __repr__(&self) -> String {
         format!("<qsock.Sender {:?}>", self.path)
     }
-}
+});
 
 /// The largest width or height a frame may have here (GStreamer's 8K is 7680).
 const MAX_FRAME_SIDE: u32 = 1 << 16;
@@ -984,13 +1069,17 @@ struct FrameState {
     /// Arrays handed out, made read-only when the frame is sent.
     arrays: Vec<Py<PyAny>>,
     done: bool,
+    /// How many receivers got it, once sent.
+    receivers: Option<usize>,
 }
 
-/// A video frame being written in place into a pooled memfd (from `Sender.frame()`).
+/// A video frame being written in place into a pooled memfd (from `Sender.frame()` or
+/// `FanoutSender.frame()`).
 ///
 /// `planes()` gives writable numpy views of the memfd in GStreamer's default layout;
 /// `send()` (or the end of a ``with`` block without an exception) sends it without a
 /// copy; `cancel()` (or an exception in the block) gives the memfd back unsent.
+/// `receivers` tells how many receivers got it once sent.
 #[pyclass(module = "qsock", name = "Frame", frozen)]
 pub struct PyFrame {
     inner: Arc<Mutex<Inner>>,
@@ -1005,7 +1094,7 @@ pub struct PyFrame {
 }
 
 impl PyFrame {
-    fn finish(&self, py: Python<'_>, send: bool) -> PyResult<()> {
+    fn finish(&self, py: Python<'_>, send: bool) -> PyResult<usize> {
         let (arrays, mapping) = {
             let mut state = self
                 .state
@@ -1036,9 +1125,9 @@ impl PyFrame {
             .unwrap_or_else(|e| e.into_inner());
         if !send {
             inner.give_back(&[self.slot]);
-            return Ok(());
+            return Ok(0);
         }
-        inner.send(
+        let receivers = inner.send(
             py,
             &[self.slot],
             vec![MemoryBlock::Frame(self.payload)],
@@ -1046,7 +1135,12 @@ impl PyFrame {
             self.metas.clone(),
         )?;
         inner.counters.bytes_in_place += self.payload.size;
-        Ok(())
+        drop(inner);
+        self.state
+            .lock_py_attached(py)
+            .unwrap_or_else(|e| e.into_inner())
+            .receivers = Some(receivers);
+        Ok(receivers)
     }
 }
 
@@ -1118,14 +1212,24 @@ impl PyFrame {
         self.slot
     }
 
-    /// Sends the frame (no copy). Its arrays turn read-only.
-    fn send(&self, py: Python<'_>) -> PyResult<()> {
+    /// How many receivers got the frame; None until it is sent.
+    #[getter]
+    fn receivers(&self, py: Python<'_>) -> Option<usize> {
+        self.state
+            .lock_py_attached(py)
+            .unwrap_or_else(|e| e.into_inner())
+            .receivers
+    }
+
+    /// Sends the frame (no copy). Its arrays turn read-only. Returns how many receivers
+    /// got it (as `send_video`).
+    fn send(&self, py: Python<'_>) -> PyResult<usize> {
         self.finish(py, true)
     }
 
     /// Gives the memfd back to the pool without sending.
     fn cancel(&self, py: Python<'_>) -> PyResult<()> {
-        self.finish(py, false)
+        self.finish(py, false).map(drop)
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -1148,7 +1252,8 @@ impl PyFrame {
         if done {
             return Ok(()); // sent or cancelled inside the block
         }
-        self.finish(py, exc_type.is_none())
+        // Never the count: a true value returned by __exit__ swallows the exception.
+        self.finish(py, exc_type.is_none()).map(drop)
     }
 
     fn __repr__(&self) -> String {

@@ -61,6 +61,19 @@ def test_code_using_qsock_type_checks(tmp_path):
                 tx.eos()
                 tx.flush(timeout=1.0)
                 stats: dict[str, int | bool] = tx.stats()
+
+        def fan_out(directory: str) -> int:
+            with qsock.FanoutSender(directory, max_in_flight=None, slow_receiver="wait", pool_size=8) as tx:
+                n: int = tx.send_video(np.zeros((4, 4), np.uint8), format="GRAY8")
+                with tx.frame(4, 4, "GRAY8") as frame:
+                    frame.planes()[0][:] = 1
+                got: int | None = frame.receivers
+                n += tx.send_tensors([np.zeros(3, np.float32)]) + tx.send_text("hi") + tx.eos()
+                tx.flush(timeout=1.0)
+                for receiver in tx.stats["receivers"]:
+                    n += receiver["in_flight"] + receiver["skipped"] + (receiver["pid"] or 0)
+                socket: str = tx.stats["receivers"][0]["socket"]
+                return n + tx.stats["dropped"] + tx.receivers
         """
     ))
     for target in (snippet, HERE.parent / "examples" / "brightness.py"):
