@@ -5,7 +5,8 @@
  *
  * 1. Opening: a missing directory and a regular file fail naming the path; bad options
  *    are refused; an empty directory drops buffers (QSOCK_DELIVERY_NO_RECEIVER, no
- *    ticket); flushing makes a send return QSOCK_INTERRUPTED.
+ *    ticket); flushing makes a send return QSOCK_INTERRUPTED, also one that waits for a
+ *    receiver (wait_for_receiver), set from another thread.
  * 2. One receiver that never gives anything back: it gets max_in_flight buffers, then
  *    every send is QSOCK_DELIVERY_SKIPPED; killed (SIGKILL), its tickets are released.
  * 3. Three receivers, one of them stuck: the two healthy ones get every frame in order,
@@ -22,6 +23,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/prctl.h>
 #include <sys/time.h>
 
@@ -268,6 +270,13 @@ static void reset_slots(void) {
     tickets_issued = tickets_released = 0;
 }
 
+static void *flush_soon(void *arg) {
+    (void)arg;
+    sleep_ms(100);
+    CHECK_STATUS(qsock_fanout_set_flushing(fan, true), QSOCK_OK, NULL);
+    return NULL;
+}
+
 static int opening(void) {
     int before = failures;
     char path[128];
@@ -307,10 +316,24 @@ static int opening(void) {
     CHECK_STATUS(qsock_fanout_send(fan, &buffer, NULL), QSOCK_INVALID_ARGUMENT, "sent_out");
     CHECK_STATUS(qsock_fanout_get_stats(fan, &stats, NULL, 3), QSOCK_INVALID_ARGUMENT, "receivers");
     qsock_fanout_close(fan);
+
+    /* wait_for_receiver: a send waits, until another thread sets flushing. */
+    qsock_fanout_options_init(&options);
+    options.wait_for_receiver = true;
+    CHECK_STATUS(qsock_fanout_open(dir, &options, &fan), QSOCK_OK, NULL);
+    pthread_t flusher;
+    pthread_create(&flusher, NULL, flush_soon, NULL);
+    double start = now_ms();
+    CHECK_STATUS(qsock_fanout_send(fan, &buffer, &sent), QSOCK_INTERRUPTED, "flushing");
+    double waited = now_ms() - start;
+    CHECK(waited >= 90 && waited < 2000, "the send waited %.0f ms", waited);
+    pthread_join(flusher, NULL);
+    CHECK_STATUS(qsock_fanout_set_flushing(fan, false), QSOCK_OK, NULL);
+    qsock_fanout_close(fan);
     fan = NULL;
     qsock_fanout_close(NULL);
     printf("%s - open: a missing directory and a file named in the error; bad options refused; an empty "
-           "directory drops (no ticket); flushing interrupts a send\n",
+           "directory drops (no ticket); flushing interrupts a send, also one waiting for a receiver\n",
            failures > before ? "not ok" : "ok");
     return failures > before;
 }
