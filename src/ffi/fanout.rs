@@ -312,7 +312,8 @@ pub extern "C" fn qsock_fanout_open(
         // Read once here, so that what cannot be read fails now, naming it, and not later
         // in the fan-out's thread.
         let io = |what: String, source| Failure::from(crate::Error::Io { what, source });
-        std::fs::read_dir(dir).map_err(|e| io(format!("the socket directory {}", dir.display()), e))?;
+        std::fs::read_dir(dir)
+            .map_err(|e| io(format!("reading the receivers' socket directory {}", dir.display()), e))?;
         let eventfd = |what: &str| {
             rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
                 .map_err(|e| io(format!("making the fan-out's {what} eventfd"), e.into()))
