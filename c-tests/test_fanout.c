@@ -6,7 +6,8 @@
  * 1. Opening: a missing directory and a regular file fail naming the path; bad options
  *    are refused; an empty directory drops buffers (QSOCK_DELIVERY_NO_RECEIVER, no
  *    ticket); flushing makes a send return QSOCK_INTERRUPTED, also one that waits for a
- *    receiver (wait_for_receiver), set from another thread.
+ *    receiver (wait_for_receiver), set from another thread; the directory removed while
+ *    the fan-out runs shows in its stats.
  * 2. One receiver that never gives anything back: it gets max_in_flight buffers, then
  *    every send is QSOCK_DELIVERY_SKIPPED; killed (SIGKILL), its tickets are released.
  * 3. Three receivers, one of them stuck: the two healthy ones get every frame in order,
@@ -25,6 +26,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 
 #define MAX_IN_FLIGHT 4
@@ -330,10 +332,24 @@ static int opening(void) {
     pthread_join(flusher, NULL);
     CHECK_STATUS(qsock_fanout_set_flushing(fan, false), QSOCK_OK, NULL);
     qsock_fanout_close(fan);
+
+    /* The directory removed while the fan-out runs: said in the stats. */
+    char sub[128];
+    socket_path(sub, sizeof sub, "sub");
+    CHECK(mkdir(sub, 0700) == 0, "mkdir %s", sub);
+    CHECK_STATUS(qsock_fanout_open(sub, NULL, &fan), QSOCK_OK, NULL);
+    CHECK(!stats_of(NULL).directory_failed, "directory_failed at once");
+    CHECK(rmdir(sub) == 0, "rmdir %s", sub);
+    double deadline = now_ms() + 5000;
+    while (!stats_of(NULL).directory_failed && now_ms() < deadline)
+        sleep_ms(5);
+    CHECK(stats_of(NULL).directory_failed, "directory_failed after the directory was removed");
+    qsock_fanout_close(fan);
     fan = NULL;
     qsock_fanout_close(NULL);
     printf("%s - open: a missing directory and a file named in the error; bad options refused; an empty "
-           "directory drops (no ticket); flushing interrupts a send, also one waiting for a receiver\n",
+           "directory drops (no ticket); flushing interrupts a send, also one waiting for a receiver; a removed "
+           "directory is in the stats\n",
            failures > before ? "not ok" : "ok");
     return failures > before;
 }
@@ -458,6 +474,14 @@ static int three_receivers(void) {
               stats.in_flight == MAX_IN_FLIGHT,
           "skipped %llu, sent %llu, in flight %llu", (unsigned long long)stats.skipped,
           (unsigned long long)stats.buffers_sent, (unsigned long long)stats.in_flight);
+    /* Less room than receivers: only what fits is written. */
+    qsock_fanout_receiver_info two[2];
+    memset(two, 0x5a, sizeof two);
+    qsock_fanout_stats small;
+    CHECK_STATUS(qsock_fanout_get_stats(fan, &small, two, 1), QSOCK_OK, NULL);
+    CHECK(small.receivers == 3 && strstr(two[0].socket_path, ".sock") && two[1].socket_path[0] == 0x5a,
+          "capacity 1: %zu receivers", small.receivers);
+    CHECK_STATUS(qsock_fanout_get_stats(fan, NULL, NULL, 0), QSOCK_INVALID_ARGUMENT, "stats_out");
     CHECK(tickets_issued - tickets_released == MAX_IN_FLIGHT, "%llu tickets out",
           (unsigned long long)(tickets_issued - tickets_released));
     uint64_t c_values[SLOTS];

@@ -590,10 +590,11 @@ qsock_status qsock_fanout_open(const char *socket_dir, const qsock_fanout_option
 // the status is not `QSOCK_OK`).
 //
 // Other statuses (nothing sent, the memory is yours): `QSOCK_INVALID_ARGUMENT` when the
-// buffer breaks a rule a receiver checks (as `qsock_sender_send`; a buffer is checked
-// only when some receiver is connected), `QSOCK_INTERRUPTED` while flushing
-// (`qsock_fanout_set_flushing`). A receiver whose socket fails is given up (it gets
-// the buffer no more); that is no error of the send.
+// buffer breaks a rule a receiver checks, as for `qsock_sender_send` (`kind`, the counts
+// and the fd numbers are checked on every call; the rest, such as sizes against the
+// fds' objects, only when a receiver is there to send to), `QSOCK_INTERRUPTED` while
+// flushing (`qsock_fanout_set_flushing`). A receiver whose socket fails is given up (it
+// gets buffers no more, and the fan-out connects again); that is no error of the send.
 //
 // Blocks: with `QSOCK_SLOW_RECEIVER_WAIT`, while a receiver holds `max_in_flight`
 // buffers, until it gives one back or leaves; with `wait_for_receiver`, until a receiver
