@@ -261,6 +261,23 @@ static int count_threads(void) {
     return count_entries("/proc/self/task");
 }
 
+/* The names of this process's threads, on stderr. */
+static void print_threads(void) {
+    DIR *d = opendir("/proc/self/task");
+    for (struct dirent *e; d && (e = readdir(d));) {
+        char path[300], name[64] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = e->d_name[0] != '.' ? fopen(path, "r") : NULL;
+        if (f) {
+            if (fgets(name, sizeof name, f))
+                fprintf(stderr, "thread %s: %s", e->d_name, name);
+            fclose(f);
+        }
+    }
+    if (d)
+        closedir(d);
+}
+
 static void kill_child(pid_t pid) {
     kill(pid, SIGKILL);
     wait_child(pid);
@@ -541,7 +558,14 @@ static int three_receivers(void) {
     fan = NULL;
     qsock_fanout_close(closing);
     close(report_d); /* opened after the count before */
+    /* A joined thread leaves /proc a moment after pthread_join returns (the kernel wakes
+     * the joiner before it reaps the thread): wait for that, at most 2 s. */
+    double until = now_ms() + 2000;
+    while (count_threads() != threads_before && now_ms() < until)
+        sleep_ms(1);
     int fds_after = count_fds(), threads_after = count_threads();
+    if (threads_after != threads_before)
+        print_threads();
     close(report_a);
     close(report_b);
     close(report_c);
