@@ -16,13 +16,13 @@
  *     }
  *     qsock_receiver_close(rx);
  *
- * Ownership: every object a function creates (qsock_receiver, qsock_buffer) is the
- * caller's until it is given back to the one function that frees it. Pointers and fds
- * that getters hand out belong to the object they came from and live as long as it.
- * No function keeps a pointer the caller passed in. Errors: a status, and the words in
- * qsock_last_error(). Every argument is checked before it is used: enums and counts
- * before any array is read on their word, and every out-pointer the documentation says
- * is set is set on every path.
+ * Ownership: every object a function creates (qsock_receiver, qsock_buffer, qsock_sender,
+ * qsock_fanout) is the caller's until it is given back to the one function that frees
+ * it. Pointers and fds that getters hand out belong to the object they came from and
+ * live as long as it. No function keeps a pointer the caller passed in. Errors: a
+ * status, and the words in qsock_last_error(). Every argument is checked before it is
+ * used: enums and counts before any array is read on their word, and every out-pointer
+ * the documentation says is set is set on every path.
  *
  * What blocks, and for how long:
  * - qsock_receiver_recv_buffer and qsock_sender_next_event wait as long as their
@@ -38,6 +38,12 @@
  *   thread of qsock's as soon as the sender reads, even if the receiver is not called
  *   again (while the process lives: a sender whose receiver exited gets all its memory
  *   back with QSOCK_RECEIVER_GONE).
+ * - The fan-out (qsock_fanout_*): qsock_fanout_next_released waits as its timeout says,
+ *   ended by qsock_fanout_interrupt (any thread or a signal handler). qsock_fanout_send
+ *   waits for a receiver only with QSOCK_SLOW_RECEIVER_WAIT or wait_for_receiver (until
+ *   qsock_fanout_set_flushing), and for a receiver's full socket at most 2 s (then that
+ *   receiver is given up, the others go on). qsock_fanout_send_eos waits up to its
+ *   timeout for the buffers out to come back.
  * So a sender may keep any number of buffers in flight and read its events only when
  * it needs memory back, and both ends may run in one thread: neither end waits on the
  * other for ever. The receiving app must keep calling qsock_receiver_recv_buffer (or
@@ -45,11 +51,13 @@
  * for 2 s while its socket is full.
  *
  * fork(): a child inherits copies of the parent's handles. It may only close them
- * (qsock_receiver_close, qsock_sender_close) and release inherited buffers
- * (qsock_receiver_release): that closes the child's copies of the fds and nothing else
- * (no socket file removed, no message sent, no connection shut down), and the parent's
- * handles go on working. Every other call on an inherited handle is refused with
- * QSOCK_INVALID_ARGUMENT. A child that wants a connection of its own opens one.
+ * (qsock_receiver_close, qsock_sender_close, qsock_fanout_close) and release inherited
+ * buffers (qsock_receiver_release): that closes the child's copies of the fds and
+ * nothing else (no socket file removed, no message sent, no connection shut down), and
+ * the parent's handles go on working. (An inherited fan-out's fds stay open in the child
+ * until it exits or execs: see qsock_fanout_close.) Every other call on an inherited
+ * handle is refused with QSOCK_INVALID_ARGUMENT. A child that wants a connection of its
+ * own opens one.
  */
 
 #ifndef QSOCK_H
@@ -60,6 +68,15 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+// Unserved connections in a row after which the fan-out reports them (once per run):
+// one alone is ordinary (a receiver resuming from a pause closes the connection a
+// sender made meanwhile), three in a row are a receiver that does not take this sender.
+#define UNSERVED_TO_REPORT 3
+
+// Bytes in `qsock_fanout_receiver_info.socket_path`: a UNIX socket path (at most 107
+// bytes) and its NUL.
+#define QSOCK_SOCKET_PATH_SIZE 108
 
 // `GstClockTime` NONE: a timestamp that is not set.
 #define QSOCK_CLOCK_TIME_NONE UINT64_MAX
@@ -150,6 +167,19 @@ typedef enum {
     QSOCK_KIND_TEXT = 3,
 } qsock_kind;
 
+// What became of a buffer given to `qsock_fanout_send`.
+typedef enum {
+    // The call did not return `QSOCK_OK`: nothing was sent.
+    QSOCK_DELIVERY_NONE = 0,
+    // Sent to `receivers` receivers (each receiver at its limit, if any, missed it).
+    QSOCK_DELIVERY_SENT = 1,
+    // No receiver was connected: dropped (counted in `dropped`).
+    QSOCK_DELIVERY_NO_RECEIVER = 2,
+    // Every connected receiver held `max_in_flight` buffers already: each missed it
+    // (counted in their `skipped`). Only with `QSOCK_SLOW_RECEIVER_SKIP`.
+    QSOCK_DELIVERY_SKIPPED = 3,
+} qsock_delivery;
+
 // What a receiver said.
 typedef enum {
     // The receiver is done with `buf_ids` (your fd numbers): their memory may be reused.
@@ -159,9 +189,27 @@ typedef enum {
     QSOCK_EVENT_DISCONNECT = 2,
 } qsock_event_type;
 
+// What a receiver that holds `max_in_flight` buffers already does to the next one.
+// (`qsock_fanout_options.slow_receiver` is an `int` holding one of these: qsock checks
+// the value it reads.)
+typedef enum {
+    // That receiver misses the buffer (counted in its `skipped`); the others get it at
+    // once. No receiver can hold the sender up. The default.
+    QSOCK_SLOW_RECEIVER_SKIP = 1,
+    // Back-pressure: `qsock_fanout_send` waits until that receiver gives one back or
+    // leaves. A stuck receiver stops the sender (and so every other receiver).
+    QSOCK_SLOW_RECEIVER_WAIT = 2,
+} qsock_slow_receiver;
+
 // A received buffer: a description and its memory fds. Opaque; released with
 // `qsock_receiver_release`, from any thread.
 typedef struct qsock_buffer qsock_buffer;
+
+// A fan-out: one sender, every receiver listening on a socket in a directory. Opaque.
+// Every call but `qsock_fanout_close` may be made from any thread, also while another
+// thread is in another call on the same fan-out (buffers sent from several threads at
+// once go out in the order the fan-out takes them).
+typedef struct qsock_fanout qsock_fanout;
 
 // A receiver: the listening socket, the connected sender and its cached fds. Opaque.
 // Receive from one thread at a time; buffers it gives out may be released from any
@@ -299,45 +347,22 @@ typedef struct {
     const char *xtraparams;
 } qsock_landmarks_meta;
 
-// How a receiver guards its socket. Fill it with `qsock_receiver_options_init` first,
-// then change what you need; the defaults are the restrictive choice.
+// How a fan-out treats its receivers. Fill it with `qsock_fanout_options_init` first,
+// then change what you need.
 typedef struct {
-    // Permission bits of the socket file (at most 0777): connecting needs write
-    // permission on it. Default 0600: only this user (and root) may connect.
-    uint32_t socket_mode;
-    // If `n_allowed_uids` > 0: only senders whose process runs as one of these uids
-    // are accepted; others are disconnected at once (`QSOCK_SENDER_REFUSED`). The array
-    // is copied by `qsock_receiver_open_with_options`. Default: none, anyone who can
-    // open the socket.
-    const uint32_t *allowed_uids;
-    size_t n_allowed_uids;
-} qsock_receiver_options;
-
-// The receiver's counters, over its whole life.
-typedef struct {
-    // Buffers received.
-    uint64_t buffers;
-    // Sum of the received blocks' sizes: the bytes that moved without a copy.
-    uint64_t bytes_described;
-    // fds received from senders.
-    uint64_t fds_received;
-    // fds cached now for the current sender's pooled buffers.
-    uint64_t fds_cached;
-    // Return messages sent to senders.
-    uint64_t returns_sent;
-    // Messages rejected for breaking the protocol.
-    uint64_t protocol_errors;
-    // Senders accepted so far.
-    uint64_t senders_accepted;
-    // Senders disconnected at once because their uid is not in `allowed_uids`.
-    uint64_t senders_refused;
-    // Whether a sender is connected now.
-    bool connected;
-    // The connected sender's process id, uid and gid (SO_PEERCRED); -1 when none is.
-    int64_t peer_pid;
-    int64_t peer_uid;
-    int64_t peer_gid;
-} qsock_receiver_stats;
+    // Buffers one receiver may hold (not yet given back) before `slow_receiver` applies.
+    // Default 4. 0: no limit of the fan-out's own; then a receiver that never gives
+    // anything back holds every buffer you send, until it dies or leaves.
+    size_t max_in_flight;
+    // A `qsock_slow_receiver`: `QSOCK_SLOW_RECEIVER_SKIP` (the default) or
+    // `QSOCK_SLOW_RECEIVER_WAIT`; any other value, 0 from a zeroed struct included, is
+    // `QSOCK_INVALID_ARGUMENT`.
+    int slow_receiver;
+    // When no receiver is connected: false (the default), `qsock_fanout_send` drops the
+    // buffer at once (`QSOCK_DELIVERY_NO_RECEIVER`), as the deployed sink does; true, it
+    // waits until a receiver connects.
+    bool wait_for_receiver;
+} qsock_fanout_options;
 
 // One memory block to send.
 typedef struct {
@@ -388,6 +413,106 @@ typedef struct {
     const qsock_landmarks_meta *landmarks_metas;
 } qsock_send_buffer;
 
+// What `qsock_fanout_send` did with a buffer.
+typedef struct {
+    qsock_delivery delivery;
+    // How many receivers got it (0 unless `QSOCK_DELIVERY_SENT`).
+    size_t receivers;
+    // Not 0: some receiver holds the buffer. Keep its fds open and its memory unchanged
+    // until `qsock_fanout_next_released` gives this ticket, which it does exactly once.
+    // 0: nothing holds it (not sent, a buffer without fds, or every receiver gave it back
+    // already): its memory is yours again at once, and no ticket will come for it.
+    uint64_t ticket;
+} qsock_fanout_sent;
+
+// A fan-out's counters, over its whole life, all receivers together.
+typedef struct {
+    // Buffers that went to at least one receiver.
+    uint64_t buffers_sent;
+    // fds sent.
+    uint64_t fds_sent;
+    // Memory blocks given back.
+    uint64_t returns;
+    // Buffers sent while no receiver was connected (`QSOCK_DELIVERY_NO_RECEIVER`).
+    uint64_t dropped;
+    // Buffers a receiver missed, summed over the receivers.
+    uint64_t skipped;
+    // Buffers some receiver still holds: tickets not released yet (not counting those
+    // released and waiting for `qsock_fanout_next_released`).
+    uint64_t in_flight;
+    // Connections that carried at least one buffer (a receiver that reconnects counts again).
+    uint64_t connections_used;
+    // Receivers connected now.
+    size_t receivers;
+    // The directory could not be followed any more (removed, moved, or no longer
+    // readable): no new receiver can join. The connections made go on.
+    bool directory_failed;
+} qsock_fanout_stats;
+
+// One connected receiver's figures, for its current connection (they start again at 0
+// when it reconnects).
+typedef struct {
+    // The socket it listens on, NUL-terminated.
+    char socket_path[QSOCK_SOCKET_PATH_SIZE];
+    // The receiver's process id, uid and gid as the kernel saw them (SO_PEERCRED); -1
+    // when unknown.
+    int64_t pid;
+    int64_t uid;
+    int64_t gid;
+    // Buffers sent to it.
+    uint64_t buffers_sent;
+    // fds sent to it (a pooled buffer's fds cross once).
+    uint64_t fds_sent;
+    // Buffers it missed because it held `max_in_flight` already.
+    uint64_t skipped;
+    // Buffers it holds now.
+    uint64_t in_flight;
+    // Memory blocks it gave back.
+    uint64_t returns;
+    // When this connection was made: ns since 1970 (CLOCK_REALTIME).
+    uint64_t connected_since_ns;
+} qsock_fanout_receiver_info;
+
+// How a receiver guards its socket. Fill it with `qsock_receiver_options_init` first,
+// then change what you need; the defaults are the restrictive choice.
+typedef struct {
+    // Permission bits of the socket file (at most 0777): connecting needs write
+    // permission on it. Default 0600: only this user (and root) may connect.
+    uint32_t socket_mode;
+    // If `n_allowed_uids` > 0: only senders whose process runs as one of these uids
+    // are accepted; others are disconnected at once (`QSOCK_SENDER_REFUSED`). The array
+    // is copied by `qsock_receiver_open_with_options`. Default: none, anyone who can
+    // open the socket.
+    const uint32_t *allowed_uids;
+    size_t n_allowed_uids;
+} qsock_receiver_options;
+
+// The receiver's counters, over its whole life.
+typedef struct {
+    // Buffers received.
+    uint64_t buffers;
+    // Sum of the received blocks' sizes: the bytes that moved without a copy.
+    uint64_t bytes_described;
+    // fds received from senders.
+    uint64_t fds_received;
+    // fds cached now for the current sender's pooled buffers.
+    uint64_t fds_cached;
+    // Return messages sent to senders.
+    uint64_t returns_sent;
+    // Messages rejected for breaking the protocol.
+    uint64_t protocol_errors;
+    // Senders accepted so far.
+    uint64_t senders_accepted;
+    // Senders disconnected at once because their uid is not in `allowed_uids`.
+    uint64_t senders_refused;
+    // Whether a sender is connected now.
+    bool connected;
+    // The connected sender's process id, uid and gid (SO_PEERCRED); -1 when none is.
+    int64_t peer_pid;
+    int64_t peer_uid;
+    int64_t peer_gid;
+} qsock_receiver_stats;
+
 typedef struct {
     qsock_event_type type_;
     // For QSOCK_EVENT_RETURN: how many of `buf_ids` are set.
@@ -434,6 +559,121 @@ qsock_status qsock_buffer_get_class_meta(const qsock_buffer *buffer, size_t inde
 
 // Fills `*landmarks_out` with landmarks meta `index`, its keypoints and links.
 qsock_status qsock_buffer_get_landmarks_meta(const qsock_buffer *buffer, size_t index, qsock_landmarks_meta *landmarks_out);
+
+// Fills `*options` with the defaults: `max_in_flight` 4, `QSOCK_SLOW_RECEIVER_SKIP`,
+// `wait_for_receiver` false.
+qsock_status qsock_fanout_options_init(qsock_fanout_options *options);
+
+// Starts a fan-out to every receiver listening on a socket in `socket_dir` (a
+// `qsock_receiver_open` on a path in it, or a `qtisocketsrc socket=...`). It follows the
+// directory while it runs (inotify): a receiver joins by creating its socket there, and
+// leaves by removing it, closing, pausing (DISCONNECT) or dying; it connects again to a
+// receiver that paused or reconnected. Anything else in the directory is ignored, and so
+// is a socket nobody listens on (tried again less and less often, at most every second).
+// `options` NULL: the defaults (`qsock_fanout_options_init`).
+//
+// Starts a thread of qsock's (`qsock-fanout`), which connects, reads the receivers'
+// returns and releases tickets. Every fd it makes is close-on-exec.
+//
+// `QSOCK_IO_ERROR`, naming the directory, when it does not exist, is not a directory or
+// cannot be read; `QSOCK_INVALID_ARGUMENT` for a bad option. On `QSOCK_OK`, `*fanout_out`
+// is a new fan-out owned by the caller, freed with `qsock_fanout_close`; on failure it is
+// left unchanged. Never blocks.
+qsock_status qsock_fanout_open(const char *socket_dir, const qsock_fanout_options *options, qsock_fanout **fanout_out);
+
+// Sends one buffer (described as for `qsock_sender_send`) to every connected receiver
+// under its `max_in_flight`. `QSOCK_OK` when it went to some, or to none for an ordinary
+// reason: `*sent_out` says which (`QSOCK_DELIVERY_SENT`, `_NO_RECEIVER`, `_SKIPPED`) and
+// gives the buffer's ticket. Keep the buffer's fds open and its memory unchanged until
+// `qsock_fanout_next_released` gives that ticket back (a ticket of 0: the memory is yours
+// again at once). `*sent_out` is set on every path (`QSOCK_DELIVERY_NONE`, ticket 0, when
+// the status is not `QSOCK_OK`).
+//
+// Other statuses (nothing sent, the memory is yours): `QSOCK_INVALID_ARGUMENT` when the
+// buffer breaks a rule a receiver checks, as for `qsock_sender_send` (`kind`, the counts
+// and the fd numbers are checked on every call; the rest, such as sizes against the
+// fds' objects, only when a receiver is there to send to), `QSOCK_INTERRUPTED` while
+// flushing (`qsock_fanout_set_flushing`). A receiver whose socket fails is given up (it
+// gets buffers no more, and the fan-out connects again); that is no error of the send.
+//
+// Blocks: with `QSOCK_SLOW_RECEIVER_WAIT`, while a receiver holds `max_in_flight`
+// buffers, until it gives one back or leaves; with `wait_for_receiver`, until a receiver
+// connects; `qsock_fanout_set_flushing` ends either wait. Besides, a receiver's full
+// socket makes it wait up to 2 s for room (then that receiver is given up). Never waits
+// otherwise.
+qsock_status qsock_fanout_send(qsock_fanout *fanout, const qsock_send_buffer *buffer, qsock_fanout_sent *sent_out);
+
+// Waits up to `timeout_ms` (negative: for ever; 0: just look) for the next ticket that
+// no receiver holds any more (every receiver that got its buffer gave it back, hung up
+// or died): `QSOCK_OK` with `*ticket_out` set; its buffer's memory is yours again.
+// Tickets come in the order they were released, each exactly once, to one caller.
+// `QSOCK_TIMEOUT`, or `QSOCK_INTERRUPTED` (`qsock_fanout_interrupt`), leave
+// `*ticket_out` unchanged.
+//
+// Signals: a signal that arrives while it waits does not end the wait (it goes on for
+// the time left after the handler ran). To end it from a signal handler, or from
+// another thread, call `qsock_fanout_interrupt`.
+qsock_status qsock_fanout_next_released(qsock_fanout *fanout, int32_t timeout_ms, uint64_t *ticket_out);
+
+// Makes a `qsock_fanout_next_released` waiting on `fanout` return `QSOCK_INTERRUPTED`
+// at once; when none waits, the next one that would wait returns it instead (an
+// interrupt is never lost, and several before a wait count as one). A call that finds
+// a ticket ready returns it first. It does not end a waiting `qsock_fanout_send`: that
+// is `qsock_fanout_set_flushing`. Safe from any thread and from a signal handler (it
+// writes to an eventfd, and does nothing else when `fanout` is valid). `fanout` must
+// stay open meanwhile.
+qsock_status qsock_fanout_interrupt(const qsock_fanout *fanout);
+
+// `flushing` true: a `qsock_fanout_send` or `qsock_fanout_send_eos` waiting (for a slow
+// receiver, for a receiver to connect, for buffers to come back) returns at once, and
+// every `qsock_fanout_send` returns `QSOCK_INTERRUPTED` without sending until it is set
+// back to false. Receivers keep what they hold, and tickets are released as before.
+// From any thread, not from a signal handler (it takes a lock).
+qsock_status qsock_fanout_set_flushing(qsock_fanout *fanout, bool flushing);
+
+// An fd for the app's event loop: it polls readable (POLLIN) while a released ticket
+// waits for `qsock_fanout_next_released` (take them until `QSOCK_TIMEOUT` with a
+// timeout of 0, or one per wake-up: it stays readable while any is left). The same fd for
+// the fan-out's whole life; owned by it (do not close or read it). -1 if `fanout` is NULL
+// (or in a forked child). Safe from any thread.
+int qsock_fanout_get_fd(const qsock_fanout *fanout);
+
+// Sends EOS to every connected receiver, then waits up to `timeout_ms` (negative: for
+// ever) for every buffer out to come back (or for `qsock_fanout_set_flushing`).
+// `*still_out` (NULL: not wanted): how many buffers some receiver still holds; their
+// tickets come later from `qsock_fanout_next_released`, or never when you close first.
+// The tickets released meanwhile wait for `qsock_fanout_next_released`. A receiver whose
+// socket fails is given up; that is no error of the call. Does not stop the fan-out: you
+// may send again (receivers take it as a new stream).
+qsock_status qsock_fanout_send_eos(qsock_fanout *fanout, int32_t timeout_ms, size_t *still_out);
+
+// Fills `*stats_out` with the fan-out's counters, and the first `capacity` entries of
+// `receivers` (NULL when `capacity` is 0) with the receivers connected now, in no
+// particular order: `stats_out->receivers` says how many there are. When there are more
+// than `capacity`, the rest are left out (call again with more room); when fewer, the
+// entries past them are left unchanged. Both come from one look, so they agree. Safe
+// from any thread. Never waits for a waiting `qsock_fanout_send`, but may wait while one
+// writes to the receivers' sockets (at most 2 s, when a receiver's socket is full).
+qsock_status qsock_fanout_get_stats(const qsock_fanout *fanout, qsock_fanout_stats *stats_out, qsock_fanout_receiver_info *receivers, size_t capacity);
+
+// Stops the fan-out and frees it: its thread ends, every connection closes (each
+// receiver sees its sender gone, which gives it nothing back: it closes its fds), and
+// every buffer is let go. Tickets not released yet never will be (nor those released and
+// not taken): the memory of every buffer sent is yours again. No other call on this
+// fan-out may be in progress (end waits first: `qsock_fanout_interrupt`,
+// `qsock_fanout_set_flushing`). Blocks while the fan-out's thread stops: it finishes
+// what it is doing first (a connection attempt, reading what a receiver said). Call it
+// exactly once per fan-out; `fanout` is invalid afterwards. NULL is a no-op.
+//
+// After fork: in a process other than the one that opened it, close frees the handle
+// only and touches nothing of the fan-out: it sends nothing, closes no connection of
+// the parent's, joins no thread. The child's copies of the fan-out's fds (its
+// connections, eventfds, inotify) stay open until the child exits or execs (they are
+// close-on-exec), so a child that lives on without exec keeps the connections of that
+// moment open: a receiver the parent closes then sees the hang-up when the child exits.
+// It is the only call a forked child may make on an inherited fan-out; every other is
+// `QSOCK_INVALID_ARGUMENT` (and `qsock_fanout_get_fd` -1).
+void qsock_fanout_close(qsock_fanout *fanout);
 
 // The message of the last qsock call on this thread that did not return `QSOCK_OK`
 // (including `QSOCK_TIMEOUT`, `QSOCK_EOS` and `QSOCK_SENDER_GONE`), or of a function

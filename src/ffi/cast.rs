@@ -80,6 +80,31 @@ pub(crate) fn items<'a, T>(ptr: *const T, n: usize, max: usize, name: &str) -> R
     Ok(unsafe { std::slice::from_raw_parts(ptr, n) })
 }
 
+/// Writes `values` into the array of `capacity` items at `ptr` (NULL is fine when
+/// `capacity` is 0), as many as fit; the rest of `values` is left out. Writes without
+/// reading: the array may be uninitialized memory.
+pub(crate) fn write_items<T>(
+    ptr: *mut T,
+    capacity: usize,
+    name: &str,
+    values: impl IntoIterator<Item = T>,
+) -> Result<(), Failure> {
+    if capacity == 0 {
+        return Ok(());
+    }
+    if capacity.checked_mul(size_of::<T>()).is_none_or(|bytes| bytes > isize::MAX as usize) {
+        return Err(invalid(format!("{name}: a capacity of {capacity} is larger than any array")));
+    }
+    if ptr.is_null() {
+        return Err(invalid(format!("{name} is NULL but its capacity is {capacity}")));
+    }
+    for (i, value) in values.into_iter().take(capacity).enumerate() {
+        // SAFETY: non-NULL (checked), with room for `capacity` items, as the capacity's documentation requires.
+        unsafe { ptr.add(i).write(value) };
+    }
+    Ok(())
+}
+
 /// The NUL-terminated string at `ptr`, read during the call.
 pub(crate) fn string<'a>(ptr: *const c_char, name: &str) -> Result<&'a CStr, Failure> {
     optional_string(ptr).ok_or_else(|| invalid(format!("{name} is NULL")))

@@ -6,7 +6,7 @@
 //!   only place that turns an outcome into a status and `qsock_last_error()`'s words.
 //! - `cast.rs`: the only place where a raw pointer becomes a reference, slice, string or
 //!   `Box`; every handle a function gives out has exactly one function that frees it.
-//! - `receiver.rs`, `sender.rs`, `buffer.rs`: the functions, by object.
+//! - `receiver.rs`, `sender.rs`, `fanout.rs`, `buffer.rs`: the functions, by object.
 //!
 //! NULL is accepted where documented and refused with `QSOCK_INVALID_ARGUMENT`
 //! everywhere else.
@@ -14,6 +14,7 @@
 
 mod buffer;
 mod cast;
+mod fanout;
 mod panic;
 mod receiver;
 mod sender;

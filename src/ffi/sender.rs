@@ -206,6 +206,44 @@ fn metas(buffer: &qsock_send_buffer) -> Result<Metas, Failure> {
     Ok(Metas { protection, roi, class, landmarks })
 }
 
+/// The `OutgoingBuffer` that `buffer` describes, for `qsock_sender_send` and
+/// `qsock_fanout_send`: `kind` and every count are checked before anything is read on
+/// their word; the fds are borrowed (the caller keeps them open for the call).
+pub(super) fn outgoing_buffer(buffer: &qsock_send_buffer) -> Result<OutgoingBuffer<'_>, Failure> {
+    // The enum and the counts first: nothing is read on their word before they are checked.
+    let kind = qsock_kind::from_c(buffer.kind).ok_or_else(|| {
+        invalid(format!(
+            "kind {} is not a qsock_kind (QSOCK_KIND_VIDEO 1, QSOCK_KIND_TENSOR 2, QSOCK_KIND_TEXT 3)",
+            buffer.kind
+        ))
+    })?;
+    if !(1..=QSOCK_MAX_BLOCKS).contains(&buffer.n_blocks) {
+        let (n_blocks, max) = (buffer.n_blocks, QSOCK_MAX_BLOCKS);
+        return Err(invalid(format!("n_blocks is {n_blocks}; a buffer has 1..={max} (QSOCK_MAX_BLOCKS)")));
+    }
+    let blocks = items(buffer.blocks, buffer.n_blocks, QSOCK_MAX_BLOCKS, "blocks")?
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let fd = match kind {
+                qsock_kind::QSOCK_KIND_TEXT => None,
+                _ if b.fd < 0 => return Err(invalid(format!("blocks[{i}].fd: fd {} is not an fd", b.fd))),
+                // SAFETY: not negative (checked); the caller keeps it open for the call.
+                _ => Some(unsafe { BorrowedFd::borrow_raw(b.fd) }),
+            };
+            Ok(OutgoingBlock { fd, description: block_description(kind, i, b)? })
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    Ok(OutgoingBuffer {
+        blocks,
+        pts: buffer.pts,
+        dts: buffer.dts,
+        duration: buffer.duration,
+        pooled: buffer.pooled,
+        metas: metas(buffer)?,
+    })
+}
+
 /// Connects to a receiver listening at `socket_path` (one attempt). `QSOCK_IO_ERROR`
 /// when none listens there yet: retry (the deployed sender retries every 10 ms).
 /// On `QSOCK_OK`, `*sender_out` is a new sender owned by the caller, freed with
@@ -241,39 +279,7 @@ pub extern "C" fn qsock_sender_connect(socket_path: *const c_char, sender_out: *
 pub extern "C" fn qsock_sender_send(sender: *mut qsock_sender, buffer: *const qsock_send_buffer) -> qsock_status {
     call(|| {
         let sender = handle(sender, "sender")?;
-        let buffer = arg(buffer, "buffer")?;
-        // The enum and the counts first: nothing is read on their word before they are checked.
-        let kind = qsock_kind::from_c(buffer.kind).ok_or_else(|| {
-            invalid(format!(
-                "kind {} is not a qsock_kind (QSOCK_KIND_VIDEO 1, QSOCK_KIND_TENSOR 2, QSOCK_KIND_TEXT 3)",
-                buffer.kind
-            ))
-        })?;
-        if !(1..=QSOCK_MAX_BLOCKS).contains(&buffer.n_blocks) {
-            let (n_blocks, max) = (buffer.n_blocks, QSOCK_MAX_BLOCKS);
-            return Err(invalid(format!("n_blocks is {n_blocks}; a buffer has 1..={max} (QSOCK_MAX_BLOCKS)")));
-        }
-        let blocks = items(buffer.blocks, buffer.n_blocks, QSOCK_MAX_BLOCKS, "blocks")?
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let fd = match kind {
-                    qsock_kind::QSOCK_KIND_TEXT => None,
-                    _ if b.fd < 0 => return Err(invalid(format!("blocks[{i}].fd: fd {} is not an fd", b.fd))),
-                    // SAFETY: not negative (checked); the caller keeps it open for the call.
-                    _ => Some(unsafe { BorrowedFd::borrow_raw(b.fd) }),
-                };
-                Ok(OutgoingBlock { fd, description: block_description(kind, i, b)? })
-            })
-            .collect::<Result<Vec<_>, Failure>>()?;
-        let outgoing = OutgoingBuffer {
-            blocks,
-            pts: buffer.pts,
-            dts: buffer.dts,
-            duration: buffer.duration,
-            pooled: buffer.pooled,
-            metas: metas(buffer)?,
-        };
+        let outgoing = outgoing_buffer(arg(buffer, "buffer")?)?;
         Ok(sender.lock()?.send(&outgoing)?)
     })
 }
