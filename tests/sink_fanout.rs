@@ -27,18 +27,7 @@ fn frame(i: u64) -> Vec<u8> {
 
 /// `appsrc ! qtisocketsink socket-dir=DIR` in this process, PLAYING.
 fn dir_sender(dir: &Path, sink_properties: &str) -> (gst::Pipeline, gst_app::AppSrc, gst::Element) {
-    init();
-    let pipeline = gst::parse::launch(&format!(
-        "appsrc name=src format=time caps={CAPS} ! qtisocketsink name=sink socket-dir={} sync=false {sink_properties}",
-        path_str(dir)
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let sink = pipeline.by_name("sink").unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    (pipeline, src, sink)
+    appsrc_into_sink(CAPS, &format!("socket-dir={} {sink_properties}", path_str(dir)))
 }
 
 /// A `gst-launch-1.0` receiver in a child process (`pipeline` starts at the source).
@@ -386,11 +375,7 @@ fn the_directory_removed_while_playing_is_an_element_error_naming_it() {
     let sender = sender_process(&tmp, &dir, "", &[]);
     join_take_leave(&dir, "live.sock", 3);
     std::fs::remove_dir_all(&dir).unwrap();
-    let output = sender.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{text}");
-    let error = format!("The socket directory {} cannot be followed any more", path_str(&dir));
-    assert!(text.contains(&error), "{text}");
+    assert_fails_naming_the_directory(sender.wait_with_output().unwrap(), &dir);
 }
 
 #[test]
@@ -425,49 +410,47 @@ fn the_directory_made_unreadable_while_playing_is_an_element_error_naming_it() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o000)).unwrap();
     let output = sender.wait_with_output().unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{text}");
-    let error = format!("The socket directory {} cannot be followed any more", path_str(&dir));
-    assert!(text.contains(&error), "{text}");
+    let text = assert_fails_naming_the_directory(output, &dir);
     assert!(text.contains("Permission denied"), "{text}");
 }
 
-#[test]
-fn socket_and_socket_dir_together_fail_the_start_naming_both() {
+/// Checks that a sender process failed with the element error naming `dir`; its output.
+fn assert_fails_naming_the_directory(output: std::process::Output, dir: &Path) -> String {
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{text}");
+    let error = format!("The socket directory {} cannot be followed any more", path_str(dir));
+    assert!(text.contains(&error), "{text}");
+    text
+}
+
+/// The error with which `videotestsrc num-buffers=1 ! qtisocketsink SINK_PROPERTIES`
+/// fails to start.
+fn start_error(sink_properties: &str) -> String {
     init();
-    let tmp = TempDir::new("fanout-both");
-    let pipeline = gst::parse::launch(&format!(
-        "videotestsrc num-buffers=1 ! qtisocketsink socket={} socket-dir={}",
-        path_str(&tmp.path("s")),
-        path_str(&tmp.0)
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    let pipeline = gst::parse::launch(&format!("videotestsrc num-buffers=1 ! qtisocketsink {sink_properties}"))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
     assert!(pipeline.set_state(gst::State::Playing).is_err());
     let bus = pipeline.bus().unwrap();
     let error = bus.timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error]).unwrap();
     let gst::MessageView::Error(e) = error.view() else { unreachable!() };
     let text = e.error().to_string();
     pipeline.set_state(gst::State::Null).unwrap();
+    text
+}
+
+#[test]
+fn socket_and_socket_dir_together_fail_the_start_naming_both() {
+    let tmp = TempDir::new("fanout-both");
+    let text = start_error(&format!("socket={} socket-dir={}", path_str(&tmp.path("s")), path_str(&tmp.0)));
     assert!(text.contains("Both 'socket'") && text.contains("'socket-dir'"), "{text}");
 }
 
 #[test]
 fn a_missing_socket_dir_fails_the_start_naming_it() {
-    init();
     let tmp = TempDir::new("fanout-missing");
     let missing = tmp.path("no-such-dir");
-    let pipeline =
-        gst::parse::launch(&format!("videotestsrc num-buffers=1 ! qtisocketsink socket-dir={}", path_str(&missing)))
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
-    assert!(pipeline.set_state(gst::State::Playing).is_err());
-    let bus = pipeline.bus().unwrap();
-    let error = bus.timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error]).unwrap();
-    let gst::MessageView::Error(e) = error.view() else { unreachable!() };
-    let text = e.error().to_string();
-    pipeline.set_state(gst::State::Null).unwrap();
+    let text = start_error(&format!("socket-dir={}", path_str(&missing)));
     assert!(text.contains(path_str(&missing)), "{text}");
 }

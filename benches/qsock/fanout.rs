@@ -78,6 +78,34 @@ pub struct FanOutRun {
 }
 
 impl FanOutRun {
+    /// The figures of a run of `run_for` from what the producer and the healthy
+    /// receivers reported.
+    pub fn from_reports(
+        kind: Kind,
+        with_stuck: bool,
+        run_for: Duration,
+        send: &SendReport,
+        recv: &[RecvReport],
+    ) -> FanOutRun {
+        let receivers = recv.len();
+        let delivered: u64 = recv.iter().map(|r| r.buffers).sum();
+        let rates: Vec<f64> = recv.iter().map(|r| r.buffers as f64 / r.seconds).collect();
+        FanOutRun {
+            kind,
+            receivers,
+            with_stuck,
+            producer_per_second: send.buffers as f64 / run_for.as_secs_f64(),
+            per_receiver_per_second: rates.iter().sum::<f64>() / receivers as f64,
+            per_receiver_over_run: delivered as f64 / receivers as f64 / run_for.as_secs_f64(),
+            aggregate_per_second: rates.iter().sum(),
+            p50_us: recv.iter().map(|r| r.p50_us).sum::<f64>() / receivers as f64,
+            p99_us: recv.iter().map(|r| r.p99_us).fold(0.0, f64::max),
+            cpu_us_per_buffer: (send.cpu_s + recv.iter().map(|r| r.cpu_s).sum::<f64>()) * 1e6 / delivered.max(1) as f64,
+            sent: send.buffers,
+            out_of_order: recv.iter().map(|r| r.out_of_order).sum(),
+        }
+    }
+
     pub fn line(&self) -> String {
         format!(
             "{:<48} {} receivers{}: producer {:>7.0} frames/s, {:>7.0} buffers/s per receiver, {:>8.0} in all, \
@@ -115,22 +143,7 @@ pub fn run(dir: &Path, kind: Kind, receivers: usize, with_stuck: bool, run_for: 
         let _ = stuck.wait();
     }
     let _ = std::fs::remove_dir_all(&sockets);
-    let delivered: u64 = recv.iter().map(|r| r.buffers).sum();
-    let rates: Vec<f64> = recv.iter().map(|r| r.buffers as f64 / r.seconds).collect();
-    FanOutRun {
-        kind,
-        receivers,
-        with_stuck,
-        producer_per_second: send.buffers as f64 / run_for.as_secs_f64(),
-        per_receiver_per_second: rates.iter().sum::<f64>() / receivers as f64,
-        per_receiver_over_run: delivered as f64 / receivers as f64 / run_for.as_secs_f64(),
-        aggregate_per_second: rates.iter().sum(),
-        p50_us: recv.iter().map(|r| r.p50_us).sum::<f64>() / receivers as f64,
-        p99_us: recv.iter().map(|r| r.p99_us).fold(0.0, f64::max),
-        cpu_us_per_buffer: (send.cpu_s + recv.iter().map(|r| r.cpu_s).sum::<f64>()) * 1e6 / delivered.max(1) as f64,
-        sent: send.buffers,
-        out_of_order: recv.iter().map(|r| r.out_of_order).sum(),
-    }
+    FanOutRun::from_reports(kind, with_stuck, run_for, &send, &recv)
 }
 
 /// The producer process: `kind` into the sockets of directory `dir`, once all

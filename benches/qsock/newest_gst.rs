@@ -108,22 +108,7 @@ fn fan_out(dir: &Path, clients: usize, with_stuck: bool, run_for: Duration) -> F
     }
     let send: SendReport = serde_json::from_str(&wait(sender)).unwrap();
     let recv: Vec<RecvReport> = receivers.into_iter().map(|r| serde_json::from_str(&wait(r)).unwrap()).collect();
-    let received: u64 = recv.iter().map(|r| r.buffers).sum();
-    let rates: Vec<f64> = recv.iter().map(|r| r.buffers as f64 / r.seconds).collect();
-    FanOutRun {
-        kind: Kind::UnixFd,
-        receivers: clients,
-        with_stuck,
-        producer_per_second: send.buffers as f64 / run_for.as_secs_f64(),
-        per_receiver_per_second: rates.iter().sum::<f64>() / clients as f64,
-        per_receiver_over_run: received as f64 / clients as f64 / run_for.as_secs_f64(),
-        aggregate_per_second: rates.iter().sum(),
-        p50_us: recv.iter().map(|r| r.p50_us).sum::<f64>() / clients as f64,
-        p99_us: recv.iter().map(|r| r.p99_us).fold(0.0, f64::max),
-        cpu_us_per_buffer: (send.cpu_s + recv.iter().map(|r| r.cpu_s).sum::<f64>()) * 1e6 / received.max(1) as f64,
-        sent: send.buffers,
-        out_of_order: recv.iter().map(|r| r.out_of_order).sum(),
-    }
+    FanOutRun::from_reports(Kind::UnixFd, with_stuck, run_for, &send, &recv)
 }
 
 fn name(transport: Transport) -> &'static str {

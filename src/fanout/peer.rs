@@ -47,6 +47,22 @@ pub struct PeerStats {
     pub connected_since: SystemTime,
 }
 
+impl PeerStats {
+    /// A connection's figures as it starts: nothing sent yet.
+    fn new(socket: PathBuf, credentials: Option<PeerCredentials>) -> PeerStats {
+        PeerStats {
+            socket,
+            credentials,
+            buffers_sent: 0,
+            fds_sent: 0,
+            skipped: 0,
+            in_flight: 0,
+            returns: 0,
+            connected_since: SystemTime::now(),
+        }
+    }
+}
+
 /// A sent buffer this receiver has not given back entirely: its serial in the fan-out,
 /// and the buf_ids still out.
 pub(super) struct Out {
@@ -79,16 +95,7 @@ impl Peer {
     pub fn new(socket: PathBuf) -> Peer {
         Peer {
             connection_id: 0,
-            stats: PeerStats {
-                socket,
-                credentials: None,
-                buffers_sent: 0,
-                fds_sent: 0,
-                skipped: 0,
-                in_flight: 0,
-                returns: 0,
-                connected_since: SystemTime::now(),
-            },
+            stats: PeerStats::new(socket, None),
             phase: Phase::Idle(Instant::now()),
             out: VecDeque::new(),
             present: true,
@@ -111,16 +118,7 @@ impl Peer {
 
     /// A new connection: the counters start again.
     pub fn connected(&mut self, sender: Sender, connection_id: u64) {
-        self.stats = PeerStats {
-            socket: std::mem::take(&mut self.stats.socket),
-            credentials: sender.receiver_credentials(),
-            buffers_sent: 0,
-            fds_sent: 0,
-            skipped: 0,
-            in_flight: 0,
-            returns: 0,
-            connected_since: SystemTime::now(),
-        };
+        self.stats = PeerStats::new(std::mem::take(&mut self.stats.socket), sender.receiver_credentials());
         self.connection_id = connection_id;
         self.phase = Phase::Connected(sender);
         self.unused_connection = true;

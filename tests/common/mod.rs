@@ -302,18 +302,23 @@ pub fn bind_stale(path: &Path) -> gstqtisocket::Receiver {
     }
 }
 
-/// `appsrc ! qtisocketsink` (both named), PLAYING.
+/// `appsrc ! qtisocketsink socket=SOCKET` (both named), PLAYING.
 #[allow(dead_code)]
 pub fn sender_pipeline(
     socket: &Path,
     caps: &str,
     sink_properties: &str,
 ) -> (gst::Pipeline, gst_app::AppSrc, gst::Element) {
+    appsrc_into_sink(caps, &format!("socket={} {sink_properties}", path_str(socket)))
+}
+
+/// `appsrc ! qtisocketsink SINK_PROPERTIES sync=false` (both named), PLAYING.
+#[allow(dead_code)]
+pub fn appsrc_into_sink(caps: &str, sink_properties: &str) -> (gst::Pipeline, gst_app::AppSrc, gst::Element) {
     use gst::prelude::*;
     init();
     let pipeline = gst::parse::launch(&format!(
-        "appsrc name=src format=time caps={caps} ! qtisocketsink name=sink socket={} sync=false {sink_properties}",
-        path_str(socket)
+        "appsrc name=src format=time caps={caps} ! qtisocketsink name=sink sync=false {sink_properties}"
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()
