@@ -205,16 +205,23 @@ pub fn stuck_receiver(socket: &Path, transport: &str) {
 /// The report's tables of `runs`: every receiver getting every frame, then the runs with
 /// a stuck receiver beside the same without it.
 pub fn markdown(runs: &[FanOutRun]) -> String {
+    let has = |kind: Kind| runs.iter().any(|r| r.kind == kind);
     let mut md = String::from(
         "\n### Fan-out (1920x1080, one producer, N receiver processes, each getting every frame)\n\n\
          `socket-dir`: one `qtisocketsink socket-dir` (back-pressure: `slow-receiver=wait`), frames from the pool \
-         it proposes. `tee`: `tee` into one `qtisocketsink` per receiver, the way to fan out without it (`tee` \
-         passes no pool upstream, so every sink copies every frame). `unixfdsink` (GStreamer ≥ 1.24 only): one \
-         unixfdsink, N unixfdsrc clients; it keeps a frame until every client has released it. CPU: every \
-         process's, per buffer delivered.\n\n\
-         | receivers | fan-out | producer frames/s | buffers/s per receiver | buffers/s, all receivers | × socket-dir | mean p50 (µs) | worst p99 (µs) | CPU per buffer (µs) |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         it proposes. ",
     );
+    if has(Kind::Tee) {
+        md += "`tee`: `tee` into one `qtisocketsink` per receiver, the way to fan out without it (`tee` passes no \
+               pool upstream, so every sink copies every frame). ";
+    }
+    if has(Kind::UnixFd) {
+        md += "`unixfdsink` (GStreamer ≥ 1.24 only): one unixfdsink, N unixfdsrc clients; it keeps a frame until \
+               every client has released it. ";
+    }
+    md += "CPU: every process's, per buffer delivered.\n\n\
+           | receivers | fan-out | producer frames/s | buffers/s per receiver | buffers/s, all receivers | × socket-dir | mean p50 (µs) | worst p99 (µs) | CPU per buffer (µs) |\n\
+           |---|---|---|---|---|---|---|---|---|\n";
     for r in runs.iter().filter(|r| r.kind != Kind::SocketDirSkip && !r.with_stuck) {
         let ours = runs
             .iter()
@@ -236,10 +243,15 @@ pub fn markdown(runs: &[FanOutRun]) -> String {
     let stuck: Vec<_> = runs.iter().filter(|r| r.with_stuck).collect();
     if !stuck.is_empty() {
         md += "\n### A stuck receiver (1920x1080, 2 healthy receivers and a third that takes one buffer and never \
-               returns anything)\n\n\
-               Ours: `socket-dir` with `slow-receiver=skip` and `max-in-flight` 4: the stuck one gets 4 buffers, \
-               then skips. unixfdsink keeps each frame until every client has released it: the stuck client is \
-               killed 1 s after the run should have ended, else the producer would wait for ever.\n\n\
+               returns anything)\n\n";
+        md += if has(Kind::UnixFd) {
+            "unixfdsink keeps each frame until every client has released it: the stuck client is killed 1 s after \
+             the run should have ended, else the producer would wait for ever.\n\n"
+        } else {
+            "Ours: `socket-dir` with `slow-receiver=skip` and `max-in-flight` 4: the stuck one gets 4 buffers, then \
+             skips.\n\n"
+        };
+        md += "\
                | fan-out | producer frames/s, 2 healthy | with 1 stuck | × | buffers per healthy receiver per second of the run, 2 healthy | with 1 stuck | × |\n\
                |---|---|---|---|---|---|---|\n";
     }
