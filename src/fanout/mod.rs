@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use peer::{backoff, PeerStats};
+pub use peer::PeerStats;
 use peer::{Out, Peer, Phase};
 
 use crate::{Error, OutgoingBuffer, PeerCredentials};
@@ -437,11 +437,6 @@ impl<H: Send + 'static> Fanout<H> {
         stats.in_flight = state.held.len() as u64;
         stats.receivers = state.peers.iter().filter(|p| p.is_connected()).map(Peer::snapshot).collect();
         stats
-    }
-
-    /// Where it sends.
-    pub fn destination(&self) -> &Destination {
-        &self.shared.destination
     }
 }
 

@@ -15,7 +15,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How long to wait before connecting again after `failures` connections in a row that
 /// the receiver closed before serving them: 10 ms after the first, doubling, at most 1 s.
-pub fn backoff(failures: u32) -> Duration {
+pub(super) fn backoff(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
     (CONNECT_RETRY * (1 << doublings)).min(MAX_BACKOFF)
 }
