@@ -31,21 +31,14 @@ pub struct Dtype {
 
 impl Dtype {
     pub const fn new(type_num: NPY_TYPES, size: usize) -> Dtype {
-        Dtype {
-            type_num,
-            size,
-            big_endian: false,
-        }
+        Dtype { type_num, size, big_endian: false }
     }
 
     pub fn of_sample(sample: Sample) -> Dtype {
         match sample {
             Sample::U8 => Dtype::new(NPY_TYPES::NPY_UBYTE, 1),
             Sample::U16Le => Dtype::new(NPY_TYPES::NPY_USHORT, 2),
-            Sample::U16Be => Dtype {
-                big_endian: true,
-                ..Dtype::new(NPY_TYPES::NPY_USHORT, 2)
-            },
+            Sample::U16Be => Dtype { big_endian: true, ..Dtype::new(NPY_TYPES::NPY_USHORT, 2) },
         }
     }
 
@@ -60,8 +53,7 @@ impl Dtype {
             if !self.big_endian {
                 return Ok(descr);
             }
-            let swapped =
-                PY_ARRAY_API.PyArray_DescrNewByteorder(py, descr, b'>' as std::os::raw::c_char);
+            let swapped = PY_ARRAY_API.PyArray_DescrNewByteorder(py, descr, b'>' as std::os::raw::c_char);
             pyo3::ffi::Py_DECREF(descr.cast());
             if swapped.is_null() {
                 return Err(PyErr::fetch(py));
@@ -91,12 +83,7 @@ impl ArrayLayout {
             *stride = step;
             step = step.saturating_mul(dim);
         }
-        ArrayLayout {
-            offset,
-            shape,
-            strides,
-            dtype,
-        }
+        ArrayLayout { offset, shape, strides, dtype }
     }
 
     /// One past the last byte the array can reach, from the mapping's start; `None` on
@@ -137,18 +124,9 @@ pub fn array_over<'py>(
     if writable && !mapping.is_writable() {
         return Err(PyValueError::new_err("this memory is mapped read-only"));
     }
-    let to_intp =
-        |v: &usize| npy_intp::try_from(*v).map_err(|_| PyValueError::new_err("array too large"));
-    let mut dims = layout
-        .shape
-        .iter()
-        .map(to_intp)
-        .collect::<PyResult<Vec<_>>>()?;
-    let mut strides = layout
-        .strides
-        .iter()
-        .map(to_intp)
-        .collect::<PyResult<Vec<_>>>()?;
+    let to_intp = |v: &usize| npy_intp::try_from(*v).map_err(|_| PyValueError::new_err("array too large"));
+    let mut dims = layout.shape.iter().map(to_intp).collect::<PyResult<Vec<_>>>()?;
+    let mut strides = layout.strides.iter().map(to_intp).collect::<PyResult<Vec<_>>>()?;
     let owner = Bound::new(py, MemoryOwner { _keep: keep })?;
     let descr = layout.dtype.descr(py)?;
     let mut flags = 0;

@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use gstqtisocket::{
-    Delivery, Destination, Fanout, FanoutEvent, FanoutOptions, FanoutStats, OutgoingBuffer, PeerStats,
-    SlowReceiver,
+    Delivery, Destination, Fanout, FanoutEvent, FanoutOptions, FanoutStats, OutgoingBuffer, PeerStats, SlowReceiver,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -48,9 +47,7 @@ pub(crate) struct FanoutLink {
 
 impl FanoutLink {
     pub fn check(&self, py: Python<'_>) -> PyResult<&Fanout<Vec<SlotHold>>> {
-        self.fanout
-            .as_ref()
-            .ok_or_else(|| new_err(py, "Closed", "the sender is closed".into()))
+        self.fanout.as_ref().ok_or_else(|| new_err(py, "Closed", "the sender is closed".into()))
     }
 
     /// Waits (in slices, without the GIL, Ctrl-C getting through) until the buffer can go
@@ -184,9 +181,7 @@ pub struct PyFanoutSender {
 impl PyFanoutSender {
     fn with_link<T>(&self, py: Python<'_>, f: impl FnOnce(&FanoutLink) -> T) -> T {
         let inner = self.core.lock(py);
-        let Link::Fanout(link) = &inner.link else {
-            unreachable!("a FanoutSender has a fan-out")
-        };
+        let Link::Fanout(link) = &inner.link else { unreachable!("a FanoutSender has a fan-out") };
         f(link)
     }
 }
@@ -229,23 +224,16 @@ sending_methods!(PyFanoutSender, {
             return Err(PyValueError::new_err("pool_size must be at least 1"));
         }
         if max_in_flight == Some(0) {
-            return Err(PyValueError::new_err(
-                "max_in_flight must be at least 1 (or None: no limit)",
-            ));
+            return Err(PyValueError::new_err("max_in_flight must be at least 1 (or None: no limit)"));
         }
         let slow_receiver = match slow_receiver {
             "skip" => SlowReceiver::Skip,
             "wait" => SlowReceiver::Wait,
             other => {
-                return Err(PyValueError::new_err(format!(
-                    "slow_receiver is \"skip\" or \"wait\", got {other:?}"
-                )))
+                return Err(PyValueError::new_err(format!("slow_receiver is \"skip\" or \"wait\", got {other:?}")))
             }
         };
-        let options = FanoutOptions {
-            max_in_flight,
-            slow_receiver,
-        };
+        let options = FanoutOptions { max_in_flight, slow_receiver };
         let events = Arc::new(Events::default());
         let report = {
             let events = events.clone();
@@ -260,9 +248,7 @@ sending_methods!(PyFanoutSender, {
             })
         };
         let destination = Destination::Directory(directory.clone());
-        let fanout = py
-            .detach(|| Fanout::start(destination, options, report))
-            .map_err(|e| to_py(py, e))?;
+        let fanout = py.detach(|| Fanout::start(destination, options, report)).map_err(|e| to_py(py, e))?;
         let link = Link::Fanout(FanoutLink {
             fanout: Some(fanout),
             options,
@@ -271,9 +257,7 @@ sending_methods!(PyFanoutSender, {
             last_stats: FanoutStats::default(),
         });
         Ok(PyFanoutSender {
-            core: Core {
-                inner: Arc::new(Mutex::new(Inner::new(link, pool_size, return_timeout))),
-            },
+            core: Core { inner: Arc::new(Mutex::new(Inner::new(link, pool_size, return_timeout))) },
             directory,
         })
     }
@@ -322,9 +306,7 @@ sending_methods!(PyFanoutSender, {
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let inner = self.core.lock(py);
-        let Link::Fanout(link) = &inner.link else {
-            unreachable!("a FanoutSender has a fan-out")
-        };
+        let Link::Fanout(link) = &inner.link else { unreachable!("a FanoutSender has a fan-out") };
         let stats = link.stats();
         let d = PyDict::new(py);
         d.set_item("buffers_sent", stats.buffers_sent)?;

@@ -53,27 +53,11 @@ pub struct Format {
 }
 
 const fn p(x_sub: u32, y_sub: u32, channels: u32) -> PlaneShape {
-    PlaneShape {
-        x_sub,
-        y_sub,
-        channels,
-    }
+    PlaneShape { x_sub, y_sub, channels }
 }
 
-const fn f(
-    name: &'static str,
-    id: u32,
-    sample: Sample,
-    planes: &'static [PlaneShape],
-    height_align: u32,
-) -> Format {
-    Format {
-        name,
-        id,
-        sample,
-        planes,
-        height_align,
-    }
+const fn f(name: &'static str, id: u32, sample: Sample, planes: &'static [PlaneShape], height_align: u32) -> Format {
+    Format { name, id, sample, planes, height_align }
 }
 
 use Sample::*;
@@ -128,11 +112,7 @@ pub fn by_name(name: &str) -> Option<&'static Format> {
 }
 
 pub fn names() -> String {
-    FORMATS
-        .iter()
-        .map(|f| f.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+    FORMATS.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
 }
 
 fn round_up(value: usize, to: usize) -> usize {
@@ -165,16 +145,8 @@ impl PlaneArray {
 impl Format {
     pub fn plane_array(&self, plane: usize, width: u32, height: u32) -> PlaneArray {
         let shape = self.planes[plane];
-        let columns = if is_packed_422(self) {
-            round_up(width as usize, 2)
-        } else {
-            shape.columns(width)
-        };
-        PlaneArray {
-            rows: shape.rows(height),
-            columns,
-            channels: shape.channels as usize,
-        }
+        let columns = if is_packed_422(self) { round_up(width as usize, 2) } else { shape.columns(width) };
+        PlaneArray { rows: shape.rows(height), columns, channels: shape.channels as usize }
     }
 
     /// GStreamer's default layout for a `width`×`height` frame: (offsets, strides, size).
@@ -225,9 +197,6 @@ mod tests {
         let nv12 = by_name("nv12").unwrap();
         assert_eq!(nv12.plane_array(0, 17, 11).shape(), vec![11, 17]);
         assert_eq!(nv12.plane_array(1, 17, 11).shape(), vec![6, 9, 2]);
-        assert_eq!(
-            by_name("YUY2").unwrap().plane_array(0, 17, 11).shape(),
-            vec![11, 18, 2]
-        );
+        assert_eq!(by_name("YUY2").unwrap().plane_array(0, 17, 11).shape(), vec![11, 18, 2]);
     }
 }

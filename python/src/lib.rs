@@ -31,10 +31,7 @@ fn video_formats() -> std::collections::BTreeMap<&'static str, u32> {
 #[pyfunction]
 fn default_layout(format: &str, width: u32, height: u32) -> PyResult<(Vec<u64>, Vec<i32>, u64)> {
     let f = formats::by_name(format).ok_or_else(|| {
-        pyo3::exceptions::PyValueError::new_err(format!(
-            "unknown video format {format:?}; known: {}",
-            formats::names()
-        ))
+        pyo3::exceptions::PyValueError::new_err(format!("unknown video format {format:?}; known: {}", formats::names()))
     })?;
     Ok(f.default_layout(width, height))
 }

@@ -25,18 +25,12 @@ impl Mapping {
     /// Maps `len` (> 0) bytes of `fd` from offset 0. The receiver checked that the object
     /// holds at least `maxsize` bytes; a caller maps no more than that.
     pub fn new(fd: BorrowedFd<'_>, len: usize, writable: bool) -> std::io::Result<Mapping> {
-        let prot = if writable {
-            ProtFlags::READ | ProtFlags::WRITE
-        } else {
-            ProtFlags::READ
-        };
+        let prot = if writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
         // SAFETY: a fresh mapping at an address the kernel picks aliases no Rust object;
         // it is unmapped only in Drop, when nothing can reach it any more (every array
         // made over it holds an Arc to it).
-        let ptr =
-            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)? };
-        let ptr = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| std::io::Error::other("mmap returned NULL"))?;
+        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)? };
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| std::io::Error::other("mmap returned NULL"))?;
         Ok(Mapping { ptr, len, writable })
     }
 
@@ -66,8 +60,7 @@ struct DmaBufSync {
     flags: u64,
 }
 
-const DMA_BUF_IOCTL_SYNC: rustix::ioctl::Opcode =
-    rustix::ioctl::opcode::write::<DmaBufSync>(b'b', 0);
+const DMA_BUF_IOCTL_SYNC: rustix::ioctl::Opcode = rustix::ioctl::opcode::write::<DmaBufSync>(b'b', 0);
 const DMA_BUF_SYNC_READ: u64 = 1;
 const DMA_BUF_SYNC_END: u64 = 1 << 2;
 
@@ -78,9 +71,7 @@ pub fn dma_buf_sync_read(fd: BorrowedFd<'_>, end: bool) -> bool {
     let flags = DMA_BUF_SYNC_READ | if end { DMA_BUF_SYNC_END } else { 0 };
     // SAFETY: DMA_BUF_IOCTL_SYNC takes a pointer to a struct dma_buf_sync, whose layout
     // DmaBufSync has; the kernel only reads it.
-    let sync = unsafe {
-        rustix::ioctl::Setter::<DMA_BUF_IOCTL_SYNC, DmaBufSync>::new(DmaBufSync { flags })
-    };
+    let sync = unsafe { rustix::ioctl::Setter::<DMA_BUF_IOCTL_SYNC, DmaBufSync>::new(DmaBufSync { flags }) };
     // SAFETY: the opcode and its argument match (above); other fds reject it with ENOTTY.
     unsafe { rustix::ioctl::ioctl(fd, sync) }.is_ok()
 }
@@ -107,8 +98,7 @@ impl MappingCache {
         }
         self.sweep();
         let mapping = Arc::new(Mapping::new(fd.as_fd(), len, false)?);
-        self.by_fd
-            .insert(key, (Arc::downgrade(fd), mapping.clone()));
+        self.by_fd.insert(key, (Arc::downgrade(fd), mapping.clone()));
         Ok(mapping)
     }
 

@@ -4,9 +4,8 @@
 use std::ffi::{CStr, CString};
 
 use gstqtisocket::protocol::{
-    ClassLabel as WireLabel, ClassMeta, Keypoint as WireKeypoint, LandmarksMeta, Link, Metas,
-    ProtectionMeta, RoiMeta, MAX_CLASS_LABELS, MAX_KEYPOINTS, MAX_LINKS, MAX_TEXT_LEN,
-    NAME_CAPACITY, STRUCTURE_CAPACITY,
+    ClassLabel as WireLabel, ClassMeta, Keypoint as WireKeypoint, LandmarksMeta, Link, Metas, ProtectionMeta, RoiMeta,
+    MAX_CLASS_LABELS, MAX_KEYPOINTS, MAX_LINKS, MAX_TEXT_LEN, NAME_CAPACITY, STRUCTURE_CAPACITY,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -29,19 +28,11 @@ fn c_string(field: &str, value: &str, capacity: usize) -> PyResult<CString> {
             capacity - 1
         )));
     }
-    CString::new(value)
-        .map_err(|_| PyValueError::new_err(format!("{field} contains a NUL character")))
+    CString::new(value).map_err(|_| PyValueError::new_err(format!("{field} contains a NUL character")))
 }
 
-fn optional_c_string(
-    field: &str,
-    value: &Option<String>,
-    capacity: usize,
-) -> PyResult<Option<CString>> {
-    value
-        .as_deref()
-        .map(|v| c_string(field, v, capacity))
-        .transpose()
+fn optional_c_string(field: &str, value: &Option<String>, capacity: usize) -> PyResult<Option<CString>> {
+    value.as_deref().map(|v| c_string(field, v, capacity)).transpose()
 }
 
 fn repr_str(s: &str) -> String {
@@ -56,14 +47,7 @@ fn repr_opt(s: &Option<String>) -> String {
 ///
 /// `det_meta` and `xtraparams` are serialized GstStructures, e.g.
 /// ``"ObjectDetection, confidence=(double)87.5, color=(uint)4278190335;"``.
-#[pyclass(
-    module = "qsock",
-    name = "RegionOfInterest",
-    eq,
-    get_all,
-    set_all,
-    from_py_object
-)]
+#[pyclass(module = "qsock", name = "RegionOfInterest", eq, get_all, set_all, from_py_object)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct PyRoi {
     pub label: String,
@@ -94,17 +78,7 @@ impl PyRoi {
         det_meta: Option<String>,
         xtraparams: Option<String>,
     ) -> Self {
-        PyRoi {
-            label,
-            x,
-            y,
-            w,
-            h,
-            id,
-            parent_id,
-            det_meta,
-            xtraparams,
-        }
+        PyRoi { label, x, y, w, h, id, parent_id, det_meta, xtraparams }
     }
 
     fn __repr__(&self) -> String {
@@ -146,29 +120,14 @@ impl PyRoi {
             y: self.y,
             w: self.w,
             h: self.h,
-            det_meta: optional_c_string(
-                "RegionOfInterest.det_meta",
-                &self.det_meta,
-                STRUCTURE_CAPACITY,
-            )?,
-            xtraparams: optional_c_string(
-                "RegionOfInterest.xtraparams",
-                &self.xtraparams,
-                STRUCTURE_CAPACITY,
-            )?,
+            det_meta: optional_c_string("RegionOfInterest.det_meta", &self.det_meta, STRUCTURE_CAPACITY)?,
+            xtraparams: optional_c_string("RegionOfInterest.xtraparams", &self.xtraparams, STRUCTURE_CAPACITY)?,
         })
     }
 }
 
 /// One label of a classification: a name, its confidence and a colour (0xRRGGBBAA).
-#[pyclass(
-    module = "qsock",
-    name = "ClassLabel",
-    eq,
-    get_all,
-    set_all,
-    from_py_object
-)]
+#[pyclass(module = "qsock", name = "ClassLabel", eq, get_all, set_all, from_py_object)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct PyClassLabel {
     pub name: String,
@@ -182,12 +141,7 @@ impl PyClassLabel {
     #[new]
     #[pyo3(signature = (name, confidence=0.0, *, color=0, xtraparams=None))]
     fn new(name: String, confidence: f64, color: u32, xtraparams: Option<String>) -> Self {
-        PyClassLabel {
-            name,
-            confidence,
-            color,
-            xtraparams,
-        }
+        PyClassLabel { name, confidence, color, xtraparams }
     }
 
     fn __repr__(&self) -> String {
@@ -202,14 +156,7 @@ impl PyClassLabel {
 }
 
 /// An image classification result: up to 32 labels.
-#[pyclass(
-    module = "qsock",
-    name = "Classification",
-    eq,
-    get_all,
-    set_all,
-    from_py_object
-)]
+#[pyclass(module = "qsock", name = "Classification", eq, get_all, set_all, from_py_object)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct PyClassification {
     pub labels: Vec<PyClassLabel>,
@@ -222,21 +169,12 @@ impl PyClassification {
     #[new]
     #[pyo3(signature = (labels, *, id=0, parent_id=-1), text_signature = "(labels, *, id=0, parent_id=-1)")]
     fn new(labels: Vec<PyClassLabel>, id: u32, parent_id: i32) -> Self {
-        PyClassification {
-            labels,
-            id,
-            parent_id,
-        }
+        PyClassification { labels, id, parent_id }
     }
 
     fn __repr__(&self) -> String {
         let labels: Vec<String> = self.labels.iter().map(PyClassLabel::__repr__).collect();
-        format!(
-            "Classification([{}], id={}, parent_id={})",
-            labels.join(", "),
-            self.id,
-            self.parent_id
-        )
+        format!("Classification([{}], id={}, parent_id={})", labels.join(", "), self.id, self.parent_id)
     }
 }
 
@@ -252,11 +190,7 @@ impl PyClassification {
                 xtraparams: optional_text(&l.xtraparams),
             })
             .collect();
-        PyClassification {
-            labels,
-            id: c.id,
-            parent_id: c.parent_id,
-        }
+        PyClassification { labels, id: c.id, parent_id: c.parent_id }
     }
     fn to_wire(&self) -> PyResult<ClassMeta> {
         if self.labels.len() > MAX_CLASS_LABELS {
@@ -273,31 +207,16 @@ impl PyClassification {
                     name: c_string("ClassLabel.name", &l.name, NAME_CAPACITY)?,
                     confidence: l.confidence,
                     color: l.color,
-                    xtraparams: optional_c_string(
-                        "ClassLabel.xtraparams",
-                        &l.xtraparams,
-                        STRUCTURE_CAPACITY,
-                    )?,
+                    xtraparams: optional_c_string("ClassLabel.xtraparams", &l.xtraparams, STRUCTURE_CAPACITY)?,
                 })
             })
             .collect::<PyResult<_>>()?;
-        Ok(ClassMeta {
-            id: self.id,
-            parent_id: self.parent_id,
-            labels,
-        })
+        Ok(ClassMeta { id: self.id, parent_id: self.parent_id, labels })
     }
 }
 
 /// One keypoint of a landmarks result, in pixels.
-#[pyclass(
-    module = "qsock",
-    name = "Keypoint",
-    eq,
-    get_all,
-    set_all,
-    from_py_object
-)]
+#[pyclass(module = "qsock", name = "Keypoint", eq, get_all, set_all, from_py_object)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct PyKeypoint {
     pub name: String,
@@ -312,13 +231,7 @@ impl PyKeypoint {
     #[new]
     #[pyo3(signature = (name, x, y, confidence=0.0, *, color=0))]
     fn new(name: String, x: u32, y: u32, confidence: f64, color: u32) -> Self {
-        PyKeypoint {
-            name,
-            x,
-            y,
-            confidence,
-            color,
-        }
+        PyKeypoint { name, x, y, confidence, color }
     }
 
     fn __repr__(&self) -> String {
@@ -335,14 +248,7 @@ impl PyKeypoint {
 
 /// A pose or landmarks result: up to 64 keypoints and 64 links, each link a pair of
 /// keypoint indices.
-#[pyclass(
-    module = "qsock",
-    name = "Landmarks",
-    eq,
-    get_all,
-    set_all,
-    from_py_object
-)]
+#[pyclass(module = "qsock", name = "Landmarks", eq, get_all, set_all, from_py_object)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct PyLandmarks {
     pub keypoints: Vec<PyKeypoint>,
@@ -366,14 +272,7 @@ impl PyLandmarks {
         parent_id: i32,
         xtraparams: Option<String>,
     ) -> Self {
-        PyLandmarks {
-            keypoints,
-            links,
-            confidence,
-            id,
-            parent_id,
-            xtraparams,
-        }
+        PyLandmarks { keypoints, links, confidence, id, parent_id, xtraparams }
     }
 
     fn __repr__(&self) -> String {
@@ -396,13 +295,7 @@ impl PyLandmarks {
             keypoints: l
                 .keypoints
                 .iter()
-                .map(|k| PyKeypoint {
-                    name: text(&k.name),
-                    x: k.x,
-                    y: k.y,
-                    confidence: k.confidence,
-                    color: k.color,
-                })
+                .map(|k| PyKeypoint { name: text(&k.name), x: k.x, y: k.y, confidence: k.confidence, color: k.color })
                 .collect(),
             links: l.links.iter().map(|k| (k.s_kp_idx, k.d_kp_idx)).collect(),
             confidence: l.confidence,
@@ -420,12 +313,7 @@ impl PyLandmarks {
             )));
         }
         let n = self.keypoints.len() as u32;
-        if let Some((i, link)) = self
-            .links
-            .iter()
-            .enumerate()
-            .find(|(_, (s, d))| *s >= n || *d >= n)
-        {
+        if let Some((i, link)) = self.links.iter().enumerate().find(|(_, (s, d))| *s >= n || *d >= n) {
             return Err(PyValueError::new_err(format!(
                 "Landmarks link {i} {link:?} names a keypoint past the {n} keypoints"
             )));
@@ -448,29 +336,14 @@ impl PyLandmarks {
             parent_id: self.parent_id,
             confidence: self.confidence,
             keypoints,
-            links: self
-                .links
-                .iter()
-                .map(|&(s_kp_idx, d_kp_idx)| Link { s_kp_idx, d_kp_idx })
-                .collect(),
-            xtraparams: optional_c_string(
-                "Landmarks.xtraparams",
-                &self.xtraparams,
-                STRUCTURE_CAPACITY,
-            )?,
+            links: self.links.iter().map(|&(s_kp_idx, d_kp_idx)| Link { s_kp_idx, d_kp_idx }).collect(),
+            xtraparams: optional_c_string("Landmarks.xtraparams", &self.xtraparams, STRUCTURE_CAPACITY)?,
         })
     }
 }
 
 /// A GstProtectionMeta's info: a serialized GstStructure (at most 1023 bytes).
-#[pyclass(
-    module = "qsock",
-    name = "Protection",
-    eq,
-    get_all,
-    set_all,
-    from_py_object
-)]
+#[pyclass(module = "qsock", name = "Protection", eq, get_all, set_all, from_py_object)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct PyProtection {
     pub structure: String,
@@ -498,19 +371,9 @@ pub struct PyMetas {
 
 pub fn from_wire(metas: &Metas) -> PyMetas {
     PyMetas {
-        protection: metas
-            .protection
-            .iter()
-            .map(|p| PyProtection {
-                structure: text(&p.structure),
-            })
-            .collect(),
+        protection: metas.protection.iter().map(|p| PyProtection { structure: text(&p.structure) }).collect(),
         roi: metas.roi.iter().map(PyRoi::from_wire).collect(),
-        class: metas
-            .class
-            .iter()
-            .map(PyClassification::from_wire)
-            .collect(),
+        class: metas.class.iter().map(PyClassification::from_wire).collect(),
         landmarks: metas.landmarks.iter().map(PyLandmarks::from_wire).collect(),
     }
 }
@@ -528,17 +391,9 @@ pub fn to_wire(items: Option<&Bound<'_, PyAny>>) -> PyResult<Metas> {
         } else if let Ok(landmarks) = item.cast::<PyLandmarks>() {
             metas.landmarks.push(landmarks.borrow().to_wire()?);
         } else if let Ok(protection) = item.cast::<PyProtection>() {
-            let structure = c_string(
-                "Protection.structure",
-                &protection.borrow().structure,
-                MAX_TEXT_LEN,
-            )?;
+            let structure = c_string("Protection.structure", &protection.borrow().structure, MAX_TEXT_LEN)?;
             let size = structure.as_bytes().len() as u64;
-            metas.protection.push(ProtectionMeta {
-                structure,
-                size,
-                maxsize: size,
-            });
+            metas.protection.push(ProtectionMeta { structure, size, maxsize: size });
         } else {
             return Err(PyTypeError::new_err(format!(
                 "metas takes RegionOfInterest, Classification, Landmarks and Protection objects, not {}",

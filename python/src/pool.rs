@@ -48,11 +48,7 @@ impl Slot {
             .map_err(std::io::Error::other)?;
         let fd: OwnedFd = memfd.into_file().into();
         let mapping = Arc::new(Mapping::new(fd.as_fd(), size, true)?);
-        Ok(Slot {
-            fd: Arc::new(fd),
-            mapping,
-            state: SlotState::Free,
-        })
+        Ok(Slot { fd: Arc::new(fd), mapping, state: SlotState::Free })
     }
 
     fn size(&self) -> usize {
@@ -91,10 +87,7 @@ impl Pool {
     pub fn new(size: usize) -> Arc<Pool> {
         Arc::new(Pool {
             size,
-            state: Mutex::new(State {
-                slots: BTreeMap::new(),
-                returned: 0,
-            }),
+            state: Mutex::new(State { slots: BTreeMap::new(), returned: 0 }),
             changed: Condvar::new(),
         })
     }
@@ -113,43 +106,24 @@ impl Pool {
     /// while the pool has room (a free one of another size makes room).
     pub fn try_acquire(&self, size: usize) -> std::io::Result<Acquired> {
         let mut state = self.lock();
-        if let Some((&fd, slot)) = state
-            .slots
-            .iter_mut()
-            .find(|(_, s)| s.is_reusable() && s.size() == size)
-        {
+        if let Some((&fd, slot)) = state.slots.iter_mut().find(|(_, s)| s.is_reusable() && s.size() == size) {
             slot.state = SlotState::Lent;
             return Ok(Acquired::Slot(fd));
         }
         if state.slots.len() >= self.size {
             // The frames changed size: a free memfd of the old size makes room.
-            if let Some(fd) = state
-                .slots
-                .iter()
-                .find(|(_, s)| s.is_reusable())
-                .map(|(&fd, _)| fd)
-            {
+            if let Some(fd) = state.slots.iter().find(|(_, s)| s.is_reusable()).map(|(&fd, _)| fd) {
                 state.slots.remove(&fd);
             }
         }
         if state.slots.len() < self.size {
-            let slot = Slot::new(size).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("making a {size}-byte memfd: {e}"))
-            })?;
+            let slot = Slot::new(size)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("making a {size}-byte memfd: {e}")))?;
             let fd = slot.fd.as_raw_fd();
-            state.slots.insert(
-                fd,
-                Slot {
-                    state: SlotState::Lent,
-                    ..slot
-                },
-            );
+            state.slots.insert(fd, Slot { state: SlotState::Lent, ..slot });
             return Ok(Acquired::Slot(fd));
         }
-        Ok(Acquired::Full {
-            in_flight: Self::count(&state, SlotState::InFlight),
-            returned: state.returned,
-        })
+        Ok(Acquired::Full { in_flight: Self::count(&state, SlotState::InFlight), returned: state.returned })
     }
 
     /// A lent memfd's fd and mapping.
@@ -178,10 +152,7 @@ impl Pool {
         if let Some(slot) = self.lock().slots.get_mut(&fd) {
             slot.state = SlotState::InFlight;
         }
-        SlotHold {
-            pool: self.clone(),
-            fd,
-        }
+        SlotHold { pool: self.clone(), fd }
     }
 
     fn count(state: &State, which: SlotState) -> usize {
@@ -207,9 +178,7 @@ impl Pool {
     /// `seen`th.
     pub fn wait_returned(&self, seen: u64, timeout: Duration) {
         let state = self.lock();
-        let _ = self
-            .changed
-            .wait_timeout_while(state, timeout, |s| s.returned == seen);
+        let _ = self.changed.wait_timeout_while(state, timeout, |s| s.returned == seen);
     }
 }
 

@@ -78,11 +78,8 @@ impl<'a, 'py> FromPyObject<'a, 'py> for TimeoutArg {
 }
 
 pub fn seconds(value: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|_| {
-        PyValueError::new_err(format!(
-            "a timeout is a number of seconds >= 0, or None; got {value}"
-        ))
-    })
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| PyValueError::new_err(format!("a timeout is a number of seconds >= 0, or None; got {value}")))
 }
 
 /// What one wait brought. Returned once and matched at once: boxing the buffer would
@@ -139,10 +136,7 @@ impl PyReceiver {
                 "socket_mode {socket_mode:#o} is not a permission mode (0..=0o777)"
             )));
         }
-        let options = ReceiverOptions {
-            socket_mode,
-            allowed_uids: allowed_uids.unwrap_or_default(),
-        };
+        let options = ReceiverOptions { socket_mode, allowed_uids: allowed_uids.unwrap_or_default() };
         let receiver = Receiver::bind_with(&path, &options).py_err(py)?;
         Ok(PyReceiver {
             handle: receiver.handle(),
@@ -191,11 +185,7 @@ impl PyReceiver {
         match self.wait(py, timeout)? {
             Received::Buffer(buffer) => Ok(Py::new(py, self.wrap(buffer))?.into_any()),
             Received::Stream(event) => event.object(py),
-            Received::Interrupted => Err(new_err(
-                py,
-                "Interrupted",
-                "Receiver.interrupt() was called".into(),
-            )),
+            Received::Interrupted => Err(new_err(py, "Interrupted", "Receiver.interrupt() was called".into())),
             Received::Timeout => Err(self.timeout_error(py, timeout)),
         }
     }
@@ -249,13 +239,7 @@ impl PyReceiver {
         d.set_item("senders_refused", s.senders_refused)?;
         d.set_item("socket_rebinds", s.socket_rebinds)?;
         d.set_item("connected", s.connected)?;
-        d.set_item(
-            "mappings_cached",
-            self.cache
-                .lock_py_attached(py)
-                .map(|c| c.len())
-                .unwrap_or(0),
-        )?;
+        d.set_item("mappings_cached", self.cache.lock_py_attached(py).map(|c| c.len()).unwrap_or(0))?;
         Ok(d)
     }
 
@@ -279,11 +263,7 @@ impl PyReceiver {
     fn close(&self, py: Python<'_>) {
         self.closed.store(true, Ordering::Relaxed);
         self.handle.interrupt();
-        let receiver = self
-            .inner
-            .lock_py_attached(py)
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let receiver = self.inner.lock_py_attached(py).unwrap_or_else(|e| e.into_inner()).take();
         // Dropping it answers what is queued with returns and removes the socket file.
         py.detach(move || drop(receiver));
         if let Ok(mut cache) = self.cache.lock_py_attached(py) {
@@ -306,11 +286,7 @@ impl PyReceiver {
     }
 
     fn __repr__(&self) -> String {
-        let state = if self.closed.load(Ordering::Relaxed) {
-            "closed"
-        } else {
-            "open"
-        };
+        let state = if self.closed.load(Ordering::Relaxed) { "closed" } else { "open" };
         format!("<qsock.Receiver {:?} {state}>", self.path)
     }
 }
@@ -322,14 +298,7 @@ fn closed(py: Python<'_>) -> PyErr {
 impl PyReceiver {
     fn timeout_error(&self, py: Python<'_>, timeout: Option<Duration>) -> PyErr {
         let waited = timeout.map_or(0.0, |t| t.as_secs_f64());
-        new_err(
-            py,
-            "Timeout",
-            format!(
-                "nothing arrived at {} within {waited} s",
-                self.path.display()
-            ),
-        )
+        new_err(py, "Timeout", format!("nothing arrived at {} within {waited} s", self.path.display()))
     }
 
     fn wrap(&self, buffer: ReceivedBuffer) -> PyBuffer {
@@ -357,9 +326,7 @@ impl PyReceiver {
                     self.sweep_cache(py);
                     return Ok(Received::Stream(StreamEvent::SENDER_GONE));
                 }
-                Event::Interrupted if self.closed.load(Ordering::Relaxed) => {
-                    return Err(closed(py))
-                }
+                Event::Interrupted if self.closed.load(Ordering::Relaxed) => return Err(closed(py)),
                 Event::Interrupted => return Ok(Received::Interrupted),
                 Event::Timeout => {
                     if left.is_some_and(|l| l <= slice) {
@@ -380,16 +347,11 @@ impl PyReceiver {
 
 /// The mapping cache, locked without letting go of the GIL when nobody holds it (the
 /// usual case: one receiving thread), and without holding the GIL while waiting otherwise.
-fn lock_cache<'a>(
-    py: Python<'_>,
-    cache: &'a Mutex<MappingCache>,
-) -> std::sync::MutexGuard<'a, MappingCache> {
+fn lock_cache<'a>(py: Python<'_>, cache: &'a Mutex<MappingCache>) -> std::sync::MutexGuard<'a, MappingCache> {
     match cache.try_lock() {
         Ok(guard) => guard,
         Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => cache
-            .lock_py_attached(py)
-            .unwrap_or_else(|e| e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => cache.lock_py_attached(py).unwrap_or_else(|e| e.into_inner()),
     }
 }
 
@@ -417,31 +379,21 @@ impl Drop for Core {
 }
 
 impl Core {
-    fn mapping(
-        &self,
-        py: Python<'_>,
-        block: usize,
-        cache: &Mutex<MappingCache>,
-    ) -> PyResult<Arc<Mapping>> {
+    fn mapping(&self, py: Python<'_>, block: usize, cache: &Mutex<MappingCache>) -> PyResult<Arc<Mapping>> {
         if let Some(mapping) = self.mappings[block].get() {
             return Ok(mapping.clone());
         }
         let message = self.buffer.message();
         let len = message.blocks[block].maxsize() as usize;
-        let fd: &Arc<OwnedFd> = self
-            .buffer
-            .shared_fd(block)
-            .ok_or_else(|| PyValueError::new_err("this block has no fd"))?;
+        let fd: &Arc<OwnedFd> =
+            self.buffer.shared_fd(block).ok_or_else(|| PyValueError::new_err("this block has no fd"))?;
         let mapped = if message.info.use_buffer_pool {
             lock_cache(py, cache).get(fd, len)
         } else {
             Mapping::new(fd.as_fd(), len, false).map(Arc::new)
         };
         let mapping = mapped.map_err(|e| {
-            PyErr::from(std::io::Error::new(
-                e.kind(),
-                format!("mapping block {block} ({len} bytes): {e}"),
-            ))
+            PyErr::from(std::io::Error::new(e.kind(), format!("mapping block {block} ({len} bytes): {e}")))
         })?;
         let mut first = false;
         let mapping = self.mappings[block].get_or_init(|| {
@@ -508,52 +460,27 @@ impl PyBuffer {
     fn new(buffer: ReceivedBuffer, cache: Arc<Mutex<MappingCache>>) -> PyBuffer {
         let message = buffer.message().clone();
         let mappings = (0..message.blocks.len()).map(|_| OnceLock::new()).collect();
-        let dma_buf_reads = (0..message.blocks.len())
-            .map(|_| AtomicBool::new(false))
-            .collect();
-        PyBuffer {
-            message,
-            core: Mutex::new(Some(Arc::new(Core {
-                buffer,
-                mappings,
-                dma_buf_reads,
-            }))),
-            cache,
-        }
+        let dma_buf_reads = (0..message.blocks.len()).map(|_| AtomicBool::new(false)).collect();
+        PyBuffer { message, core: Mutex::new(Some(Arc::new(Core { buffer, mappings, dma_buf_reads }))), cache }
     }
 
     /// The shared core, or `Released`.
     fn core(&self, py: Python<'_>) -> PyResult<Arc<Core>> {
-        self.core
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                new_err(
-                    py,
-                    "Released",
-                    "this buffer was released: its memory went back to the sender".into(),
-                )
-            })
+        self.core.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| {
+            new_err(py, "Released", "this buffer was released: its memory went back to the sender".into())
+        })
     }
 
     fn block(&self, block: usize) -> PyResult<&MemoryBlock> {
         self.message.blocks.get(block).ok_or_else(|| {
-            PyIndexError::new_err(format!(
-                "block {block}: this buffer has {} blocks",
-                self.message.blocks.len()
-            ))
+            PyIndexError::new_err(format!("block {block}: this buffer has {} blocks", self.message.blocks.len()))
         })
     }
 
     fn frame(&self, py: Python<'_>, block: usize) -> PyResult<&FramePayload> {
         match self.block(block)? {
             MemoryBlock::Frame(frame) => Ok(frame),
-            other => Err(new_err(
-                py,
-                "WrongKind",
-                format!("this is a {} buffer, not video", kind_name(other.kind())),
-            )),
+            other => Err(new_err(py, "WrongKind", format!("this is a {} buffer, not video", kind_name(other.kind())))),
         }
     }
 
@@ -745,12 +672,7 @@ impl PyBuffer {
         if frame.n_planes as usize != format.planes.len() {
             return Err(layout_error(
                 py,
-                format!(
-                    "{} has {} planes, the sender described {}",
-                    format.name,
-                    format.planes.len(),
-                    frame.n_planes
-                ),
+                format!("{} has {} planes, the sender described {}", format.name, format.planes.len(), frame.n_planes),
             ));
         }
         let core = self.core(py)?;
@@ -774,16 +696,8 @@ impl PyBuffer {
             if shape.channels > 1 {
                 strides.push(sample);
             }
-            let layout = ArrayLayout {
-                offset: frame.offsets[plane] as usize,
-                shape: shape.shape(),
-                strides,
-                dtype,
-            };
-            let what = format!(
-                "{} {}x{} plane {plane}",
-                format.name, frame.width, frame.height
-            );
+            let layout = ArrayLayout { offset: frame.offsets[plane] as usize, shape: shape.shape(), strides, dtype };
+            let what = format!("{} {}x{} plane {plane}", format.name, frame.width, frame.height);
             arrays.push(self.array(py, &core, block, &layout, &what)?);
         }
         Ok(arrays)
@@ -794,18 +708,12 @@ impl PyBuffer {
     /// dimensions, C order.
     fn tensors<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         if self.message.kind() != MemoryKind::Tensor {
-            return Err(new_err(
-                py,
-                "WrongKind",
-                format!("this is a {} buffer, not tensors", self.kind()),
-            ));
+            return Err(new_err(py, "WrongKind", format!("this is a {} buffer, not tensors", self.kind())));
         }
         let core = self.core(py)?;
         let mut arrays = Vec::with_capacity(self.message.blocks.len());
         for (block, payload) in self.message.blocks.iter().enumerate() {
-            let MemoryBlock::Tensor(tensor) = payload else {
-                unreachable!("one kind per buffer")
-            };
+            let MemoryBlock::Tensor(tensor) = payload else { unreachable!("one kind per buffer") };
             let dtype = tensor_dtype(tensor.tensor_type).ok_or_else(|| {
                 new_err(
                     py,
@@ -816,11 +724,7 @@ impl PyBuffer {
                     ),
                 )
             })?;
-            let mut shape: Vec<usize> = tensor
-                .used_dimensions()
-                .iter()
-                .map(|&d| d as usize)
-                .collect();
+            let mut shape: Vec<usize> = tensor.used_dimensions().iter().map(|&d| d as usize).collect();
             if shape.is_empty() {
                 shape.push(tensor.size as usize / dtype.size);
             }
@@ -836,18 +740,10 @@ impl PyBuffer {
     fn memory<'py>(&self, py: Python<'py>, block: usize) -> PyResult<Bound<'py, PyAny>> {
         let payload = self.block(block)?;
         if payload.kind() == MemoryKind::Text {
-            return Err(new_err(
-                py,
-                "WrongKind",
-                "text travels inline, not in memory: use .text".into(),
-            ));
+            return Err(new_err(py, "WrongKind", "text travels inline, not in memory: use .text".into()));
         }
         let core = self.core(py)?;
-        let layout = ArrayLayout::contiguous(
-            0,
-            vec![payload.size() as usize],
-            Dtype::new(NPY_TYPES::NPY_UBYTE, 1),
-        );
+        let layout = ArrayLayout::contiguous(0, vec![payload.size() as usize], Dtype::new(NPY_TYPES::NPY_UBYTE, 1));
         self.array(py, &core, block, &layout, "the block")
     }
 
@@ -889,10 +785,7 @@ impl PyBuffer {
     /// Whether the buffer went back to the sender through `release()`.
     #[getter]
     fn released(&self) -> bool {
-        self.core
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
+        self.core.lock().unwrap_or_else(|e| e.into_inner()).is_none()
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -918,8 +811,7 @@ impl PyBuffer {
     fn __repr__(&self) -> String {
         let what = match self.message.blocks.first() {
             Some(MemoryBlock::Frame(f)) => {
-                let name = formats::by_id(f.format)
-                    .map_or_else(|| format!("format {}", f.format), |f| f.name.into());
+                let name = formats::by_id(f.format).map_or_else(|| format!("format {}", f.format), |f| f.name.into());
                 format!("video {name} {}x{}", f.width, f.height)
             }
             Some(MemoryBlock::Tensor(_)) => format!("{} tensor(s)", self.message.blocks.len()),
@@ -967,14 +859,10 @@ pub struct VideoInfo {
 
 impl VideoInfo {
     fn from_frame(f: &FramePayload) -> VideoInfo {
-        let planes = f
-            .planes_offsets()
-            .iter()
-            .zip(f.planes_strides())
-            .map(|(&offset, &stride)| PlaneInfo { offset, stride });
+        let planes =
+            f.planes_offsets().iter().zip(f.planes_strides()).map(|(&offset, &stride)| PlaneInfo { offset, stride });
         VideoInfo {
-            format: formats::by_id(f.format)
-                .map_or_else(|| format!("UNKNOWN({})", f.format), |f| f.name.into()),
+            format: formats::by_id(f.format).map_or_else(|| format!("UNKNOWN({})", f.format), |f| f.name.into()),
             format_id: f.format,
             width: f.width,
             height: f.height,
@@ -1025,10 +913,7 @@ impl TensorInfo {
             None => None,
         };
         Ok(TensorInfo {
-            type_name: tensor_type.map_or_else(
-                || format!("UNKNOWN({})", t.tensor_type),
-                |t| t.name().into(),
-            ),
+            type_name: tensor_type.map_or_else(|| format!("UNKNOWN({})", t.tensor_type), |t| t.name().into()),
             type_id: t.tensor_type,
             dtype,
             dimensions: t.used_dimensions().to_vec(),

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gstqtisocket::protocol::{
-    FramePayload, MemoryBlock, Metas, TensorPayload, TensorType, TextPayload, CLOCK_TIME_NONE,
-    MAX_MEMORY_BLOCKS, MAX_PLANES, MAX_TENSOR_DIMENSIONS, MAX_TEXT_LEN,
+    FramePayload, MemoryBlock, Metas, TensorPayload, TensorType, TextPayload, CLOCK_TIME_NONE, MAX_MEMORY_BLOCKS,
+    MAX_PLANES, MAX_TENSOR_DIMENSIONS, MAX_TEXT_LEN,
 };
 use gstqtisocket::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent};
 use numpy::npyffi::NPY_TYPES;
@@ -79,11 +79,7 @@ impl One {
 
     fn check(&mut self, py: Python<'_>) -> PyResult<&mut Sender> {
         if self.receiver_gone && self.sender.is_some() {
-            return Err(new_err(
-                py,
-                "ReceiverGone",
-                "the receiver closed the connection".into(),
-            ));
+            return Err(new_err(py, "ReceiverGone", "the receiver closed the connection".into()));
         }
         if self.disconnected && self.sender.is_some() {
             return Err(new_err(
@@ -92,9 +88,7 @@ impl One {
                 "the receiver sent DISCONNECT (it paused): make a new Sender to send again".into(),
             ));
         }
-        self.sender
-            .as_mut()
-            .ok_or_else(|| new_err(py, "Closed", "the sender is closed".into()))
+        self.sender.as_mut().ok_or_else(|| new_err(py, "Closed", "the sender is closed".into()))
     }
 
     /// Takes what the receiver said, without waiting.
@@ -130,7 +124,8 @@ impl One {
 
 /// Where the buffers go.
 pub(crate) enum Link {
-    One(One),
+    /// Boxed: a `Sender` is much larger than the fan-out's handle.
+    One(Box<One>),
     Fanout(FanoutLink),
 }
 
@@ -144,12 +139,7 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub fn new(link: Link, pool_size: usize, return_timeout: Duration) -> Inner {
-        Inner {
-            link,
-            pool: Pool::new(pool_size),
-            return_timeout,
-            counters: Counters::default(),
-        }
+        Inner { link, pool: Pool::new(pool_size), return_timeout, counters: Counters::default() }
     }
 
     /// Raises when nothing can be sent (closed; for one connection: the receiver left
@@ -195,10 +185,7 @@ impl Inner {
             self.check(py)?;
             let (in_flight, seen) = match self.pool.try_acquire(size)? {
                 Acquired::Slot(fd) => return Ok(fd),
-                Acquired::Full {
-                    in_flight,
-                    returned,
-                } => (in_flight, returned),
+                Acquired::Full { in_flight, returned } => (in_flight, returned),
             };
             let pool_size = self.pool.size();
             if in_flight == 0 {
@@ -255,10 +242,7 @@ impl Inner {
         let blocks = descriptions
             .into_iter()
             .enumerate()
-            .map(|(i, description)| OutgoingBlock {
-                fd: fds.get(i).map(|fd| fd.as_fd()),
-                description,
-            })
+            .map(|(i, description)| OutgoingBlock { fd: fds.get(i).map(|fd| fd.as_fd()), description })
             .collect();
         let buffer = OutgoingBuffer {
             blocks,
@@ -325,10 +309,7 @@ impl Inner {
                 return Err(new_err(
                     py,
                     "Timeout",
-                    format!(
-                        "{in_flight} memfds still out with {whom} after {} s",
-                        timeout.as_secs_f64()
-                    ),
+                    format!("{in_flight} memfds still out with {whom} after {} s", timeout.as_secs_f64()),
                 ));
             }
             self.wait_for_returns(py, seen, left.min(SIGNAL_CHECK_INTERVAL))?;
@@ -357,10 +338,7 @@ pub(crate) struct Timing {
 
 impl Timing {
     fn new(pts: Option<u64>, duration: Option<u64>) -> Timing {
-        Timing {
-            pts: pts.unwrap_or(CLOCK_TIME_NONE),
-            duration: duration.unwrap_or(CLOCK_TIME_NONE),
-        }
+        Timing { pts: pts.unwrap_or(CLOCK_TIME_NONE), duration: duration.unwrap_or(CLOCK_TIME_NONE) }
     }
 }
 
@@ -408,10 +386,7 @@ fn as_array<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
 
 /// The planes of a `send_video` argument: a sequence of arrays, one array of a one-plane
 /// format, or one stacked (height * 3 / 2, width) array of NV12/NV21/I420/YV12.
-fn split_planes<'py>(
-    format: &Format,
-    value: &Bound<'py, PyAny>,
-) -> PyResult<Vec<Bound<'py, PyAny>>> {
+fn split_planes<'py>(format: &Format, value: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
     if value.is_instance_of::<PyList>() || value.is_instance_of::<PyTuple>() {
         return value.try_iter()?.map(|item| as_array(&item?)).collect();
     }
@@ -427,47 +402,27 @@ fn split_planes<'py>(
             format!(
                 "give the {} planes as a list of arrays{}; got one array of shape {shape:?}",
                 format.planes.len(),
-                if stacked {
-                    ", or one (height * 3 / 2, width) array with even height and width"
-                } else {
-                    ""
-                }
+                if stacked { ", or one (height * 3 / 2, width) array with even height and width" } else { "" }
             ),
         ));
     }
     let (height, width) = (shape[0] / 3 * 2, shape[1]);
     if height % 2 != 0 {
-        return Err(plane_error(
-            format,
-            format!("a stacked array needs an even height, got {height}"),
-        ));
+        return Err(plane_error(format, format!("a stacked array needs an even height, got {height}")));
     }
     let flat = array.call_method0("ravel")?;
     let slice = |start: usize, end: usize, dims: Vec<usize>| -> PyResult<Bound<'py, PyAny>> {
-        let part = flat.get_item(pyo3::types::PySlice::new(
-            value.py(),
-            start as isize,
-            end as isize,
-            1,
-        ))?;
+        let part = flat.get_item(pyo3::types::PySlice::new(value.py(), start as isize, end as isize, 1))?;
         part.call_method1("reshape", (PyTuple::new(value.py(), dims)?,))
     };
     let luma = height * width;
     let mut planes = vec![slice(0, luma, vec![height, width])?];
     if format.planes.len() == 2 {
-        planes.push(slice(
-            luma,
-            luma + luma / 2,
-            vec![height / 2, width / 2, 2],
-        )?);
+        planes.push(slice(luma, luma + luma / 2, vec![height / 2, width / 2, 2])?);
     } else {
         let chroma = luma / 4;
         planes.push(slice(luma, luma + chroma, vec![height / 2, width / 2])?);
-        planes.push(slice(
-            luma + chroma,
-            luma + 2 * chroma,
-            vec![height / 2, width / 2],
-        )?);
+        planes.push(slice(luma + chroma, luma + 2 * chroma, vec![height / 2, width / 2])?);
     }
     Ok(planes)
 }
@@ -517,9 +472,7 @@ fn tensor_type_of(array: &Bound<'_, PyAny>) -> PyResult<(TensorType, Dtype)> {
 
 impl Core {
     pub fn lock<'a>(&'a self, py: Python<'_>) -> std::sync::MutexGuard<'a, Inner> {
-        self.inner
-            .lock_py_attached(py)
-            .unwrap_or_else(|e| e.into_inner())
+        self.inner.lock_py_attached(py).unwrap_or_else(|e| e.into_inner())
     }
 
     /// Copies `source` into `dest_layout` of `slot`'s memory.
@@ -531,19 +484,10 @@ impl Core {
         source: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let (_, mapping) = inner.pool.get(slot);
-        let dest = array_over(
-            py,
-            &mapping,
-            mapping.len(),
-            layout,
-            true,
-            Box::new(mapping.clone()),
-        )?;
+        let dest = array_over(py, &mapping, mapping.len(), layout, true, Box::new(mapping.clone()))?;
         let kwargs = PyDict::new(py);
         kwargs.set_item("casting", "no")?;
-        numpy(py)?
-            .getattr("copyto")?
-            .call((dest, source), Some(&kwargs))?;
+        numpy(py)?.getattr("copyto")?.call((dest, source), Some(&kwargs))?;
         Ok(())
     }
 
@@ -560,22 +504,12 @@ impl Core {
         metas: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
         let format = formats::by_name(format).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "unknown video format {format:?}; known: {}",
-                formats::names()
-            ))
+            PyValueError::new_err(format!("unknown video format {format:?}; known: {}", formats::names()))
         })?;
         let metas = metas::to_wire(metas)?;
         let planes = split_planes(format, planes)?;
         if planes.len() != format.planes.len() {
-            return Err(plane_error(
-                format,
-                format!(
-                    "{} planes expected, got {}",
-                    format.planes.len(),
-                    planes.len()
-                ),
-            ));
+            return Err(plane_error(format, format!("{} planes expected, got {}", format.planes.len(), planes.len())));
         }
         let first = shape_of(&planes[0])?;
         if first.len() < 2 {
@@ -593,9 +527,7 @@ impl Core {
             if shape != expected {
                 return Err(plane_error(
                     format,
-                    format!(
-                        "plane {i} of {width}x{height} must have shape {expected:?}, got {shape:?}"
-                    ),
+                    format!("plane {i} of {width}x{height} must have shape {expected:?}, got {shape:?}"),
                 ));
             }
             let (want, byteorders) = sample_dtype(format.sample);
@@ -603,19 +535,11 @@ impl Core {
             let name: String = dtype_of_plane.getattr("name")?.extract()?;
             let byteorder: String = dtype_of_plane.getattr("byteorder")?.extract()?;
             if name != want || !byteorders.contains(&byteorder.as_str()) {
-                let order = if byteorder == ">" {
-                    " (big-endian)"
-                } else {
-                    ""
-                };
+                let order = if byteorder == ">" { " (big-endian)" } else { "" };
                 return Err(PyTypeError::new_err(format!(
                     "{}: plane {i} must be {want}{}, got {name}{order}",
                     format.name,
-                    if format.sample == Sample::U16Be {
-                        " (big-endian)"
-                    } else {
-                        ""
-                    }
+                    if format.sample == Sample::U16Be { " (big-endian)" } else { "" }
                 )));
             }
         }
@@ -631,12 +555,8 @@ impl Core {
                 if array.channels > 1 {
                     byte_strides.push(sample);
                 }
-                let layout = ArrayLayout {
-                    offset: offsets[i] as usize,
-                    shape: array.shape(),
-                    strides: byte_strides,
-                    dtype,
-                };
+                let layout =
+                    ArrayLayout { offset: offsets[i] as usize, shape: array.shape(), strides: byte_strides, dtype };
                 Self::copy_into(py, &inner, slot, &layout, plane)?;
                 copied += (array.rows * array.row_bytes(format.sample)) as u64;
             }
@@ -650,13 +570,7 @@ impl Core {
             }
         };
         let frame = frame_payload(format, width, height, &offsets, &strides, size);
-        let receivers = inner.send(
-            py,
-            &[slot],
-            vec![MemoryBlock::Frame(frame)],
-            Timing::new(pts, duration),
-            metas,
-        )?;
+        let receivers = inner.send(py, &[slot], vec![MemoryBlock::Frame(frame)], Timing::new(pts, duration), metas)?;
         inner.counters.copies += 1;
         inner.counters.bytes_copied += copied;
         Ok(receivers)
@@ -669,15 +583,9 @@ impl Core {
         pts: Option<u64>,
         duration: Option<u64>,
     ) -> PyResult<usize> {
-        let arrays: Vec<Bound<'_, PyAny>> = tensors
-            .try_iter()?
-            .map(|t| as_array(&t?))
-            .collect::<PyResult<_>>()?;
+        let arrays: Vec<Bound<'_, PyAny>> = tensors.try_iter()?.map(|t| as_array(&t?)).collect::<PyResult<_>>()?;
         if !(1..=MAX_MEMORY_BLOCKS).contains(&arrays.len()) {
-            return Err(PyValueError::new_err(format!(
-                "send_tensors takes 1..=10 tensors, got {}",
-                arrays.len()
-            )));
+            return Err(PyValueError::new_err(format!("send_tensors takes 1..=10 tensors, got {}", arrays.len())));
         }
         let mut described = Vec::with_capacity(arrays.len());
         for (i, array) in arrays.iter().enumerate() {
@@ -696,9 +604,7 @@ impl Core {
             }
             let bytes = shape.iter().product::<usize>() * dtype.size;
             if bytes == 0 {
-                return Err(PyValueError::new_err(format!(
-                    "tensor {i} is empty (shape {shape:?}): nothing to send"
-                )));
+                return Err(PyValueError::new_err(format!("tensor {i} is empty (shape {shape:?}): nothing to send")));
             }
             let payload = TensorPayload {
                 tensor_type: tensor_type as u32,
@@ -717,11 +623,8 @@ impl Core {
                 let slot = inner.acquire(py, payload.size as usize)?;
                 slots.push(slot);
                 // A 0-d array was described as shape (1,): copy its one element.
-                let source = if shape_of(array)?.is_empty() {
-                    array.call_method1("reshape", (1,))?
-                } else {
-                    array.clone()
-                };
+                let source =
+                    if shape_of(array)?.is_empty() { array.call_method1("reshape", (1,))? } else { array.clone() };
                 Self::copy_into(py, &inner, slot, layout, &source)?;
                 copied += payload.size;
             }
@@ -734,17 +637,8 @@ impl Core {
                 return Err(e);
             }
         };
-        let blocks = described
-            .into_iter()
-            .map(|(_, p)| MemoryBlock::Tensor(p))
-            .collect();
-        let receivers = inner.send(
-            py,
-            &slots,
-            blocks,
-            Timing::new(pts, duration),
-            Metas::default(),
-        )?;
+        let blocks = described.into_iter().map(|(_, p)| MemoryBlock::Tensor(p)).collect();
+        let receivers = inner.send(py, &slots, blocks, Timing::new(pts, duration), Metas::default())?;
         inner.counters.copies += slots.len() as u64;
         inner.counters.bytes_copied += copied;
         Ok(receivers)
@@ -757,11 +651,7 @@ impl Core {
         pts: Option<u64>,
         duration: Option<u64>,
     ) -> PyResult<usize> {
-        let contents: Vec<u8> = if let Ok(s) = text.extract::<String>() {
-            s.into_bytes()
-        } else {
-            text.extract()?
-        };
+        let contents: Vec<u8> = if let Ok(s) = text.extract::<String>() { s.into_bytes() } else { text.extract()? };
         if contents.len() > MAX_TEXT_LEN {
             return Err(PyValueError::new_err(format!(
                 "a text buffer holds at most {MAX_TEXT_LEN} bytes, got {}",
@@ -770,13 +660,7 @@ impl Core {
         }
         let maxsize = contents.len() as u64;
         let block = MemoryBlock::Text(TextPayload { contents, maxsize });
-        self.lock(py).send(
-            py,
-            &[],
-            vec![block],
-            Timing::new(pts, duration),
-            Metas::default(),
-        )
+        self.lock(py).send(py, &[], vec![block], Timing::new(pts, duration), Metas::default())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -791,10 +675,7 @@ impl Core {
         metas: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyFrame> {
         let format = formats::by_name(format).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "unknown video format {format:?}; known: {}",
-                formats::names()
-            ))
+            PyValueError::new_err(format!("unknown video format {format:?}; known: {}", formats::names()))
         })?;
         check_frame_size(width, height)?;
         let metas = metas::to_wire(metas)?;
@@ -806,12 +687,7 @@ impl Core {
         };
         Ok(PyFrame {
             inner: self.inner.clone(),
-            state: Mutex::new(FrameState {
-                mapping: Some(mapping),
-                arrays: Vec::new(),
-                done: false,
-                receivers: None,
-            }),
+            state: Mutex::new(FrameState { mapping: Some(mapping), arrays: Vec::new(), done: false, receivers: None }),
             slot,
             format,
             width,
@@ -974,19 +850,14 @@ sending_methods!(PySender, {
                 Err(e) => return Err(to_py(py, e)),
             }
         };
-        let link = Link::One(One {
+        let link = Link::One(Box::new(One {
             sender: Some(sender),
             held: HashMap::new(),
             returns: 0,
             disconnected: false,
             receiver_gone: false,
-        });
-        Ok(PySender {
-            core: Core {
-                inner: Arc::new(Mutex::new(Inner::new(link, pool_size, return_timeout))),
-            },
-            path,
-        })
+        }));
+        Ok(PySender { core: Core { inner: Arc::new(Mutex::new(Inner::new(link, pool_size, return_timeout))) }, path })
     }
 
     #[getter]
@@ -1000,9 +871,7 @@ sending_methods!(PySender, {
         let mut inner = self.core.lock(py);
         let _ = inner.drain(py);
         let d = PyDict::new(py);
-        let Link::One(one) = &inner.link else {
-            unreachable!("a Sender has one connection")
-        };
+        let Link::One(one) = &inner.link else { unreachable!("a Sender has one connection") };
         let (buffers, fds) = one.sender.as_ref().map_or((0, 0), |s| s.counts());
         d.set_item("buffers_sent", buffers)?;
         d.set_item("fds_sent", fds)?;
@@ -1096,50 +965,29 @@ pub struct PyFrame {
 impl PyFrame {
     fn finish(&self, py: Python<'_>, send: bool) -> PyResult<usize> {
         let (arrays, mapping) = {
-            let mut state = self
-                .state
-                .lock_py_attached(py)
-                .unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state.lock_py_attached(py).unwrap_or_else(|e| e.into_inner());
             if state.done {
-                return Err(new_err(
-                    py,
-                    "Released",
-                    "this frame was already sent or cancelled".into(),
-                ));
+                return Err(new_err(py, "Released", "this frame was already sent or cancelled".into()));
             }
             state.done = true;
             (std::mem::take(&mut state.arrays), state.mapping.take())
         };
         // Written through: nothing may change under the receiver any more.
         for array in &arrays {
-            array
-                .bind(py)
-                .getattr("flags")?
-                .setattr("writeable", false)?;
+            array.bind(py).getattr("flags")?.setattr("writeable", false)?;
         }
         drop(arrays);
         drop(mapping);
-        let mut inner = self
-            .inner
-            .lock_py_attached(py)
-            .unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.inner.lock_py_attached(py).unwrap_or_else(|e| e.into_inner());
         if !send {
             inner.give_back(&[self.slot]);
             return Ok(0);
         }
-        let receivers = inner.send(
-            py,
-            &[self.slot],
-            vec![MemoryBlock::Frame(self.payload)],
-            self.timing,
-            self.metas.clone(),
-        )?;
+        let receivers =
+            inner.send(py, &[self.slot], vec![MemoryBlock::Frame(self.payload)], self.timing, self.metas.clone())?;
         inner.counters.bytes_in_place += self.payload.size;
         drop(inner);
-        self.state
-            .lock_py_attached(py)
-            .unwrap_or_else(|e| e.into_inner())
-            .receivers = Some(receivers);
+        self.state.lock_py_attached(py).unwrap_or_else(|e| e.into_inner()).receivers = Some(receivers);
         Ok(receivers)
     }
 }
@@ -1164,43 +1012,22 @@ impl PyFrame {
     /// The frame's planes as writable numpy arrays over the pooled memfd (same shapes as
     /// `Buffer.planes()`). What is in them before you write is the memfd's last content.
     fn planes<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
-        let mut state = self
-            .state
-            .lock_py_attached(py)
-            .unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock_py_attached(py).unwrap_or_else(|e| e.into_inner());
         let Some(mapping) = state.mapping.clone() else {
-            return Err(new_err(
-                py,
-                "Released",
-                "this frame was already sent or cancelled".into(),
-            ));
+            return Err(new_err(py, "Released", "this frame was already sent or cancelled".into()));
         };
         let dtype = Dtype::of_sample(self.format.sample);
         let mut arrays = Vec::new();
         for plane in 0..self.format.planes.len() {
             let array = self.format.plane_array(plane, self.width, self.height);
             let sample = self.format.sample.size();
-            let mut strides = vec![
-                self.payload.strides[plane] as usize,
-                array.channels * sample,
-            ];
+            let mut strides = vec![self.payload.strides[plane] as usize, array.channels * sample];
             if array.channels > 1 {
                 strides.push(sample);
             }
-            let layout = ArrayLayout {
-                offset: self.payload.offsets[plane] as usize,
-                shape: array.shape(),
-                strides,
-                dtype,
-            };
-            let view = array_over(
-                py,
-                &mapping,
-                self.payload.size as usize,
-                &layout,
-                true,
-                Box::new(mapping.clone()),
-            )?;
+            let layout =
+                ArrayLayout { offset: self.payload.offsets[plane] as usize, shape: array.shape(), strides, dtype };
+            let view = array_over(py, &mapping, self.payload.size as usize, &layout, true, Box::new(mapping.clone()))?;
             state.arrays.push(view.clone().unbind());
             arrays.push(view);
         }
@@ -1215,10 +1042,7 @@ impl PyFrame {
     /// How many receivers got the frame; None until it is sent.
     #[getter]
     fn receivers(&self, py: Python<'_>) -> Option<usize> {
-        self.state
-            .lock_py_attached(py)
-            .unwrap_or_else(|e| e.into_inner())
-            .receivers
+        self.state.lock_py_attached(py).unwrap_or_else(|e| e.into_inner()).receivers
     }
 
     /// Sends the frame (no copy). Its arrays turn read-only. Returns how many receivers
@@ -1244,11 +1068,7 @@ impl PyFrame {
         _exc_value: &Bound<'_, PyAny>,
         _traceback: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let done = self
-            .state
-            .lock_py_attached(py)
-            .map(|s| s.done)
-            .unwrap_or(true);
+        let done = self.state.lock_py_attached(py).map(|s| s.done).unwrap_or(true);
         if done {
             return Ok(()); // sent or cancelled inside the block
         }
@@ -1257,10 +1077,7 @@ impl PyFrame {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "<qsock.Frame {} {}x{} memfd {}>",
-            self.format.name, self.width, self.height, self.slot
-        )
+        format!("<qsock.Frame {} {}x{} memfd {}>", self.format.name, self.width, self.height, self.slot)
     }
 }
 
@@ -1274,10 +1091,7 @@ impl Drop for PyFrame {
             let inner = &self.inner;
             let slot = self.slot;
             Python::attach(|py| {
-                inner
-                    .lock_py_attached(py)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .give_back(&[slot]);
+                inner.lock_py_attached(py).unwrap_or_else(|e| e.into_inner()).give_back(&[slot]);
             });
         }
     }
