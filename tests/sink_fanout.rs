@@ -47,6 +47,18 @@ fn file_receiver(tmp: &TempDir, socket: &Path, out: &Path) -> Child {
     )
 }
 
+/// Two receivers on `dir`/a.sock and `dir`/b.sock writing every frame to a.raw and
+/// b.raw in `tmp`; the processes and the two files.
+fn two_file_receivers(tmp: &TempDir, dir: &Path) -> (Vec<Child>, [PathBuf; 2]) {
+    let outs = [tmp.path("a.raw"), tmp.path("b.raw")];
+    let children = ["a", "b"]
+        .iter()
+        .zip(&outs)
+        .map(|(name, out)| file_receiver(tmp, &dir.join(format!("{name}.sock")), out))
+        .collect();
+    (children, outs)
+}
+
 /// A receiver that takes one buffer and never lets go of it, nor reads on.
 fn stuck_receiver(tmp: &TempDir, socket: &Path) -> Child {
     launch(tmp, &format!("qtisocketsrc socket={} ! identity sleep-time=3600000000 ! fakesink", path_str(socket)))
@@ -139,12 +151,7 @@ fn three_receivers_one_stuck_the_healthy_two_get_every_frame_and_the_stuck_one_m
     let dir = tmp.path("cams");
     std::fs::create_dir(&dir).unwrap();
     let (pipeline, src, sink) = dir_sender(&dir, &format!("max-in-flight={MAX_IN_FLIGHT}"));
-    let outs = [tmp.path("a.raw"), tmp.path("b.raw")];
-    let healthy: Vec<Child> = ["a", "b"]
-        .iter()
-        .zip(&outs)
-        .map(|(name, out)| file_receiver(&tmp, &dir.join(format!("{name}.sock")), out))
-        .collect();
+    let (healthy, outs) = two_file_receivers(&tmp, &dir);
     let stuck = stuck_receiver(&tmp, &dir.join("stuck.sock"));
     wait_until("three receivers are connected", || connected_receivers(&sink) == 3);
 
@@ -178,12 +185,7 @@ fn a_receiver_killed_mid_stream_and_a_new_one_the_others_miss_nothing_and_the_ne
     let dir = tmp.path("cams");
     std::fs::create_dir(&dir).unwrap();
     let (pipeline, src, sink) = dir_sender(&dir, "max-in-flight=16");
-    let outs = [tmp.path("a.raw"), tmp.path("b.raw")];
-    let healthy: Vec<Child> = ["a", "b"]
-        .iter()
-        .zip(&outs)
-        .map(|(name, out)| file_receiver(&tmp, &dir.join(format!("{name}.sock")), out))
-        .collect();
+    let (healthy, outs) = two_file_receivers(&tmp, &dir);
     let mut doomed = Some(launch(&tmp, &format!("qtisocketsrc socket={} ! fakesink", path_str(&dir.join("c.sock")))));
     wait_until("three receivers are connected", || connected_receivers(&sink) == 3);
 
