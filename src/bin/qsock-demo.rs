@@ -10,6 +10,9 @@
 //!
 //! Usage: qsock-demo [--frames N] [--out DIR]        (the child: qsock-demo --send SOCKET N)
 
+#[path = "demo_common/options.rs"]
+mod options;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -183,25 +186,9 @@ fn main() {
             frames.parse().map_err(|_| "frames: a number".to_string()).and_then(|n| send(socket, n))
         }
         _ => {
-            let mut frames = 300;
-            let mut out = PathBuf::from("target/demo");
-            let mut i = 0;
-            while i < args.len() {
-                match (args[i].as_str(), args.get(i + 1)) {
-                    ("--frames", Some(n)) => frames = n.parse().unwrap_or(frames),
-                    ("--out", Some(dir)) => out = PathBuf::from(dir),
-                    _ => {
-                        eprintln!("usage: qsock-demo [--frames N] [--out DIR]");
-                        std::process::exit(2);
-                    }
-                }
-                i += 2;
-            }
+            let (frames, out) = options::parse("qsock-demo", &args, 300);
             demo(frames, out)
         }
     };
-    if let Err(e) = result {
-        eprintln!("qsock-demo: {e}");
-        std::process::exit(1);
-    }
+    options::exit_on_error("qsock-demo", result);
 }

@@ -9,6 +9,9 @@
 //! Usage: qsock-fanout-demo [--frames N] [--out DIR]
 //! (the children: qsock-fanout-demo --receive SOCKET [--stuck])
 
+#[path = "demo_common/options.rs"]
+mod options;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -187,25 +190,9 @@ fn main() {
         [flag, socket] if flag == "--receive" => receive(socket, false),
         [flag, socket, stuck] if flag == "--receive" && stuck == "--stuck" => receive(socket, true),
         _ => {
-            let mut frames = 150;
-            let mut out = PathBuf::from("target/demo");
-            let mut i = 0;
-            while i < args.len() {
-                match (args[i].as_str(), args.get(i + 1)) {
-                    ("--frames", Some(n)) => frames = n.parse().unwrap_or(frames),
-                    ("--out", Some(dir)) => out = PathBuf::from(dir),
-                    _ => {
-                        eprintln!("usage: qsock-fanout-demo [--frames N] [--out DIR]");
-                        std::process::exit(2);
-                    }
-                }
-                i += 2;
-            }
+            let (frames, out) = options::parse("qsock-fanout-demo", &args, 150);
             demo(frames, out)
         }
     };
-    if let Err(e) = result {
-        eprintln!("qsock-fanout-demo: {e}");
-        std::process::exit(1);
-    }
+    options::exit_on_error("qsock-fanout-demo", result);
 }
