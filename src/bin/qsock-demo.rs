@@ -12,6 +12,8 @@
 
 #[path = "demo_common/options.rs"]
 mod options;
+#[path = "demo_common/pipeline.rs"]
+mod pipeline;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -19,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gst::prelude::*;
+use pipeline::{init, launch, wait_for_eos};
 
 const CAPS: &str = "video/x-raw,format=NV12,width=1280,height=720,framerate=30/1";
 
@@ -27,31 +30,10 @@ fn now_ns() -> u64 {
     gst::SystemClock::obtain().time().nseconds()
 }
 
-fn init() -> Result<(), String> {
-    gst::init().map_err(|e| format!("GStreamer: {e}"))?;
-    gstqtisocket::plugin_register_static().map_err(|e| format!("registering the plugin: {e}"))
-}
-
-fn launch(description: &str) -> Result<gst::Pipeline, String> {
-    gst::parse::launch(description)
-        .map_err(|e| format!("{description}: {e}"))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| "not a pipeline".to_string())
-}
-
 /// Runs `pipeline` to EOS; an error message is returned as text.
 fn run_to_eos(pipeline: &gst::Pipeline, limit: Duration) -> Result<(), String> {
     pipeline.set_state(gst::State::Playing).map_err(|e| format!("cannot play: {e}"))?;
-    let bus = pipeline.bus().expect("a pipeline has a bus");
-    let message = bus.timed_pop_filtered(
-        gst::ClockTime::from_nseconds(limit.as_nanos() as u64),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    let result = match message.as_ref().map(|m| m.view()) {
-        Some(gst::MessageView::Eos(_)) => Ok(()),
-        Some(gst::MessageView::Error(e)) => Err(format!("{} ({:?})", e.error(), e.debug())),
-        _ => Err(format!("no EOS within {limit:?}")),
-    };
+    let result = wait_for_eos(pipeline, limit);
     pipeline.set_state(gst::State::Null).map_err(|e| format!("cannot stop: {e}"))?;
     result
 }

@@ -11,6 +11,8 @@
 
 #[path = "demo_common/options.rs"]
 mod options;
+#[path = "demo_common/pipeline.rs"]
+mod pipeline;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,35 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
+use pipeline::{init, launch, wait_for_eos};
 
 const CAPS: &str = "video/x-raw,format=NV12,width=1280,height=720,framerate=30/1";
 const RECEIVERS: [&str; 3] = ["detector", "recorder", "stuck"];
-
-fn init() -> Result<(), String> {
-    gst::init().map_err(|e| format!("GStreamer: {e}"))?;
-    gstqtisocket::plugin_register_static().map_err(|e| format!("registering the plugin: {e}"))
-}
-
-fn launch(description: &str) -> Result<gst::Pipeline, String> {
-    gst::parse::launch(description)
-        .map_err(|e| format!("{description}: {e}"))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| "not a pipeline".to_string())
-}
-
-/// Waits for EOS or an error on `pipeline`'s bus, at most `limit`.
-fn wait_for_eos(pipeline: &gst::Pipeline, limit: Duration) -> Result<(), String> {
-    let bus = pipeline.bus().expect("a pipeline has a bus");
-    let message = bus.timed_pop_filtered(
-        gst::ClockTime::from_nseconds(limit.as_nanos() as u64),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    match message.as_ref().map(|m| m.view()) {
-        Some(gst::MessageView::Eos(_)) => Ok(()),
-        Some(gst::MessageView::Error(e)) => Err(format!("{} ({:?})", e.error(), e.debug())),
-        _ => Err(format!("no EOS within {limit:?}")),
-    }
-}
 
 /// A receiver child: plays until EOS, then prints how many buffers reached its sink.
 fn receive(socket: &str, stuck: bool) -> Result<(), String> {
