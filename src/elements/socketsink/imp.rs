@@ -169,9 +169,9 @@ impl ObjectImpl for QtiSocketSink {
                 glib::ParamSpecBoolean::builder("wait-for-receiver")
                     .nick("Wait for receiver")
                     .blurb(
-                        "What a buffer does while no receiver is connected: false = it is dropped and \
-                         counted (as the deployed element does); true = rendering waits until a receiver \
-                         connects.",
+                        "What a buffer does while no receiver is connected (with socket-dir: none at all): \
+                         false = it is dropped and counted (as the deployed element does); true = rendering \
+                         waits until a receiver connects.",
                     )
                     .default_value(DEFAULT_WAIT_FOR_RECEIVER)
                     .mutable_playing()
