@@ -15,9 +15,16 @@ venv="$PWD/target/python-venv"
 # libraries GStreamer loads as plugins (GST_PLUGIN_PATH) and would choke on this one.
 PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$PWD/target/python" MATURIN_PEP517_ARGS="--profile dev --locked" \
     "$venv/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./python
-# The binding's pure Rust tests (video format layouts); the test binary links libpython
+# The binding's crate (a workspace of its own): the house style and lints, as for the
+# library; then its pure Rust tests (video format layouts), whose binary links libpython
 # (libpython3-dev: scripts/setup).
-(cd python && PYO3_PYTHON="$venv/bin/python" CARGO_TARGET_DIR="$PWD/../target/python" cargo test --locked --lib --quiet)
+(
+    cd python
+    export PYO3_PYTHON="$venv/bin/python" CARGO_TARGET_DIR="$PWD/../target/python"
+    cargo fmt --check
+    cargo clippy --locked --all-targets --quiet -- -D warnings
+    cargo test --locked --lib --quiet
+)
 status=0
 GST_PLUGIN_PATH="$PWD/target/debug" "$venv/bin/python" -m pytest python/tests -p no:cacheprovider || status=$?
 # pytest exits 5 when it collected no test: a failure here, never a silent pass.
