@@ -96,10 +96,15 @@ fn receiver_killed_and_restarted_three_times_the_stream_resumes_and_nothing_is_h
     // The EOS message holds the pipeline (its source), which holds its bus's fds.
     drop((end, bus, sink, pipeline));
     let deadline = Instant::now() + Duration::from_secs(5);
-    // GStreamer's pool may also let an idle thread of the warm-up go: fewer is fine.
-    while (open_fds() != fds_before || threads() > threads_before) && Instant::now() < deadline {
+    while open_fds() != fds_before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(open_fds(), fds_before, "fds after the run vs before: {:?}", fd_targets());
-    assert!(threads() <= threads_before, "threads after the run: {} (before: {threads_before})", threads());
+    // GLib's pool keeps idle streaming threads a while (seen once on 1.26): stopped, they
+    // go; fewer than before is fine (an idle thread of the warm-up may go too).
+    assert!(
+        threads_settle_to(threads_before),
+        "threads after the run: {:?} (before: {threads_before})",
+        thread_names()
+    );
 }
