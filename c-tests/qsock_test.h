@@ -118,6 +118,20 @@ static inline qsock_sender *connect_retrying(const char *path) {
     return tx;
 }
 
+/* A receiver on `dir`/s (dir: a template for mkdtemp) and a sender connected to it, in
+ * this process; exits with status 2, saying why, when either cannot be made. */
+static inline void open_pair(char *dir, char *path, size_t path_size, qsock_receiver **rx, qsock_sender **tx) {
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        exit(2);
+    }
+    snprintf(path, path_size, "%s/s", dir);
+    if (qsock_receiver_open(path, rx) != QSOCK_OK || qsock_sender_connect(path, tx) != QSOCK_OK) {
+        fprintf(stderr, "setup: %s\n", qsock_last_error());
+        exit(2);
+    }
+}
+
 static inline int wait_child(pid_t pid) {
     int status;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}

@@ -83,14 +83,8 @@ static void *wait_for_buffer(void *arg) {
 
 int main(void) {
     char dir[] = "/tmp/qsock-fork-XXXXXX";
-    if (!mkdtemp(dir))
-        return 2;
     char path[64];
-    snprintf(path, sizeof path, "%s/s", dir);
-    if (qsock_receiver_open(path, &rx) != QSOCK_OK || qsock_sender_connect(path, &tx) != QSOCK_OK) {
-        fprintf(stderr, "setup: %s\n", qsock_last_error());
-        return 2;
-    }
+    open_pair(dir, path, sizeof path, &rx, &tx);
     int a = memfd_holding(FRAME_SIZE, 0), b = memfd_holding(FRAME_SIZE, 0);
     int failed = 0;
 

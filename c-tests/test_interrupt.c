@@ -165,14 +165,8 @@ static int nobody_waiting(void) {
 
 int main(void) {
     char dir[] = "/tmp/qsock-interrupt-XXXXXX";
-    if (!mkdtemp(dir))
-        return 2;
     char path[64];
-    snprintf(path, sizeof path, "%s/s", dir);
-    if (qsock_receiver_open(path, &rx) != QSOCK_OK || qsock_sender_connect(path, &tx) != QSOCK_OK) {
-        fprintf(stderr, "setup: %s\n", qsock_last_error());
-        return 2;
-    }
+    open_pair(dir, path, sizeof path, &rx, &tx);
     /* The receiver accepts its sender first, so that each wait below waits for data. */
     qsock_buffer *buf;
     CHECK_STATUS(qsock_receiver_recv_buffer(rx, 0, &buf), QSOCK_TIMEOUT, NULL);

@@ -9,32 +9,13 @@
  *
  * usage: test_sender PLUGIN_DIR      (the directory holding libgstqtisocket.so)
  */
-#define _GNU_SOURCE
+#include "qsock_test.h" /* first: it defines _GNU_SOURCE */
+
 #include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
-#include <qsock.h>
-
-#define FRAME_SIZE 4608
 #define POOL 4
 #define ROUNDS 3
-
-static int failures;
-
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "FAIL %s:%d [%d]: %s: ", __FILE__, __LINE__, getpid(), #cond); \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fprintf(stderr, " (last error: %s)\n", qsock_last_error());                    \
-            failures++;                                                                    \
-        }                                                                                  \
-    } while (0)
 
 /* Leaves an error in qsock_last_error() that is not `status`'s, so that the check after
  * the next call sees whether that call replaced it. Returns words of the planted error. */
@@ -59,22 +40,6 @@ static const char *plant_other_error(qsock_status status) {
               "%s returned %s, expected %s saying \"%s\"", #call, qsock_status_name(got_),         \
               qsock_status_name(expected), (words));                                       \
     } while (0)
-
-static int memfd_with_index(size_t size, uint64_t index) {
-    int fd = memfd_create("test-sender", MFD_CLOEXEC);
-    if (fd < 0 || ftruncate(fd, size) != 0 || pwrite(fd, &index, sizeof index, 0) != sizeof index) {
-        perror("memfd");
-        exit(2);
-    }
-    return fd;
-}
-
-static qsock_video_info nv12_64x48(void) {
-    qsock_video_info v = {.format = 23, .width = 64, .height = 48, .n_planes = 2};
-    v.offsets[1] = 3072;
-    v.strides[0] = v.strides[1] = 64;
-    return v;
-}
 
 /* The child: receives what the parent sends and checks it. */
 static int receive(qsock_receiver *rx) {
@@ -145,7 +110,7 @@ static void send_stream(const char *path) {
         return;
     int pool[POOL];
     for (int i = 0; i < POOL; i++)
-        pool[i] = memfd_with_index(FRAME_SIZE, i);
+        pool[i] = memfd_holding(FRAME_SIZE, i);
     qsock_roi_meta roi = {.label = "face", .id = 1, .parent_id = -1, .x = 4, .y = 4, .w = 16, .h = 16,
                           .det_meta = "ObjectDetection, confidence=(double)0.9;"};
     for (int n = 0; n < POOL * ROUNDS; n++) {
@@ -167,7 +132,7 @@ static void send_stream(const char *path) {
     CHECK(qsock_sender_send(tx, &text_buffer) == QSOCK_OK, "text");
     CHECK(qsock_sender_in_flight(tx) == 0, "text holds no memory");
 
-    int tensor_fd = memfd_with_index(24, 0);
+    int tensor_fd = memfd_holding(24, 0);
     qsock_send_block tensor = {.fd = tensor_fd, .size = 24, .maxsize = 24,
                                .tensor = {.type_ = 10, .n_dimensions = 2, .dimensions = {2, 3}}};
     qsock_send_buffer tensor_buffer = {.kind = QSOCK_KIND_TENSOR, .n_blocks = 1, .blocks = &tensor};
@@ -228,7 +193,7 @@ static int to_qtisocketsrc(const char *dir, const char *plugin_dir) {
     if (tx) {
         int pool[POOL];
         for (int i = 0; i < POOL; i++)
-            pool[i] = memfd_with_index(FRAME_SIZE, i);
+            pool[i] = memfd_holding(FRAME_SIZE, i);
         for (int n = 0; n < 2 * POOL; n++) {
             if (n >= POOL)
                 wait_return(tx, pool[n % POOL]);
