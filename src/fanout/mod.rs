@@ -28,7 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use peer::PeerStats;
-use peer::{Out, Peer, Phase};
+use peer::{BufIds, Out, Peer, Phase};
 
 use crate::{Error, OutgoingBuffer, PeerCredentials};
 
@@ -329,7 +329,7 @@ impl<H: Send + 'static> Fanout<H> {
             }
             state = self.shared.wait(state, None);
         }
-        let ids: Vec<i32> = buffer.blocks.iter().filter_map(|b| b.fd).map(|fd| fd.as_raw_fd()).collect();
+        let ids = BufIds::new(buffer.blocks.iter().filter_map(|b| b.fd).map(|fd| fd.as_raw_fd()));
         let serial = state.next_serial;
         state.next_serial += 1;
         let mut receivers = 0;
@@ -359,7 +359,7 @@ impl<H: Send + 'static> Fanout<H> {
                         joined.push(peer.snapshot());
                     }
                     if !ids.is_empty() {
-                        peer.out.push_back(Out { serial, ids: ids.clone() });
+                        peer.out.push_back(Out { serial, ids });
                     }
                 }
                 // The same for every receiver: nothing was sent to any.

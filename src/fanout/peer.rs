@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::protocol::MAX_MEMORY_BLOCKS;
 use crate::{PeerCredentials, Sender};
 
 /// How often the deployed sink retries `connect()`; ours too.
@@ -63,11 +64,43 @@ impl PeerStats {
     }
 }
 
+/// The buf_ids of one buffer (at most [`MAX_MEMORY_BLOCKS`]), kept without an
+/// allocation: one copy per receiver per buffer is on the hot path.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BufIds {
+    ids: [i32; MAX_MEMORY_BLOCKS],
+    len: usize,
+}
+
+impl BufIds {
+    /// The first [`MAX_MEMORY_BLOCKS`] of `ids` (a buffer has no more blocks).
+    pub fn new(ids: impl IntoIterator<Item = i32>) -> BufIds {
+        let mut this = BufIds { ids: [-1; MAX_MEMORY_BLOCKS], len: 0 };
+        for id in ids.into_iter().take(MAX_MEMORY_BLOCKS) {
+            this.ids[this.len] = id;
+            this.len += 1;
+        }
+        this
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes `id` out; whether it was there.
+    fn remove(&mut self, id: i32) -> bool {
+        let Some(index) = self.ids[..self.len].iter().position(|&i| i == id) else { return false };
+        self.ids.copy_within(index + 1..self.len, index);
+        self.len -= 1;
+        true
+    }
+}
+
 /// A sent buffer this receiver has not given back entirely: its serial in the fan-out,
 /// and the buf_ids still out.
 pub(super) struct Out {
     pub serial: u64,
-    pub ids: Vec<i32>,
+    pub ids: BufIds,
 }
 
 pub(super) struct Peer {
@@ -152,10 +185,8 @@ impl Peer {
     pub fn on_returned(&mut self, ids: &[i32], whole: &mut Vec<u64>) {
         for &id in ids.iter().filter(|&&id| id >= 0) {
             self.stats.returns += 1;
-            let Some(index) = self.out.iter().position(|out| out.ids.contains(&id)) else { continue };
-            let out = &mut self.out[index];
-            out.ids.retain(|&i| i != id);
-            if out.ids.is_empty() {
+            let Some(index) = self.out.iter_mut().position(|out| out.ids.remove(id)) else { continue };
+            if self.out[index].ids.is_empty() {
                 whole.extend(self.out.remove(index).map(|out| out.serial));
             }
         }
@@ -176,6 +207,21 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_buffer_is_back_whole_once_each_of_its_ids_is_returned_in_any_order() {
+        let mut peer = Peer::new(PathBuf::from("/x"));
+        peer.out.push_back(Out { serial: 1, ids: BufIds::new([5, 6]) });
+        peer.out.push_back(Out { serial: 2, ids: BufIds::new([5]) });
+        let mut whole = Vec::new();
+        peer.on_returned(&[6], &mut whole);
+        assert!(whole.is_empty());
+        peer.on_returned(&[5, -1, 9], &mut whole);
+        assert_eq!(whole, [1]);
+        peer.on_returned(&[5], &mut whole);
+        assert_eq!(whole, [1, 2]);
+        assert_eq!(peer.stats.returns, 4, "every id counts but -1 (the answer to text)");
+    }
 
     #[test]
     fn the_wait_after_unserved_connections_starts_at_the_deployed_retry_and_doubles_to_a_second() {
