@@ -19,6 +19,9 @@ pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
     // Copies of the connected sockets, by connection id.
     let mut sockets: HashMap<u64, OwnedFd> = HashMap::new();
     let mut look_at_directory = directory.is_some();
+    // Kept across wake-ups (one per return): no allocation per return for these.
+    let mut ids: Vec<u64> = Vec::new();
+    let mut readable: Vec<u64> = Vec::new();
     loop {
         if shared.lock().stopping {
             return;
@@ -33,7 +36,8 @@ pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
         }
         let next_attempt = connect_due(shared, &mut sockets);
 
-        let ids: Vec<u64> = sockets.keys().copied().collect();
+        ids.clear();
+        ids.extend(sockets.keys().copied());
         let mut poll_fds = vec![PollFd::new(&shared.wake, PollFlags::IN)];
         if let Some(dir) = directory.as_ref() {
             poll_fds.push(PollFd::new(dir, PollFlags::IN));
@@ -46,18 +50,19 @@ pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
         let _ = rustix::event::poll(&mut poll_fds, timespec.as_ref());
         let woken = !poll_fds[0].revents().is_empty();
         look_at_directory = directory.is_some() && !poll_fds[1].revents().is_empty();
-        let readable: Vec<u64> = ids
-            .iter()
-            .zip(&poll_fds[first_socket..])
-            .filter(|(_, fd)| woken || !fd.revents().is_empty())
-            .map(|(id, _)| *id)
-            .collect();
+        readable.clear();
+        readable.extend(
+            ids.iter()
+                .zip(&poll_fds[first_socket..])
+                .filter(|(_, fd)| woken || !fd.revents().is_empty())
+                .map(|(id, _)| *id),
+        );
         drop(poll_fds);
         if woken {
             let mut counter = [0u8; 8];
             let _ = rustix::io::read(&shared.wake, &mut counter);
         }
-        for id in readable {
+        for &id in &readable {
             if serve(shared, id) {
                 sockets.remove(&id);
             }
@@ -83,16 +88,35 @@ fn follow<H>(shared: &Shared<H>, dir: &mut Directory) -> std::io::Result<()> {
     Ok(())
 }
 
+/// When the next connection attempt is due, if any peer waits for one.
+fn next_attempt<H>(state: &super::State<H>) -> Option<Instant> {
+    state
+        .peers
+        .iter()
+        .filter_map(|p| match p.phase {
+            Phase::Idle(at) => Some(at),
+            _ => None,
+        })
+        .min()
+}
+
 /// Tries to connect to every receiver whose attempt is due. Returns when the next one is.
 fn connect_due<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>) -> Option<Instant> {
     let now = Instant::now();
-    let due: Vec<_> = shared
-        .lock()
-        .peers
-        .iter()
-        .filter(|p| matches!(p.phase, Phase::Idle(at) if at <= now))
-        .map(|p| p.stats.socket.clone())
-        .collect();
+    let due: Vec<_> = {
+        let state = shared.lock();
+        match next_attempt(&state) {
+            Some(at) if at <= now => state
+                .peers
+                .iter()
+                .filter(|p| matches!(p.phase, Phase::Idle(at) if at <= now))
+                .map(|p| p.stats.socket.clone())
+                .collect(),
+            // The common case, once per wake-up (per return): nothing due, one look
+            // under the lock.
+            next => return next,
+        }
+    };
     let in_directory = matches!(shared.destination, Destination::Directory(_));
     for socket in due {
         // Outside the lock: sends go on meanwhile.
@@ -129,15 +153,7 @@ fn connect_due<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>) -> Op
             }
         }
     }
-    shared
-        .lock()
-        .peers
-        .iter()
-        .filter_map(|p| match p.phase {
-            Phase::Idle(at) => Some(at),
-            _ => None,
-        })
-        .min()
+    next_attempt(&shared.lock())
 }
 
 /// Handles everything receiver `id` has said. Returns whether its connection closed.
