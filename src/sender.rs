@@ -298,6 +298,16 @@ impl Sender {
         }
     }
 
+    /// What the receiver has said already, without waiting: `Ok(None)` when nothing is
+    /// there. One `recvmmsg` when nothing is (`next_event` with a zero timeout also looks
+    /// at its wake-up eventfd).
+    pub fn try_next_event(&mut self) -> Result<Option<SenderEvent>, Error> {
+        match self.taken_in.pop_front() {
+            Some(taken_in) => taken_in.map(Some),
+            None => self.read_event(),
+        }
+    }
+
     /// Waits up to `timeout` (`None`: for ever) for what the receiver says next.
     /// `Ok(None)` on timeout, and when interrupted ([`Sender::wait_event`] tells them apart).
     pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<SenderEvent>, Error> {

@@ -14,7 +14,8 @@
 //! in a directory with a growing delay for sockets nobody listens on), reads what the
 //! receivers say, lets go of buffers as they come back, and on `DISCONNECT` or a hang-up
 //! closes that connection and connects again. What happens is told to a [`Report`]
-//! callback, outside the lock.
+//! callback, outside the lock. While buffers flow, the sends can read the returns instead
+//! ([`Fanout::set_handoff_below`]), so that a return wakes no thread.
 
 mod directory;
 mod peer;
@@ -191,9 +192,32 @@ struct State<H> {
     /// Threads waiting on `changed`: it is signalled only when there are some (a signal
     /// is a syscall, and the thread would make one for every return).
     waiting: usize,
+    /// When the last buffer went to a receiver.
+    last_send: Option<Instant>,
+    /// See [`Fanout::set_handoff_below`].
+    handoff_below: usize,
+    /// The thread does not poll the connections: `send` reads the returns (see
+    /// [`State::sends_read_returns`]).
+    sends_read_returns: bool,
+    /// Serials of the buffers a receiver gave back whole, kept to spare an allocation
+    /// per return.
+    whole: Vec<u64>,
 }
 
+/// How long after a send the thread leaves the returns to the next send.
+pub(super) const HANDOFF: Duration = Duration::from_millis(1);
+
 impl<H> State<H> {
+    /// While buffers flow (the last send less than [`HANDOFF`] ago), nobody waits and
+    /// fewer than `handoff_below` are out, each send reads the returns that came
+    /// meanwhile and the thread does not poll the connections: a return then wakes no
+    /// thread (in both processes, waking a thread costs more than the return itself).
+    /// Until when, if so.
+    fn handoff_until(&self, now: Instant) -> Option<Instant> {
+        let until = self.last_send? + HANDOFF;
+        (until > now && self.waiting == 0 && self.held.len() < self.handoff_below).then_some(until)
+    }
+
     /// One receiver gave back (or will never give back) the buffers `serials`: those no
     /// receiver holds any more are moved to `released`.
     fn let_go(&mut self, serials: &[u64], released: &mut Vec<H>) {
@@ -227,6 +251,7 @@ impl<H> Shared<H> {
     /// Waits on `changed` at most `timeout` (`None`: until signalled).
     fn wait<'a>(&self, mut state: MutexGuard<'a, State<H>>, timeout: Option<Duration>) -> MutexGuard<'a, State<H>> {
         state.waiting += 1;
+        self.thread_reads_returns(&mut state);
         let mut state = match timeout {
             None => self.changed.wait(state).unwrap_or_else(PoisonError::into_inner),
             Some(t) => self.changed.wait_timeout(state, t).unwrap_or_else(PoisonError::into_inner).0,
@@ -242,6 +267,38 @@ impl<H> Shared<H> {
         if waiting {
             self.changed.notify_all();
         }
+    }
+
+    /// Ends a handoff (see [`State::handoff_until`]): the thread polls the connections.
+    fn thread_reads_returns(&self, state: &mut State<H>) {
+        if std::mem::take(&mut state.sends_read_returns) {
+            self.wake_thread();
+        }
+    }
+
+    /// During a handoff: takes in what the receivers said meanwhile.
+    fn take_in_returns(&self) {
+        let mut events = Vec::new();
+        let mut released = Vec::new();
+        let mut state = self.lock();
+        if !state.sends_read_returns {
+            return;
+        }
+        let mut closed = false;
+        for index in (0..state.peers.len()).rev() {
+            if !matches!(state.peers[index].phase, Phase::Idle(_)) {
+                closed |= thread::take_in(&mut state, index, &mut events, &mut released);
+            }
+        }
+        self.signal(state);
+        if closed {
+            // It closes its copy of the connection, and connects again when due.
+            self.wake_thread();
+        }
+        for event in events {
+            (self.report)(event);
+        }
+        drop(released);
     }
 
     fn wake_thread(&self) {
@@ -288,6 +345,10 @@ impl<H: Send + 'static> Fanout<H> {
                 flushing: false,
                 stopping: false,
                 waiting: 0,
+                last_send: None,
+                handoff_below: 0,
+                sends_read_returns: false,
+                whole: Vec::new(),
             }),
             changed: Condvar::new(),
             wake,
@@ -308,6 +369,7 @@ impl<H: Send + 'static> Fanout<H> {
     /// connected (or flushing); without, drops the buffer when none is.
     pub fn send(&self, buffer: &OutgoingBuffer<'_>, hold: H, wait_for_receiver: bool) -> Delivery {
         let limit = self.shared.options.max_in_flight;
+        self.shared.take_in_returns();
         let mut state = self.shared.lock();
         loop {
             if state.flushing {
@@ -376,6 +438,10 @@ impl<H: Send + 'static> Fanout<H> {
             if !ids.is_empty() {
                 state.held.insert(serial, (hold, receivers));
             }
+            state.last_send = Some(Instant::now());
+            if state.held.len() >= state.handoff_below {
+                self.shared.thread_reads_returns(&mut state);
+            }
             Delivery::Sent { receivers }
         } else if failures.is_empty() {
             Delivery::Skipped
@@ -429,6 +495,22 @@ impl<H: Send + 'static> Fanout<H> {
         let mut state = self.shared.lock();
         state.flushing = flushing;
         self.shared.signal(state);
+    }
+
+    /// Lets each send read the returns that came meanwhile, while buffers flow and fewer
+    /// than `buffers` are out, instead of the thread waking for each return (see
+    /// [`State::handoff_until`]). 0, the default: the thread reads every return at once.
+    ///
+    /// For a caller that cannot run short of buffers otherwise than through the fan-out:
+    /// one that waits for a buffer to come back (an empty pool) while fewer than
+    /// `buffers` are out would wait until the thread takes over again, up to 1 ms after
+    /// the last send. A send or `send_eos` that waits ends the handoff at once.
+    pub fn set_handoff_below(&self, buffers: usize) {
+        let mut state = self.shared.lock();
+        state.handoff_below = buffers;
+        if state.held.len() >= buffers {
+            self.shared.thread_reads_returns(&mut state);
+        }
     }
 
     pub fn stats(&self) -> FanoutStats {

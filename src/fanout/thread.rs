@@ -6,13 +6,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::TryLockError;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 
 use super::directory::Directory;
 use super::peer::{backoff, Peer, Phase, CONNECT_RETRY};
-use super::{Destination, FanoutEvent, Shared, UNSERVED_TO_REPORT};
+use super::{Destination, FanoutEvent, Shared, State, HANDOFF, UNSERVED_TO_REPORT};
 use crate::{Sender, SenderEvent};
 
 pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
@@ -22,10 +23,8 @@ pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
     // Kept across wake-ups (one per return): no allocation per return for these.
     let mut ids: Vec<u64> = Vec::new();
     let mut readable: Vec<u64> = Vec::new();
+    let mut last_plan = Plan { next_attempt: None, handoff: None };
     loop {
-        if shared.lock().stopping {
-            return;
-        }
         if look_at_directory {
             if let Some(dir) = directory.as_mut() {
                 if let Err(error) = follow(shared, dir) {
@@ -34,7 +33,8 @@ pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
                 }
             }
         }
-        let next_attempt = connect_due(shared, &mut sockets);
+        let Some(Plan { next_attempt, handoff }) = plan(shared, &mut sockets, last_plan) else { return };
+        last_plan = Plan { next_attempt, handoff };
 
         ids.clear();
         ids.extend(sockets.keys().copied());
@@ -43,8 +43,14 @@ pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
             poll_fds.push(PollFd::new(dir, PollFlags::IN));
         }
         let first_socket = poll_fds.len();
-        poll_fds.extend(ids.iter().map(|id| PollFd::new(&sockets[id], PollFlags::IN)));
-        let timeout = next_attempt.map(|at| at.saturating_duration_since(Instant::now()));
+        if handoff.is_none() {
+            poll_fds.extend(ids.iter().map(|id| PollFd::new(&sockets[id], PollFlags::IN)));
+        }
+        let wake_at = match (next_attempt, handoff) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
         let timespec = timeout.and_then(|t| rustix::event::Timespec::try_from(t).ok());
         // EINTR and the like: the loop looks at everything again.
         let _ = rustix::event::poll(&mut poll_fds, timespec.as_ref());
@@ -53,9 +59,9 @@ pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
         readable.clear();
         readable.extend(
             ids.iter()
-                .zip(&poll_fds[first_socket..])
-                .filter(|(_, fd)| woken || !fd.revents().is_empty())
-                .map(|(id, _)| *id),
+                .enumerate()
+                .filter(|&(i, _)| woken || poll_fds.get(first_socket + i).is_some_and(|fd| !fd.revents().is_empty()))
+                .map(|(_, id)| *id),
         );
         drop(poll_fds);
         if woken {
@@ -100,22 +106,53 @@ fn next_attempt<H>(state: &super::State<H>) -> Option<Instant> {
         .min()
 }
 
-/// Tries to connect to every receiver whose attempt is due. Returns when the next one is.
-fn connect_due<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>) -> Option<Instant> {
+/// What the thread waits for next.
+#[derive(Clone, Copy)]
+struct Plan {
+    /// When the next connection attempt is due.
+    next_attempt: Option<Instant>,
+    /// Until when the sends read the returns ([`State::handoff_until`]): the thread does
+    /// not poll the connections meanwhile.
+    handoff: Option<Instant>,
+}
+
+/// Connects to every receiver whose attempt is due, and says what to wait for next
+/// (`last`: the plan it woke from); `None` once the fan-out stops.
+fn plan<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>, last: Plan) -> Option<Plan> {
+    // The common case, once per wake-up: nothing due, one look under the lock. During a
+    // handoff, a lock held means a send under way: the handoff goes on, and the thread
+    // does not sleep on the lock (and make the send wake it).
+    let mut state = match shared.state.try_lock() {
+        Ok(state) => state,
+        Err(TryLockError::WouldBlock) if last.handoff.is_some() => {
+            return Some(Plan { handoff: Some(Instant::now() + HANDOFF), ..last });
+        }
+        Err(_) => shared.lock(),
+    };
+    if state.stopping {
+        return None;
+    }
     let now = Instant::now();
+    if next_attempt(&state).is_some_and(|at| at <= now) {
+        drop(state);
+        connect_due(shared, sockets, now);
+        state = shared.lock();
+    }
+    let handoff = state.handoff_until(Instant::now());
+    state.sends_read_returns = handoff.is_some();
+    Some(Plan { next_attempt: next_attempt(&state), handoff })
+}
+
+/// Tries to connect to every receiver whose attempt was due at `now`.
+fn connect_due<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>, now: Instant) {
     let due: Vec<_> = {
         let state = shared.lock();
-        match next_attempt(&state) {
-            Some(at) if at <= now => state
-                .peers
-                .iter()
-                .filter(|p| matches!(p.phase, Phase::Idle(at) if at <= now))
-                .map(|p| p.stats.socket.clone())
-                .collect(),
-            // The common case, once per wake-up (per return): nothing due, one look
-            // under the lock.
-            next => return next,
-        }
+        state
+            .peers
+            .iter()
+            .filter(|p| matches!(p.phase, Phase::Idle(at) if at <= now))
+            .map(|p| p.stats.socket.clone())
+            .collect()
     };
     let in_directory = matches!(shared.destination, Destination::Directory(_));
     for socket in due {
@@ -153,26 +190,44 @@ fn connect_due<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>) -> Op
             }
         }
     }
-    next_attempt(&shared.lock())
 }
 
 /// Handles everything receiver `id` has said. Returns whether its connection closed.
 fn serve<H>(shared: &Shared<H>, id: u64) -> bool {
     let mut events = Vec::new();
-    let mut whole = Vec::new();
     let mut released = Vec::new();
     let mut state = shared.lock();
-    let stopping = state.stopping;
     let Some(index) = state.peers.iter().position(|p| p.connection_id == id && !matches!(p.phase, Phase::Idle(_)))
     else {
         return true;
     };
+    let closing = take_in(&mut state, index, &mut events, &mut released);
+    shared.signal(state);
+    for event in events {
+        (shared.report)(event);
+    }
+    // The caller's holds (pooled buffers going back to their pools) outside the lock.
+    drop(released);
+    closing
+}
+
+/// Takes in everything receiver `state.peers[index]` has said already (without waiting):
+/// lets go of the buffers it gave back, and closes its connection when it ended (a peer
+/// whose socket is gone is then forgotten). What to report goes to `events`, the holds to
+/// drop (outside the lock) to `released`. Returns whether the connection closed.
+pub(super) fn take_in<H>(
+    state: &mut State<H>,
+    index: usize,
+    events: &mut Vec<FanoutEvent>,
+    released: &mut Vec<H>,
+) -> bool {
+    let stopping = state.stopping;
+    let mut whole = std::mem::take(&mut state.whole);
     let peer = &mut state.peers[index];
-    let socket = peer.stats.socket.clone();
     let mut ended = None;
     let mut returns = 0;
     while let Phase::Connected(sender) | Phase::Draining(sender) = &mut peer.phase {
-        match sender.next_event(Some(Duration::ZERO)) {
+        match sender.try_next_event() {
             Ok(None) => break,
             Ok(Some(SenderEvent::Returned(ids))) => {
                 peer.served = true;
@@ -183,15 +238,16 @@ fn serve<H>(shared: &Shared<H>, id: u64) -> bool {
             Ok(Some(SenderEvent::Disconnect)) => {
                 peer.served = true;
                 let again = peer.start_draining();
-                events.push(FanoutEvent::Disconnect { socket: socket.clone(), still_out: peer.out.len(), again });
+                let socket = peer.stats.socket.clone();
+                events.push(FanoutEvent::Disconnect { socket, still_out: peer.out.len(), again });
             }
             Ok(Some(SenderEvent::ReceiverGone)) => {
-                ended = Some(FanoutEvent::ReceiverGone { socket: socket.clone() });
+                ended = Some(FanoutEvent::ReceiverGone { socket: peer.stats.socket.clone() });
                 break;
             }
             Err(error) => {
                 let first = peer.first_warning();
-                ended = Some(FanoutEvent::ReceiverFailed { socket: socket.clone(), error, first });
+                ended = Some(FanoutEvent::ReceiverFailed { socket: peer.stats.socket.clone(), error, first });
                 break;
             }
         }
@@ -199,6 +255,7 @@ fn serve<H>(shared: &Shared<H>, id: u64) -> bool {
     let drained = matches!(&peer.phase, Phase::Draining(sender) if sender.in_flight() == 0);
     let closing = ended.is_some() || drained || stopping;
     if closing {
+        let socket = peer.stats.socket.clone();
         if !peer.unused_connection {
             events.push(FanoutEvent::Left(peer.snapshot()));
         }
@@ -226,15 +283,11 @@ fn serve<H>(shared: &Shared<H>, id: u64) -> bool {
         if !peer.present {
             state.peers.remove(index);
         }
+        events.extend(ended.or(drained.then_some(FanoutEvent::Drained { socket })));
     }
     state.stats.returns += returns;
-    state.let_go(&whole, &mut released);
-    shared.signal(state);
-    events.extend(ended.or(drained.then_some(FanoutEvent::Drained { socket })));
-    for event in events {
-        (shared.report)(event);
-    }
-    // The caller's holds (pooled buffers going back to their pools) outside the lock.
-    drop(released);
+    state.let_go(&whole, released);
+    whole.clear();
+    state.whole = whole;
     closing
 }

@@ -15,6 +15,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
+use super::handoff::Handoff;
 use super::memfd_allocator::MemfdAllocator;
 use super::outgoing::{self, CopyPools, Refusal};
 use super::report::{self, peer_structure};
@@ -126,6 +127,8 @@ pub struct QtiSocketSink {
     /// From the caps: how buffers are described.
     format: Mutex<Option<Format>>,
     fanout: Mutex<Option<Arc<Sending>>>,
+    /// This run's: see handoff.rs.
+    handoff: Mutex<Handoff>,
     copy_pools: CopyPools,
     allocator: MemfdAllocator,
     /// This run's (or, once stopped, the last run's).
@@ -360,6 +363,7 @@ impl BaseSinkImpl for QtiSocketSink {
         };
         let wait = lock(&self.settings).wait_for_receiver;
         let holds = prepared.take_holds();
+        lock(&self.handoff).update(&holds, &fanout);
         // Counted before the buffer can reach a receiver: whoever reads `stats` after
         // the receiver got it sees it counted. Not described after all if not sent.
         self.count_prepared(&prepared);
@@ -483,6 +487,7 @@ impl QtiSocketSink {
             }
         })?;
         *lock(&self.fanout) = Some(Arc::new(fanout));
+        *lock(&self.handoff) = Handoff::default();
         *lock(&self.render_counters) = RenderCounters::default();
         gst::info!(CAT, imp = self, "sending to {destination:?} ({options:?})");
         Ok(())

@@ -5,6 +5,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod handoff;
 mod imp;
 mod memfd_allocator;
 mod outgoing;

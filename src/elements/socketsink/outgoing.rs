@@ -160,6 +160,16 @@ fn from_pool(buffer: &gst::BufferRef) -> bool {
     unsafe { !(*buffer.as_ptr()).pool.is_null() }
 }
 
+/// The GstBufferPool `buffer` belongs to, if any.
+pub(super) fn pool_of(buffer: &gst::BufferRef) -> Option<gst::BufferPool> {
+    // SAFETY: the `pool` field of a valid GstBuffer we hold a reference to is null or a
+    // pool the buffer keeps alive; `from_glib_none` takes a reference of our own.
+    unsafe {
+        let pool = (*buffer.as_ptr()).pool;
+        (!pool.is_null()).then(|| gst::glib::translate::from_glib_none(pool))
+    }
+}
+
 /// Copies `bytes` into a memfd buffer of block `index`'s pool.
 fn copy_into_memfd(pools: &CopyPools, index: usize, bytes: &[u8]) -> Result<gst::Buffer, Refusal> {
     let mut copy = pools.acquire(index, bytes.len().max(1))?;

@@ -1,0 +1,173 @@
+//! While buffers flow, each send reads the returns that came meanwhile and the fan-out's
+//! thread sleeps (`Fanout::set_handoff_below`): a return then wakes no thread. The
+//! receivers are `gst-launch-1.0` processes. What must hold: every buffer still comes back,
+//! also when the sends stop with buffers out (the thread takes over), and memory whose
+//! pool the sink does not know keeps the thread reading every return at once.
+
+mod common;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Child;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use gst::prelude::*;
+use gstqtisocket::protocol::{Metas, CLOCK_TIME_NONE};
+use gstqtisocket::{Delivery, Destination, Fanout, FanoutOptions, OutgoingBlock, OutgoingBuffer, SlowReceiver};
+
+const CAPS: &str = "video/x-raw,format=NV12,width=64,height=48,framerate=30/1";
+const FRAME_SIZE: usize = 4608;
+const FRAMES: u64 = 3000;
+/// The sink's pool holds 64 buffers (max-in-flight + 4): the handoff goes on while the
+/// receiver (built for debugging, slower than the sender) holds fewer than 32.
+const SINK: &str = "max-in-flight=60 slow-receiver=wait";
+
+/// `qtisocketsrc ! fakesink` in a process of its own, on `tmp`'s socket.
+fn receiver(tmp: &TempDir) -> Child {
+    gst_launch_child(tmp, "qtisocketsrc socket=SOCKET ! fakesink sync=false enable-last-sample=false")
+}
+
+/// The voluntary context switches of this process's `qsock-fanout` thread: how often
+/// it went to sleep, so how often something woke it.
+fn fanout_thread_sleeps() -> u64 {
+    let find = || {
+        let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+        tasks
+            .map(|t| t.unwrap().path())
+            .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "qsock-fanout"))
+    };
+    // A new thread takes its name once it runs.
+    wait_until("the sink runs a qsock-fanout thread", || find().is_some());
+    let thread = find().unwrap();
+    let status = std::fs::read_to_string(thread.join("status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Sends `FRAMES` frames as fast as the sink takes them, each from `next_frame`, waits
+/// until all are back; returns how often the fan-out thread slept meanwhile.
+fn stream(sink_properties: &str, mut next_frame: impl FnMut(&gst::Element, u64) -> gst::Buffer) -> u64 {
+    let tmp = TempDir::new("sink-handoff");
+    let mut child = receiver(&tmp);
+    let (pipeline, src, sink) = appsrc_into_sink(
+        CAPS,
+        &format!("socket={} wait-for-receiver=true {sink_properties}", path_str(&tmp.path("s"))),
+    );
+    let before = fanout_thread_sleeps();
+    for i in 0..FRAMES {
+        src.push_buffer(next_frame(&sink, i)).unwrap();
+    }
+    // The sink renders asynchronously from appsrc's queue: every frame sent, then back.
+    wait_until("every frame was sent", || stat::<u64>(&sink, "buffers-sent") == FRAMES);
+    wait_until("every frame came back", || stat::<u64>(&sink, "in-flight") == 0);
+    let sleeps = fanout_thread_sleeps() - before;
+    assert_eq!(stat::<u64>(&sink, "dropped"), 0);
+    src.end_of_stream().unwrap();
+    pipeline.bus().unwrap().timed_pop_filtered(gst::ClockTime::from_seconds(20), &[gst::MessageType::Eos]).unwrap();
+    pipeline.set_state(gst::State::Null).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    sleeps
+}
+
+fn allocation_query(sink: &gst::Element) -> gst::query::Allocation<gst::Query> {
+    let caps = gst::Caps::from_str(CAPS).unwrap();
+    let mut query = gst::query::Allocation::new(Some(&caps), true);
+    assert!(sink.static_pad("sink").unwrap().query(&mut query));
+    query
+}
+
+fn offered_allocator(sink: &gst::Element) -> gst::Allocator {
+    allocation_query(sink).allocation_params().next().unwrap().0.unwrap()
+}
+
+/// The pool the sink offers for CAPS, active.
+fn offered_pool(sink: &gst::Element) -> gst::BufferPool {
+    let caps = gst::Caps::from_str(CAPS).unwrap();
+    let query = allocation_query(sink);
+    let (pool, _, _, max) = query.allocation_pools().next().unwrap();
+    let pool = pool.unwrap();
+    let mut config = pool.config();
+    config.set_params(Some(&caps), FRAME_SIZE as u32, 2, max);
+    pool.set_config(config).unwrap();
+    pool.set_active(true).unwrap();
+    pool
+}
+
+#[test]
+fn frames_from_the_sinks_pool_come_back_without_waking_the_fanout_thread_for_each() {
+    let mut pool = None;
+    let pooled = stream(SINK, |sink, i| {
+        let pool = pool.get_or_insert_with(|| offered_pool(sink));
+        let mut buffer = pool.acquire_buffer(None).unwrap();
+        buffer.get_mut().unwrap().set_pts(gst::ClockTime::from_nseconds(i * 33_333_333));
+        buffer
+    });
+    // The same frames in memfds of no pool (from the allocator the sink offers): the sink
+    // cannot know what waits for them, so its thread reads every return at once (and the
+    // count above is shown to tell the two apart).
+    let unpooled = stream(SINK, |sink, i| {
+        let memory = offered_allocator(sink).alloc(FRAME_SIZE, None).unwrap();
+        let mut buffer = gst::Buffer::new();
+        buffer.get_mut().unwrap().append_memory(memory);
+        buffer.get_mut().unwrap().set_pts(gst::ClockTime::from_nseconds(i * 33_333_333));
+        buffer
+    });
+    println!("fan-out thread slept {pooled} times for {FRAMES} pooled frames, {unpooled} for unpooled ones");
+    // Pooled: about once per millisecond (the thread looks whether the sends stopped), a
+    // few dozen frames apart; unpooled: once per return, or per few when it runs late.
+    assert!(pooled < FRAMES / 3, "woken {pooled} times for {FRAMES} frames from the sink's pool");
+    assert!(pooled < unpooled, "woken {pooled} times for {FRAMES} frames from the sink's pool, {unpooled} unpooled");
+}
+
+/// A hold that counts itself dropped.
+struct Hold(Arc<AtomicUsize>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn buffers_still_out_when_the_sends_stop_come_back() {
+    // A producer whose pool has run dry sends nothing more: the thread must take over
+    // the returns the sends were reading.
+    let tmp = TempDir::new("fanout-handoff");
+    let mut child = receiver(&tmp);
+    let options = FanoutOptions { max_in_flight: None, slow_receiver: SlowReceiver::Wait };
+    let fanout: Fanout<Hold> = Fanout::start(Destination::Socket(tmp.path("s")), options, Box::new(|_| {})).unwrap();
+    fanout.set_handoff_below(usize::MAX);
+    let memfds: Vec<OwnedFd> = (0..8).map(|i| memfd(FRAME_SIZE as u64, i)).collect();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    for round in 0..20u64 {
+        for (i, fd) in memfds.iter().enumerate() {
+            let index = round * 8 + i as u64;
+            let buffer = OutgoingBuffer {
+                blocks: vec![OutgoingBlock { fd: Some(fd.as_fd()), description: nv12_64x48(FRAME_SIZE as u64) }],
+                pts: index * 33_333_333,
+                dts: CLOCK_TIME_NONE,
+                duration: 33_333_333,
+                pooled: true,
+                metas: Metas::default(),
+            };
+            // Waits for the receiver the first time.
+            assert_eq!(fanout.send(&buffer, Hold(dropped.clone()), true), Delivery::Sent { receivers: 1 });
+        }
+        // Every memfd is out: like a dry pool, wait for all of them to come back.
+        let all = (round as usize + 1) * memfds.len();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while dropped.load(Ordering::SeqCst) < all {
+            assert!(Instant::now() < deadline, "round {round}: {} of {all} back", dropped.load(Ordering::SeqCst));
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    assert_eq!(fanout.stats().in_flight, 0);
+    assert_eq!(fanout.stats().returns, 160);
+    drop(fanout);
+    let _ = child.kill();
+    let _ = child.wait();
+}
