@@ -1,6 +1,7 @@
-//! Element level, two processes: a sender pipeline (`appsrc ! qtisocketsink`, or
-//! `appsrc ! shmsink` / `appsrc ! unixfdsink` for the baselines) fed NV12 frames from the
-//! buffer pool its sink proposes (so neither side copies unless its sink must), and a
+//! Element level, two processes: a sender (`qtisocketsink`, or `shmsink` / `unixfdsink`
+//! for the baselines) fed NV12 frames from the buffer pool its sink proposes (so neither
+//! side copies unless its sink must), pushed from the producer's own thread as a source
+//! element pushes from its streaming thread, and a
 //! receiver pipeline (`qtisocketsrc ! fakesink`, `shmsrc ! fakesink` or
 //! `unixfdsrc ! fakesink`) whose probe reads each frame's
 //! first 16 bytes: the sender's index (each must follow the last) and its send time.
@@ -97,9 +98,9 @@ fn caps(width: u32, height: u32) -> gst::Caps {
 }
 
 /// The pool the sink proposes for `caps`, or one of ours with the allocator it proposes.
-fn pool_from_sink(appsrc: &gst_app::AppSrc, caps: &gst::Caps, size: usize) -> gst::BufferPool {
+fn pool_from_sink(src: &gst::Pad, caps: &gst::Caps, size: usize) -> gst::BufferPool {
     let mut query = gst::query::Allocation::new(Some(caps), true);
-    assert!(appsrc.static_pad("src").unwrap().peer_query(&mut query), "the sink answers the allocation query");
+    assert!(src.peer_query(&mut query), "the sink answers the allocation query");
     let (pool, min, max) = match query.allocation_pools().next() {
         Some((Some(pool), _, min, max)) => (pool, min, max),
         _ => (gst_video::VideoBufferPool::new().upcast(), 2, 8),
@@ -153,23 +154,31 @@ pub struct Frames {
     pub own_pool: bool,
 }
 
-/// `appsrc ! SINK` (SINK: the rest of the pipeline): sends `frames`, then EOS; prints a
-/// [`SendReport`]. `ready` runs once the pipeline plays, before the first frame.
-/// `eos_answered`: the sink posts EOS once its receivers are done (else a short wait).
+/// SINK (the pipeline, its first pad free) fed by a pad of the producer's, which pushes
+/// from this thread: sends `frames`, then EOS; prints a [`SendReport`]. `ready` runs once
+/// the pipeline plays, before the first frame. `eos_answered`: the sink posts EOS once
+/// its receivers are done (else a short wait).
+///
+/// No `appsrc`: its queue would hand every frame to a thread of its own, a hop a camera
+/// or decoder element (which pushes from its streaming thread) does not make, and one
+/// that would cost every transport measured here a thread wake-up per frame.
 pub fn send_frames(sink: &str, frames: Frames, eos_answered: bool, ready: impl FnOnce(&gst::Pipeline)) {
     gst::init().unwrap();
     gstqtisocket::plugin_register_static().unwrap();
     let Frames { width, height, duration, count, own_pool: copied } = frames;
     let size = frame_bytes(width, height);
     let caps = caps(width, height);
-    let pipeline = gst::parse::launch(&format!("appsrc name=src format=time ! {sink}")).unwrap();
-    let pipeline = pipeline.downcast::<gst::Pipeline>().unwrap();
-    let appsrc = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    appsrc.set_caps(Some(&caps));
-    appsrc.set_max_bytes(size as u64 * 2);
-    appsrc.set_block(true);
+    let pipeline = gst::Pipeline::new();
+    let bin = gst::parse::bin_from_description(sink, true).unwrap();
+    pipeline.add(&bin).unwrap();
+    let src = gst::Pad::builder(gst::PadDirection::Src).name("frames").build();
+    src.link(&bin.static_pad("sink").unwrap()).unwrap();
+    src.set_active(true).unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
-    let pool = if copied { own_pool(&caps, size) } else { pool_from_sink(&appsrc, &caps, size) };
+    src.push_event(gst::event::StreamStart::new("frames"));
+    src.push_event(gst::event::Caps::new(&caps));
+    src.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
+    let pool = if copied { own_pool(&caps, size) } else { pool_from_sink(&src, &caps, size) };
     ready(&pipeline);
 
     let mut report = SendReport::default();
@@ -185,7 +194,7 @@ pub fn send_frames(sink: &str, frames: Frames, eos_answered: bool, ready: impl F
             map[..8].copy_from_slice(&index.to_le_bytes());
             map[8..16].copy_from_slice(&now_ns().to_le_bytes());
         }
-        if appsrc.push_buffer(buffer).is_err() {
+        if src.push(buffer).is_err() {
             break;
         }
         if index == 0 {
@@ -198,7 +207,7 @@ pub fn send_frames(sink: &str, frames: Frames, eos_answered: bool, ready: impl F
     }
     report.buffers = index;
     report.cpu_s = (cpu_time() - cpu_start.unwrap_or_default()).as_secs_f64();
-    let _ = appsrc.end_of_stream();
+    src.push_event(gst::event::Eos::new());
     let bus = pipeline.bus().unwrap();
     if eos_answered {
         // Our sink's EOS waits for the receiver to return every buffer; unixfdsink sends
