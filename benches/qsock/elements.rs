@@ -139,7 +139,7 @@ pub fn sender(transport: Transport, socket: &Path, width: u32, height: u32, dura
         ),
         Transport::UnixFd => format!("unixfdsink socket-path={} wait-for-connection=true sync=false", socket.display()),
     };
-    let frames = Frames { width, height, duration, count, own_pool: transport == Transport::ShmCopy };
+    let frames = Frames { width, height, duration, count, own_pool: transport == Transport::ShmCopy, pace: None };
     let eos_answered = matches!(transport, Transport::Ours | Transport::UnixFd);
     send_frames(&sink, frames, eos_answered, |_| {});
 }
@@ -152,6 +152,8 @@ pub struct Frames {
     pub duration: Duration,
     pub count: Option<u64>,
     pub own_pool: bool,
+    /// One frame per this interval; `None`: as fast as the sink takes them.
+    pub pace: Option<Duration>,
 }
 
 /// SINK (the pipeline, its first pad free) fed by a pad of the producer's, which pushes
@@ -165,7 +167,7 @@ pub struct Frames {
 pub fn send_frames(sink: &str, frames: Frames, eos_answered: bool, ready: impl FnOnce(&gst::Pipeline)) {
     gst::init().unwrap();
     gstqtisocket::plugin_register_static().unwrap();
-    let Frames { width, height, duration, count, own_pool: copied } = frames;
+    let Frames { width, height, duration, count, own_pool: copied, pace } = frames;
     let size = frame_bytes(width, height);
     let caps = caps(width, height);
     let pipeline = gst::Pipeline::new();
@@ -184,8 +186,23 @@ pub fn send_frames(sink: &str, frames: Frames, eos_answered: bool, ready: impl F
     let mut report = SendReport::default();
     let mut cpu_start = None;
     let started = Instant::now();
+    let (done, watchdog) = std::sync::mpsc::channel::<()>();
+    if count.is_none() {
+        // A sink that blocks for good (unixfdsink waiting for clients that left) must not
+        // hang the run: 3 s after its end the pipeline stops, which ends the push.
+        let pipeline = pipeline.clone();
+        std::thread::spawn(move || {
+            if watchdog.recv_timeout(duration + Duration::from_secs(3)).is_err() {
+                let _ = pipeline.set_state(gst::State::Null);
+            }
+        });
+    }
     let mut index = 0u64;
     while count.map_or(started.elapsed() < duration, |n| index < n) {
+        if let Some(pace) = pace {
+            let due = started + pace * index as u32;
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         let mut buffer = pool.acquire_buffer(None).unwrap();
         {
             let buffer = buffer.get_mut().unwrap();
@@ -205,9 +222,13 @@ pub fn send_frames(sink: &str, frames: Frames, eos_answered: bool, ready: impl F
             report.rss_fds_early = (rss_kib(), open_fds());
         }
     }
+    let _ = done.send(());
     report.buffers = index;
     report.cpu_s = (cpu_time() - cpu_start.unwrap_or_default()).as_secs_f64();
-    src.push_event(gst::event::Eos::new());
+    // From another thread: EOS waits in the sink until its receivers are done (ours for
+    // at most a few seconds; unixfdsink for as long as a client holds a frame), and the
+    // wait below is bounded. Setting the pipeline to NULL ends it.
+    std::thread::spawn(move || src.push_event(gst::event::Eos::new()));
     let bus = pipeline.bus().unwrap();
     if eos_answered {
         // Our sink's EOS waits for the receiver to return every buffer; unixfdsink sends
