@@ -197,7 +197,7 @@ struct State<H> {
     /// See [`Fanout::set_handoff_below`].
     handoff_below: usize,
     /// The thread does not poll the connections: `send` reads the returns (see
-    /// [`State::sends_read_returns`]).
+    /// [`State::handoff_until`]).
     sends_read_returns: bool,
     /// Serials of the buffers a receiver gave back whole, kept to spare an allocation
     /// per return.
@@ -514,6 +514,8 @@ impl<H: Send + 'static> Fanout<H> {
     }
 
     pub fn stats(&self) -> FanoutStats {
+        // What came back during a handoff counts at once, not once the thread looks.
+        self.shared.take_in_returns();
         let state = self.shared.lock();
         let mut stats = state.stats.clone();
         stats.in_flight = state.held.len() as u64;
