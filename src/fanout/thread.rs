@@ -23,7 +23,7 @@ pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
     // Kept across wake-ups (one per return): no allocation per return for these.
     let mut ids: Vec<u64> = Vec::new();
     let mut readable: Vec<u64> = Vec::new();
-    let mut last_plan = Plan { next_attempt: None, handoff: None };
+    let mut last_plan = Plan { next_attempt: None, handoff: None, look_every: HANDOFF };
     loop {
         if look_at_directory {
             if let Some(dir) = directory.as_mut() {
@@ -33,8 +33,9 @@ pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
                 }
             }
         }
-        let Some(Plan { next_attempt, handoff }) = plan(shared, &mut sockets, last_plan) else { return };
-        last_plan = Plan { next_attempt, handoff };
+        let Some(next) = plan(shared, &mut sockets, last_plan) else { return };
+        last_plan = next;
+        let Plan { next_attempt, handoff, .. } = next;
 
         ids.clear();
         ids.extend(sockets.keys().copied());
@@ -46,10 +47,7 @@ pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
         if handoff.is_none() {
             poll_fds.extend(ids.iter().map(|id| PollFd::new(&sockets[id], PollFlags::IN)));
         }
-        let wake_at = match (next_attempt, handoff) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let wake_at = [next_attempt, handoff].into_iter().flatten().min();
         let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
         let timespec = timeout.and_then(|t| rustix::event::Timespec::try_from(t).ok());
         // EINTR and the like: the loop looks at everything again.
@@ -114,7 +112,14 @@ struct Plan {
     /// Until when the sends read the returns ([`State::handoff_until`]): the thread does
     /// not poll the connections meanwhile.
     handoff: Option<Instant>,
+    /// How long after the last send the thread looks again during a handoff: 1 ms, twice
+    /// as long each time it finds the sends still going, up to [`LONGEST_LOOK`].
+    look_every: Duration,
 }
+
+/// The longest the thread leaves a handoff alone: how late, at worst, the returns of a
+/// stream that stopped after flowing for a while are read.
+const LONGEST_LOOK: Duration = Duration::from_millis(8);
 
 /// Connects to every receiver whose attempt is due, and says what to wait for next
 /// (`last`: the plan it woke from); `None` once the fan-out stops.
@@ -125,7 +130,7 @@ fn plan<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>, last: Plan) 
     let mut state = match shared.state.try_lock() {
         Ok(state) => state,
         Err(TryLockError::WouldBlock) if last.handoff.is_some() => {
-            return Some(Plan { handoff: Some(Instant::now() + HANDOFF), ..last });
+            return Some(Plan { handoff: Some(Instant::now() + last.look_every), ..last });
         }
         Err(_) => shared.lock(),
     };
@@ -140,7 +145,13 @@ fn plan<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>, last: Plan) 
     }
     let handoff = state.handoff_until(Instant::now());
     state.sends_read_returns = handoff.is_some();
-    Some(Plan { next_attempt: next_attempt(&state), handoff })
+    let look_every = match (last.handoff, handoff) {
+        (Some(_), Some(_)) => (last.look_every * 2).min(LONGEST_LOOK),
+        _ => HANDOFF,
+    };
+    // From the last send: it was less than HANDOFF ago, so this is later than `handoff`.
+    let handoff = handoff.map(|until| until - HANDOFF + look_every);
+    Some(Plan { next_attempt: next_attempt(&state), handoff, look_every })
 }
 
 /// Tries to connect to every receiver whose attempt was due at `now`.
