@@ -456,3 +456,56 @@ fn a_missing_socket_dir_fails_the_start_naming_it() {
     let text = start_error(&format!("socket-dir={}", path_str(&missing)));
     assert!(text.contains(path_str(&missing)), "{text}");
 }
+
+#[test]
+fn with_slow_receiver_wait_a_stuck_receiver_holds_the_producer_until_it_dies_and_a_stop_ends_the_wait() {
+    const FRAMES: u64 = 60;
+    const MAX_IN_FLIGHT: u64 = 4;
+    let tmp = TempDir::new("fanout-wait");
+    let dir = tmp.path("cams");
+    std::fs::create_dir(&dir).unwrap();
+    let (pipeline, src, sink) = dir_sender(&dir, &format!("max-in-flight={MAX_IN_FLIGHT} slow-receiver=wait"));
+    let (healthy, outs) = two_file_receivers(&tmp, &dir);
+    let stuck = stuck_receiver(&tmp, &dir.join("stuck.sock"));
+    wait_until("three receivers are connected", || connected_receivers(&sink) == 3);
+    let sent_to = |name: &str| receiver_stats(&sink, &dir.join(name)).map(|s| stat::<u64>(&s, "buffers-sent"));
+    let push = |range: std::ops::Range<u64>| {
+        for i in range {
+            let mut buffer = gst::Buffer::from_mut_slice(frame(i));
+            buffer.get_mut().unwrap().set_pts(gst::ClockTime::from_nseconds(i * FRAME_NS));
+            src.push_buffer(buffer).unwrap();
+        }
+    };
+
+    // appsrc queues what the sink cannot take yet. The stuck receiver takes 4; then every
+    // send waits for it (back-pressure): nothing is skipped, nobody gets the 5th.
+    push(0..FRAMES);
+    wait_until("the stuck receiver holds max-in-flight", || sent_to("stuck.sock") == Some(MAX_IN_FLIGHT));
+    std::thread::sleep(Duration::from_millis(200));
+    let stats: gst::Structure = sink.property("stats");
+    assert_eq!(stat::<u64>(&stats, "buffers-sent"), MAX_IN_FLIGHT, "{stats}");
+    assert_eq!(stat::<u64>(&stats, "skipped"), 0, "{stats}");
+    // Gone, it holds nobody up: the waiting send sees its hang-up.
+    kill(stuck);
+    wait_until("every frame went out", || stat::<u64>(&sink, "buffers-sent") == FRAMES);
+
+    // Another stuck one: the producer waits again, and stopping ends the wait at once.
+    let stuck = stuck_receiver(&tmp, &dir.join("stuck2.sock"));
+    wait_until("the new receiver is connected", || connected_receivers(&sink) == 3);
+    push(FRAMES..FRAMES + 10);
+    wait_until("the new stuck receiver holds max-in-flight", || sent_to("stuck2.sock") == Some(MAX_IN_FLIGHT));
+    let started = Instant::now();
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1), "stopping took {:?}", started.elapsed());
+    kill(stuck);
+    for child in healthy {
+        kill(child);
+    }
+    for out in &outs {
+        let bytes = std::fs::read(out).unwrap();
+        let got: Vec<&[u8]> = bytes.chunks(FRAME_SIZE).collect();
+        assert_eq!(got.len() as u64, FRAMES + MAX_IN_FLIGHT, "{}", out.display());
+        assert!(got.iter().zip(0..).all(|(g, i)| *g == frame(i)), "{}: frames out of order", out.display());
+    }
+    assert_no_glib_warnings();
+}

@@ -25,6 +25,8 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use rustix::event::{PollFd, PollFlags};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -194,6 +196,9 @@ struct State<H> {
     waiting: usize,
     /// When the last buffer went to a receiver.
     last_send: Option<Instant>,
+    /// Sends polling the connections themselves, for a receiver at its limit to return a
+    /// buffer ([`Shared::wait_for_returns`]): the thread does not read them meanwhile.
+    polling_senders: usize,
     /// See [`Fanout::set_handoff_below`].
     handoff_below: usize,
     /// The thread does not poll the connections: `send` reads the returns (see
@@ -203,6 +208,14 @@ struct State<H> {
     /// per return.
     whole: Vec<u64>,
 }
+
+/// Connections read one by one, whether they have something or not; more are polled
+/// first (see [`Shared::readable`]).
+const READ_ALL_UP_TO: usize = 2;
+
+/// The longest a send waiting for a receiver to return a buffer polls before it looks
+/// at the fan-out again.
+const RETURN_POLL: Duration = Duration::from_millis(10);
 
 /// How long after a send the thread leaves the returns to the next send.
 pub(super) const HANDOFF: Duration = Duration::from_millis(1);
@@ -214,6 +227,9 @@ impl<H> State<H> {
     /// thread (in both processes, waking a thread costs more than the return itself).
     /// Until when, if so.
     fn handoff_until(&self, now: Instant) -> Option<Instant> {
+        if self.waiting == 0 && self.polling_senders > 0 {
+            return Some(now + HANDOFF);
+        }
         let until = self.last_send? + HANDOFF;
         (until > now && self.waiting == 0 && self.held.len() < self.handoff_below).then_some(until)
     }
@@ -238,6 +254,9 @@ struct Shared<H> {
     changed: Condvar,
     /// Wakes the thread from its poll (stop, a send that failed or read returns).
     wake: OwnedFd,
+    /// Readable while flushing: ends the poll of a send that waits for a receiver to
+    /// return a buffer ([`Shared::wait_for_returns`]).
+    flushing_fd: OwnedFd,
     report: Report,
 }
 
@@ -278,15 +297,20 @@ impl<H> Shared<H> {
 
     /// During a handoff: takes in what the receivers said meanwhile.
     fn take_in_returns(&self) {
+        let state = self.lock();
+        if state.sends_read_returns {
+            self.take_in(state);
+        }
+    }
+
+    /// Takes in what every receiver said already, and unlocks.
+    fn take_in(&self, mut state: MutexGuard<'_, State<H>>) {
         let mut events = Vec::new();
         let mut released = Vec::new();
-        let mut state = self.lock();
-        if !state.sends_read_returns {
-            return;
-        }
         let mut closed = false;
+        let readable = Self::readable(&state);
         for index in (0..state.peers.len()).rev() {
-            if !matches!(state.peers[index].phase, Phase::Idle(_)) {
+            if readable[index] {
                 closed |= thread::take_in(&mut state, index, &mut events, &mut released);
             }
         }
@@ -299,6 +323,59 @@ impl<H> Shared<H> {
             (self.report)(event);
         }
         drop(released);
+    }
+
+    /// A send waits for connected receivers at `limit` to return a buffer: the fds to
+    /// poll for it, so that the waiting thread reads the returns itself (else the
+    /// fan-out's thread would, and wake it: two wake-ups instead of one). `None` when
+    /// some receiver at its limit has none.
+    fn wait_for_returns(&self, state: &State<H>, limit: Option<usize>) -> Option<Vec<Arc<OwnedFd>>> {
+        let at_limit = state.peers.iter().filter(|p| p.is_connected() && p.at_limit(limit));
+        at_limit.map(|p| p.poll_fd.clone()).collect::<Option<Vec<_>>>().filter(|fds| !fds.is_empty())
+    }
+
+    /// Which peers may have something to take in, by index: every connected one, or
+    /// with more than [`READ_ALL_UP_TO`] (reading a connection with nothing costs a
+    /// syscall each), those one poll finds readable.
+    fn readable(state: &State<H>) -> Vec<bool> {
+        let open: Vec<bool> = state.peers.iter().map(|p| !matches!(p.phase, Phase::Idle(_))).collect();
+        if open.iter().filter(|&&o| o).count() <= READ_ALL_UP_TO {
+            return open;
+        }
+        let polled = |p: &Peer| !matches!(p.phase, Phase::Idle(_)) && p.poll_fd.is_some();
+        let mut fds: Vec<PollFd<'_>> = state
+            .peers
+            .iter()
+            .filter_map(|p| p.poll_fd.as_deref().filter(|_| polled(p)))
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        if rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })).is_err() {
+            return open;
+        }
+        let mut ready = fds.iter().map(|fd| !fd.revents().is_empty());
+        let readable = state.peers.iter().map(|p| match &p.phase {
+            Phase::Idle(_) => false,
+            Phase::Connected(s) | Phase::Draining(s) if polled(p) => ready.next().unwrap_or(true) || s.has_taken_in(),
+            _ => true,
+        });
+        readable.collect()
+    }
+
+    /// A send took in what a receiver said while it waited for room in its socket: read,
+    /// so a poll of that socket would not see it.
+    fn has_taken_in(state: &State<H>) -> bool {
+        state.peers.iter().any(|p| matches!(&p.phase, Phase::Connected(s) | Phase::Draining(s) if s.has_taken_in()))
+    }
+
+    /// Waits (without the lock) until one of `sockets` has something to read or hung up,
+    /// the fan-out is flushing, or [`RETURN_POLL`] passed (what only the thread sees, a
+    /// receiver closed or gone from the directory, is then looked at again).
+    fn poll_returns(&self, sockets: &[Arc<OwnedFd>]) {
+        let mut fds: Vec<PollFd<'_>> = sockets.iter().map(|fd| PollFd::new(&**fd, PollFlags::IN)).collect();
+        fds.push(PollFd::new(&self.flushing_fd, PollFlags::IN));
+        let timeout = rustix::event::Timespec::try_from(RETURN_POLL).expect("fits");
+        // EINTR and the like: the caller looks at everything again.
+        let _ = rustix::event::poll(&mut fds, Some(&timeout));
     }
 
     fn wake_thread(&self) {
@@ -326,9 +403,11 @@ impl<H: Send + 'static> Fanout<H> {
             }
             Destination::Socket(_) => None,
         };
-        let wake =
+        let eventfd = || {
             rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
-                .map_err(|e| io("making the fan-out's eventfd", e.into()))?;
+                .map_err(|e| io("making the fan-out's eventfd", e.into()))
+        };
+        let (wake, flushing_fd) = (eventfd()?, eventfd()?);
         let peers = match &destination {
             Destination::Socket(path) => vec![Peer::new(path.clone())],
             Destination::Directory(_) => Vec::new(),
@@ -346,12 +425,14 @@ impl<H: Send + 'static> Fanout<H> {
                 stopping: false,
                 waiting: 0,
                 last_send: None,
+                polling_senders: 0,
                 handoff_below: 0,
                 sends_read_returns: false,
                 whole: Vec::new(),
             }),
             changed: Condvar::new(),
             wake,
+            flushing_fd,
             report,
         });
         let thread = std::thread::Builder::new()
@@ -389,7 +470,27 @@ impl<H: Send + 'static> Fanout<H> {
             if !waits {
                 break;
             }
-            state = self.shared.wait(state, None);
+            state = match self.shared.wait_for_returns(&state, limit) {
+                Some(_) if Shared::has_taken_in(&state) => {
+                    self.shared.take_in(state);
+                    self.shared.lock()
+                }
+                Some(sockets) => {
+                    // The thread leaves the connections alone meanwhile (it would read the
+                    // return this send waits for, and this send would not see it).
+                    state.polling_senders += 1;
+                    if !state.sends_read_returns {
+                        self.shared.wake_thread();
+                    }
+                    drop(state);
+                    self.shared.poll_returns(&sockets);
+                    let mut state = self.shared.lock();
+                    state.polling_senders -= 1;
+                    self.shared.take_in(state);
+                    self.shared.lock()
+                }
+                None => self.shared.wait(state, None),
+            };
         }
         let ids = BufIds::new(buffer.blocks.iter().filter_map(|b| b.fd).map(|fd| fd.as_raw_fd()));
         let serial = state.next_serial;
@@ -493,7 +594,14 @@ impl<H: Send + 'static> Fanout<H> {
     /// Makes waiting `send`s and `send_eos` return (unlock), or lets them wait again.
     pub fn set_flushing(&self, flushing: bool) {
         let mut state = self.shared.lock();
-        state.flushing = flushing;
+        if flushing != std::mem::replace(&mut state.flushing, flushing) {
+            // Readable while flushing; fails only when the counter would overflow (or, reading,
+            // when empty): as wanted either way.
+            let _ = match flushing {
+                true => rustix::io::write(&self.shared.flushing_fd, &1u64.to_ne_bytes()),
+                false => rustix::io::read(&self.shared.flushing_fd, &mut [0u8; 8]),
+            };
+        }
         self.shared.signal(state);
     }
 

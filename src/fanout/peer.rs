@@ -2,7 +2,9 @@
 //! buffers it holds, and its counters. Everything here runs under the fan-out's lock.
 
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::protocol::MAX_MEMORY_BLOCKS;
@@ -106,6 +108,9 @@ pub(super) struct Out {
 pub(super) struct Peer {
     /// Tells this peer's connection apart from the ones before (the thread's fd copies).
     pub connection_id: u64,
+    /// A copy of the connection's fd to poll without the lock (the thread's, and a send's
+    /// waiting for this receiver to return a buffer); `None` while not connected.
+    pub poll_fd: Option<Arc<OwnedFd>>,
     pub stats: PeerStats,
     pub phase: Phase,
     pub out: VecDeque<Out>,
@@ -128,6 +133,7 @@ impl Peer {
     pub fn new(socket: PathBuf) -> Peer {
         Peer {
             connection_id: 0,
+            poll_fd: None,
             stats: PeerStats::new(socket, None),
             phase: Phase::Idle(Instant::now()),
             out: VecDeque::new(),
@@ -150,9 +156,10 @@ impl Peer {
     }
 
     /// A new connection: the counters start again.
-    pub fn connected(&mut self, sender: Sender, connection_id: u64) {
+    pub fn connected(&mut self, sender: Sender, connection_id: u64, poll_fd: Arc<OwnedFd>) {
         self.stats = PeerStats::new(std::mem::take(&mut self.stats.socket), sender.receiver_credentials());
         self.connection_id = connection_id;
+        self.poll_fd = Some(poll_fd);
         self.phase = Phase::Connected(sender);
         self.unused_connection = true;
         self.served = false;
@@ -196,6 +203,7 @@ impl Peer {
     /// back; pushes their serials.
     pub fn close(&mut self, retry_in: Duration, whole: &mut Vec<u64>) {
         self.phase = Phase::Idle(Instant::now() + retry_in);
+        self.poll_fd = None;
         whole.extend(self.out.drain(..).map(|out| out.serial));
     }
 

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::TryLockError;
+use std::sync::{Arc, TryLockError};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -18,7 +18,7 @@ use crate::{Sender, SenderEvent};
 
 pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
     // Copies of the connected sockets, by connection id.
-    let mut sockets: HashMap<u64, OwnedFd> = HashMap::new();
+    let mut sockets: HashMap<u64, Arc<OwnedFd>> = HashMap::new();
     let mut look_at_directory = directory.is_some();
     // Kept across wake-ups (one per return): no allocation per return for these.
     let mut ids: Vec<u64> = Vec::new();
@@ -123,7 +123,7 @@ const LONGEST_LOOK: Duration = Duration::from_millis(8);
 
 /// Connects to every receiver whose attempt is due, and says what to wait for next
 /// (`last`: the plan it woke from); `None` once the fan-out stops.
-fn plan<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>, last: Plan) -> Option<Plan> {
+fn plan<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, Arc<OwnedFd>>, last: Plan) -> Option<Plan> {
     // The common case, once per wake-up: nothing due, one look under the lock. During a
     // handoff, a lock held means a send under way: the handoff goes on, and the thread
     // does not sleep on the lock (and make the send wake it).
@@ -155,7 +155,7 @@ fn plan<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>, last: Plan) 
 }
 
 /// Tries to connect to every receiver whose attempt was due at `now`.
-fn connect_due<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>, now: Instant) {
+fn connect_due<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, Arc<OwnedFd>>, now: Instant) {
     let due: Vec<_> = {
         let state = shared.lock();
         state
@@ -180,7 +180,8 @@ fn connect_due<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, OwnedFd>, now: 
         let Some(peer) = state.peers.iter_mut().find(|p| p.stats.socket == socket) else { continue };
         match connection {
             Ok((sender, copy)) => {
-                peer.connected(sender, id);
+                let copy = Arc::new(copy);
+                peer.connected(sender, id, copy.clone());
                 state.next_connection += 1;
                 sockets.insert(id, copy);
                 shared.signal(state);
@@ -212,6 +213,10 @@ fn serve<H>(shared: &Shared<H>, id: u64) -> bool {
     else {
         return true;
     };
+    if state.polling_senders > 0 {
+        // A send waits for a return and reads it itself: left to it.
+        return false;
+    }
     let closing = take_in(&mut state, index, &mut events, &mut released);
     shared.signal(state);
     for event in events {
