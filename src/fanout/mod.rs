@@ -19,14 +19,13 @@
 
 mod directory;
 mod peer;
+mod returns;
 mod thread;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-
-use rustix::event::{PollFd, PollFlags};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -197,7 +196,7 @@ struct State<H> {
     /// When the last buffer went to a receiver.
     last_send: Option<Instant>,
     /// Sends polling the connections themselves, for a receiver at its limit to return a
-    /// buffer ([`Shared::wait_for_returns`]): the thread does not read them meanwhile.
+    /// buffer ([`State::at_limit_sockets`]): the thread does not read them meanwhile.
     polling_senders: usize,
     /// See [`Fanout::set_handoff_below`].
     handoff_below: usize,
@@ -209,31 +208,7 @@ struct State<H> {
     whole: Vec<u64>,
 }
 
-/// Connections read one by one, whether they have something or not; more are polled
-/// first (see [`Shared::readable`]).
-const READ_ALL_UP_TO: usize = 2;
-
-/// The longest a send waiting for a receiver to return a buffer polls before it looks
-/// at the fan-out again.
-const RETURN_POLL: Duration = Duration::from_millis(10);
-
-/// How long after a send the thread leaves the returns to the next send.
-pub(super) const HANDOFF: Duration = Duration::from_millis(1);
-
 impl<H> State<H> {
-    /// While buffers flow (the last send less than [`HANDOFF`] ago), nobody waits and
-    /// fewer than `handoff_below` are out, each send reads the returns that came
-    /// meanwhile and the thread does not poll the connections: a return then wakes no
-    /// thread (in both processes, waking a thread costs more than the return itself).
-    /// Until when, if so.
-    fn handoff_until(&self, now: Instant) -> Option<Instant> {
-        if self.waiting == 0 && self.polling_senders > 0 {
-            return Some(now + HANDOFF);
-        }
-        let until = self.last_send? + HANDOFF;
-        (until > now && self.waiting == 0 && self.held.len() < self.handoff_below).then_some(until)
-    }
-
     /// One receiver gave back (or will never give back) the buffers `serials`: those no
     /// receiver holds any more are moved to `released`.
     fn let_go(&mut self, serials: &[u64], released: &mut Vec<H>) {
@@ -255,7 +230,7 @@ struct Shared<H> {
     /// Wakes the thread from its poll (stop, a send that failed or read returns).
     wake: OwnedFd,
     /// Readable while flushing: ends the poll of a send that waits for a receiver to
-    /// return a buffer ([`Shared::wait_for_returns`]).
+    /// return a buffer ([`State::at_limit_sockets`]).
     flushing_fd: OwnedFd,
     report: Report,
 }
@@ -286,96 +261,6 @@ impl<H> Shared<H> {
         if waiting {
             self.changed.notify_all();
         }
-    }
-
-    /// Ends a handoff (see [`State::handoff_until`]): the thread polls the connections.
-    fn thread_reads_returns(&self, state: &mut State<H>) {
-        if std::mem::take(&mut state.sends_read_returns) {
-            self.wake_thread();
-        }
-    }
-
-    /// During a handoff: takes in what the receivers said meanwhile.
-    fn take_in_returns(&self) {
-        let state = self.lock();
-        if state.sends_read_returns {
-            self.take_in(state);
-        }
-    }
-
-    /// Takes in what every receiver said already, and unlocks.
-    fn take_in(&self, mut state: MutexGuard<'_, State<H>>) {
-        let mut events = Vec::new();
-        let mut released = Vec::new();
-        let mut closed = false;
-        let readable = Self::readable(&state);
-        for index in (0..state.peers.len()).rev() {
-            if readable[index] {
-                closed |= thread::take_in(&mut state, index, &mut events, &mut released);
-            }
-        }
-        self.signal(state);
-        if closed {
-            // It closes its copy of the connection, and connects again when due.
-            self.wake_thread();
-        }
-        for event in events {
-            (self.report)(event);
-        }
-        drop(released);
-    }
-
-    /// A send waits for connected receivers at `limit` to return a buffer: the fds to
-    /// poll for it, so that the waiting thread reads the returns itself (else the
-    /// fan-out's thread would, and wake it: two wake-ups instead of one). `None` when
-    /// some receiver at its limit has none.
-    fn wait_for_returns(&self, state: &State<H>, limit: Option<usize>) -> Option<Vec<Arc<OwnedFd>>> {
-        let at_limit = state.peers.iter().filter(|p| p.is_connected() && p.at_limit(limit));
-        at_limit.map(|p| p.poll_fd.clone()).collect::<Option<Vec<_>>>().filter(|fds| !fds.is_empty())
-    }
-
-    /// Which peers may have something to take in, by index: every connected one, or
-    /// with more than [`READ_ALL_UP_TO`] (reading a connection with nothing costs a
-    /// syscall each), those one poll finds readable.
-    fn readable(state: &State<H>) -> Vec<bool> {
-        let open: Vec<bool> = state.peers.iter().map(|p| !matches!(p.phase, Phase::Idle(_))).collect();
-        if open.iter().filter(|&&o| o).count() <= READ_ALL_UP_TO {
-            return open;
-        }
-        let polled = |p: &Peer| !matches!(p.phase, Phase::Idle(_)) && p.poll_fd.is_some();
-        let mut fds: Vec<PollFd<'_>> = state
-            .peers
-            .iter()
-            .filter_map(|p| p.poll_fd.as_deref().filter(|_| polled(p)))
-            .map(|fd| PollFd::new(fd, PollFlags::IN))
-            .collect();
-        if rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })).is_err() {
-            return open;
-        }
-        let mut ready = fds.iter().map(|fd| !fd.revents().is_empty());
-        let readable = state.peers.iter().map(|p| match &p.phase {
-            Phase::Idle(_) => false,
-            Phase::Connected(s) | Phase::Draining(s) if polled(p) => ready.next().unwrap_or(true) || s.has_taken_in(),
-            _ => true,
-        });
-        readable.collect()
-    }
-
-    /// A send took in what a receiver said while it waited for room in its socket: read,
-    /// so a poll of that socket would not see it.
-    fn has_taken_in(state: &State<H>) -> bool {
-        state.peers.iter().any(|p| matches!(&p.phase, Phase::Connected(s) | Phase::Draining(s) if s.has_taken_in()))
-    }
-
-    /// Waits (without the lock) until one of `sockets` has something to read or hung up,
-    /// the fan-out is flushing, or [`RETURN_POLL`] passed (what only the thread sees, a
-    /// receiver closed or gone from the directory, is then looked at again).
-    fn poll_returns(&self, sockets: &[Arc<OwnedFd>]) {
-        let mut fds: Vec<PollFd<'_>> = sockets.iter().map(|fd| PollFd::new(&**fd, PollFlags::IN)).collect();
-        fds.push(PollFd::new(&self.flushing_fd, PollFlags::IN));
-        let timeout = rustix::event::Timespec::try_from(RETURN_POLL).expect("fits");
-        // EINTR and the like: the caller looks at everything again.
-        let _ = rustix::event::poll(&mut fds, Some(&timeout));
     }
 
     fn wake_thread(&self) {
@@ -470,8 +355,8 @@ impl<H: Send + 'static> Fanout<H> {
             if !waits {
                 break;
             }
-            state = match self.shared.wait_for_returns(&state, limit) {
-                Some(_) if Shared::has_taken_in(&state) => {
+            state = match state.at_limit_sockets(limit) {
+                Some(_) if state.has_taken_in() => {
                     self.shared.take_in(state);
                     self.shared.lock()
                 }

@@ -13,8 +13,9 @@ use rustix::event::{PollFd, PollFlags};
 
 use super::directory::Directory;
 use super::peer::{backoff, Peer, Phase, CONNECT_RETRY};
-use super::{Destination, FanoutEvent, Shared, State, HANDOFF, UNSERVED_TO_REPORT};
-use crate::{Sender, SenderEvent};
+use super::returns::{take_in_peer, HANDOFF};
+use super::{Destination, FanoutEvent, Shared};
+use crate::Sender;
 
 pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
     // Copies of the connected sockets, by connection id.
@@ -217,93 +218,12 @@ fn serve<H>(shared: &Shared<H>, id: u64) -> bool {
         // A send waits for a return and reads it itself: left to it.
         return false;
     }
-    let closing = take_in(&mut state, index, &mut events, &mut released);
+    let closing = take_in_peer(&mut state, index, &mut events, &mut released);
     shared.signal(state);
     for event in events {
         (shared.report)(event);
     }
     // The caller's holds (pooled buffers going back to their pools) outside the lock.
     drop(released);
-    closing
-}
-
-/// Takes in everything receiver `state.peers[index]` has said already (without waiting):
-/// lets go of the buffers it gave back, and closes its connection when it ended (a peer
-/// whose socket is gone is then forgotten). What to report goes to `events`, the holds to
-/// drop (outside the lock) to `released`. Returns whether the connection closed.
-pub(super) fn take_in<H>(
-    state: &mut State<H>,
-    index: usize,
-    events: &mut Vec<FanoutEvent>,
-    released: &mut Vec<H>,
-) -> bool {
-    let stopping = state.stopping;
-    let mut whole = std::mem::take(&mut state.whole);
-    let peer = &mut state.peers[index];
-    let mut ended = None;
-    let mut returns = 0;
-    while let Phase::Connected(sender) | Phase::Draining(sender) = &mut peer.phase {
-        match sender.try_next_event() {
-            Ok(None) => break,
-            Ok(Some(SenderEvent::Returned(ids))) => {
-                peer.served = true;
-                let before = peer.stats.returns;
-                peer.on_returned(&ids, &mut whole);
-                returns += peer.stats.returns - before;
-            }
-            Ok(Some(SenderEvent::Disconnect)) => {
-                peer.served = true;
-                let again = peer.start_draining();
-                let socket = peer.stats.socket.clone();
-                events.push(FanoutEvent::Disconnect { socket, still_out: peer.out.len(), again });
-            }
-            Ok(Some(SenderEvent::ReceiverGone)) => {
-                ended = Some(FanoutEvent::ReceiverGone { socket: peer.stats.socket.clone() });
-                break;
-            }
-            Err(error) => {
-                let first = peer.first_warning();
-                ended = Some(FanoutEvent::ReceiverFailed { socket: peer.stats.socket.clone(), error, first });
-                break;
-            }
-        }
-    }
-    let drained = matches!(&peer.phase, Phase::Draining(sender) if sender.in_flight() == 0);
-    let closing = ended.is_some() || drained || stopping;
-    if closing {
-        let socket = peer.stats.socket.clone();
-        if !peer.unused_connection {
-            events.push(FanoutEvent::Left(peer.snapshot()));
-        }
-        let retry_in = if peer.served {
-            if peer.unserved >= UNSERVED_TO_REPORT {
-                events.push(FanoutEvent::ServedAgain { socket: socket.clone(), after: peer.unserved });
-            }
-            peer.unserved = 0;
-            Duration::ZERO
-        } else {
-            peer.unserved += 1;
-            let retry_in = backoff(peer.unserved);
-            if peer.unserved == UNSERVED_TO_REPORT {
-                events.push(FanoutEvent::Unserved {
-                    socket: socket.clone(),
-                    receiver: peer.stats.credentials,
-                    in_a_row: peer.unserved,
-                    retry_in,
-                    broke_protocol: matches!(ended, Some(FanoutEvent::ReceiverFailed { .. })),
-                });
-            }
-            retry_in
-        };
-        peer.close(retry_in, &mut whole);
-        if !peer.present {
-            state.peers.remove(index);
-        }
-        events.extend(ended.or(drained.then_some(FanoutEvent::Drained { socket })));
-    }
-    state.stats.returns += returns;
-    state.let_go(&whole, released);
-    whole.clear();
-    state.whole = whole;
     closing
 }

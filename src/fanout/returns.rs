@@ -1,0 +1,214 @@
+//! Reading what the receivers say (returns, DISCONNECT, hang-ups): by the fan-out's
+//! thread; during a handoff, by each send while buffers flow (so that a return wakes no
+//! thread); and by a send that waits for a receiver at its limit, polling that receiver's
+//! connection itself. [`take_in_peer`] takes in one receiver's messages, under the lock,
+//! for all three.
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+
+use super::peer::{backoff, Peer, Phase};
+use super::{FanoutEvent, Shared, State, UNSERVED_TO_REPORT};
+use crate::SenderEvent;
+
+/// Connections read one by one, whether they have something or not; more are polled
+/// first (see [`Shared::readable`]).
+const READ_ALL_UP_TO: usize = 2;
+
+/// The longest a send waiting for a receiver to return a buffer polls before it looks
+/// at the fan-out again.
+const RETURN_POLL: Duration = Duration::from_millis(10);
+
+/// How long after a send the thread leaves the returns to the next send.
+pub(super) const HANDOFF: Duration = Duration::from_millis(1);
+
+impl<H> State<H> {
+    /// While buffers flow (the last send less than [`HANDOFF`] ago), nobody waits and
+    /// fewer than `handoff_below` are out, each send reads the returns that came
+    /// meanwhile and the thread does not poll the connections: a return then wakes no
+    /// thread (in both processes, waking a thread costs more than the return itself).
+    /// Until when, if so.
+    pub(super) fn handoff_until(&self, now: Instant) -> Option<Instant> {
+        if self.waiting == 0 && self.polling_senders > 0 {
+            return Some(now + HANDOFF);
+        }
+        let until = self.last_send? + HANDOFF;
+        (until > now && self.waiting == 0 && self.held.len() < self.handoff_below).then_some(until)
+    }
+
+    /// A send waits for the connected receivers at `limit` to return a buffer: copies of
+    /// their connections' fds, for the send to poll and read the returns itself (else the
+    /// fan-out's thread would, and wake it: two wake-ups instead of one). `None` when
+    /// some receiver at its limit has none.
+    pub(super) fn at_limit_sockets(&self, limit: Option<usize>) -> Option<Vec<Arc<OwnedFd>>> {
+        let at_limit = self.peers.iter().filter(|p| p.is_connected() && p.at_limit(limit));
+        at_limit.map(|p| p.poll_fd.clone()).collect::<Option<Vec<_>>>().filter(|fds| !fds.is_empty())
+    }
+
+    /// Which peers may have something to take in, by index: every connected one, or
+    /// with more than [`READ_ALL_UP_TO`] (reading a connection with nothing costs a
+    /// syscall each), those one poll finds readable.
+    pub(super) fn readable(&self) -> Vec<bool> {
+        let open: Vec<bool> = self.peers.iter().map(|p| !matches!(p.phase, Phase::Idle(_))).collect();
+        if open.iter().filter(|&&o| o).count() <= READ_ALL_UP_TO {
+            return open;
+        }
+        let polled = |p: &Peer| !matches!(p.phase, Phase::Idle(_)) && p.poll_fd.is_some();
+        let mut fds: Vec<PollFd<'_>> = self
+            .peers
+            .iter()
+            .filter_map(|p| p.poll_fd.as_deref().filter(|_| polled(p)))
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        if rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })).is_err() {
+            return open;
+        }
+        let mut ready = fds.iter().map(|fd| !fd.revents().is_empty());
+        let readable = self.peers.iter().map(|p| match &p.phase {
+            Phase::Idle(_) => false,
+            Phase::Connected(s) | Phase::Draining(s) if polled(p) => ready.next().unwrap_or(true) || s.has_taken_in(),
+            _ => true,
+        });
+        readable.collect()
+    }
+
+    /// A send took in what a receiver said while it waited for room in its socket: read,
+    /// so a poll of that socket would not see it.
+    pub(super) fn has_taken_in(&self) -> bool {
+        self.peers.iter().any(|p| matches!(&p.phase, Phase::Connected(s) | Phase::Draining(s) if s.has_taken_in()))
+    }
+}
+
+impl<H> Shared<H> {
+    /// Ends a handoff (see [`State::handoff_until`]): the thread polls the connections.
+    pub(super) fn thread_reads_returns(&self, state: &mut State<H>) {
+        if std::mem::take(&mut state.sends_read_returns) {
+            self.wake_thread();
+        }
+    }
+
+    /// During a handoff: takes in what the receivers said meanwhile.
+    pub(super) fn take_in_returns(&self) {
+        let state = self.lock();
+        if state.sends_read_returns {
+            self.take_in(state);
+        }
+    }
+
+    /// Takes in what every receiver said already, and unlocks.
+    pub(super) fn take_in(&self, mut state: MutexGuard<'_, State<H>>) {
+        let mut events = Vec::new();
+        let mut released = Vec::new();
+        let mut closed = false;
+        let readable = state.readable();
+        for index in (0..state.peers.len()).rev() {
+            if readable[index] {
+                closed |= take_in_peer(&mut state, index, &mut events, &mut released);
+            }
+        }
+        self.signal(state);
+        if closed {
+            // It closes its copy of the connection, and connects again when due.
+            self.wake_thread();
+        }
+        for event in events {
+            (self.report)(event);
+        }
+        drop(released);
+    }
+
+    /// Waits (without the lock) until one of `sockets` has something to read or hung up,
+    /// the fan-out is flushing, or [`RETURN_POLL`] passed (what only the thread sees, a
+    /// receiver closed or gone from the directory, is then looked at again).
+    pub(super) fn poll_returns(&self, sockets: &[Arc<OwnedFd>]) {
+        let mut fds: Vec<PollFd<'_>> = sockets.iter().map(|fd| PollFd::new(&**fd, PollFlags::IN)).collect();
+        fds.push(PollFd::new(&self.flushing_fd, PollFlags::IN));
+        let timeout = rustix::event::Timespec::try_from(RETURN_POLL).expect("fits");
+        // EINTR and the like: the caller looks at everything again.
+        let _ = rustix::event::poll(&mut fds, Some(&timeout));
+    }
+}
+
+/// Takes in everything receiver `state.peers[index]` has said already (without waiting):
+/// lets go of the buffers it gave back, and closes its connection when it ended (a peer
+/// whose socket is gone is then forgotten). What to report goes to `events`, the holds to
+/// drop (outside the lock) to `released`. Returns whether the connection closed.
+pub(super) fn take_in_peer<H>(
+    state: &mut State<H>,
+    index: usize,
+    events: &mut Vec<FanoutEvent>,
+    released: &mut Vec<H>,
+) -> bool {
+    let stopping = state.stopping;
+    let mut whole = std::mem::take(&mut state.whole);
+    let peer = &mut state.peers[index];
+    let mut ended = None;
+    let mut returns = 0;
+    while let Phase::Connected(sender) | Phase::Draining(sender) = &mut peer.phase {
+        match sender.try_next_event() {
+            Ok(None) => break,
+            Ok(Some(SenderEvent::Returned(ids))) => {
+                peer.served = true;
+                let before = peer.stats.returns;
+                peer.on_returned(&ids, &mut whole);
+                returns += peer.stats.returns - before;
+            }
+            Ok(Some(SenderEvent::Disconnect)) => {
+                peer.served = true;
+                let again = peer.start_draining();
+                let socket = peer.stats.socket.clone();
+                events.push(FanoutEvent::Disconnect { socket, still_out: peer.out.len(), again });
+            }
+            Ok(Some(SenderEvent::ReceiverGone)) => {
+                ended = Some(FanoutEvent::ReceiverGone { socket: peer.stats.socket.clone() });
+                break;
+            }
+            Err(error) => {
+                let first = peer.first_warning();
+                ended = Some(FanoutEvent::ReceiverFailed { socket: peer.stats.socket.clone(), error, first });
+                break;
+            }
+        }
+    }
+    let drained = matches!(&peer.phase, Phase::Draining(sender) if sender.in_flight() == 0);
+    let closing = ended.is_some() || drained || stopping;
+    if closing {
+        let socket = peer.stats.socket.clone();
+        if !peer.unused_connection {
+            events.push(FanoutEvent::Left(peer.snapshot()));
+        }
+        let retry_in = if peer.served {
+            if peer.unserved >= UNSERVED_TO_REPORT {
+                events.push(FanoutEvent::ServedAgain { socket: socket.clone(), after: peer.unserved });
+            }
+            peer.unserved = 0;
+            Duration::ZERO
+        } else {
+            peer.unserved += 1;
+            let retry_in = backoff(peer.unserved);
+            if peer.unserved == UNSERVED_TO_REPORT {
+                events.push(FanoutEvent::Unserved {
+                    socket: socket.clone(),
+                    receiver: peer.stats.credentials,
+                    in_a_row: peer.unserved,
+                    retry_in,
+                    broke_protocol: matches!(ended, Some(FanoutEvent::ReceiverFailed { .. })),
+                });
+            }
+            retry_in
+        };
+        peer.close(retry_in, &mut whole);
+        if !peer.present {
+            state.peers.remove(index);
+        }
+        events.extend(ended.or(drained.then_some(FanoutEvent::Drained { socket })));
+    }
+    state.stats.returns += returns;
+    state.let_go(&whole, released);
+    whole.clear();
+    state.whole = whole;
+    closing
+}
