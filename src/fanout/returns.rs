@@ -155,6 +155,12 @@ pub(super) fn take_in_peer<H>(
                 let before = peer.stats.returns;
                 peer.on_returned(&ids, &mut whole);
                 returns += peer.stats.returns - before;
+                if peer.out.is_empty() {
+                    // Everything is back: what else it may say (DISCONNECT, a hang-up) keeps
+                    // its socket readable for the next look, and reading on now would
+                    // mostly cost a syscall that finds nothing.
+                    break;
+                }
             }
             Ok(Some(SenderEvent::Disconnect)) => {
                 peer.served = true;
