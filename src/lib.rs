@@ -27,7 +27,7 @@ pub use fanout::{Delivery, Destination, Fanout, FanoutEvent, FanoutOptions, Fano
 pub use receiver::{
     Event, Interrupter, ReceivedBuffer, Receiver, ReceiverHandle, ReceiverOptions, ReceiverStats, DEFAULT_SOCKET_MODE,
 };
-pub use sender::{OutgoingBlock, OutgoingBuffer, Sender, SenderEvent, SenderInterrupter, Waited};
+pub use sender::{sealed_memfd, OutgoingBlock, OutgoingBuffer, Sender, SenderEvent, SenderInterrupter, Waited};
 pub use transport::PeerCredentials;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {

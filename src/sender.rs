@@ -396,3 +396,15 @@ impl AsFd for Sender {
         self.connection.as_fd()
     }
 }
+
+/// A new memfd of exactly `size` bytes to send (`name` shows in `/proc/PID/fd`), sealed
+/// against shrinking and growing: a receiver can trust the size it was told for as long
+/// as it holds the fd, whatever the sender does.
+pub fn sealed_memfd(name: &str, size: usize) -> std::io::Result<std::fs::File> {
+    use memfd::{FileSeal, MemfdOptions};
+    let memfd =
+        MemfdOptions::default().allow_sealing(true).close_on_exec(true).create(name).map_err(std::io::Error::other)?;
+    memfd.as_file().set_len(size as u64)?;
+    memfd.add_seals(&[FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal]).map_err(std::io::Error::other)?;
+    Ok(memfd.into_file())
+}

@@ -35,18 +35,7 @@ struct Slot {
 
 impl Slot {
     fn new(size: usize) -> std::io::Result<Slot> {
-        use memfd::{FileSeal, MemfdOptions};
-        let memfd = MemfdOptions::default()
-            .allow_sealing(true)
-            .close_on_exec(true)
-            .create("qsock-python")
-            .map_err(std::io::Error::other)?;
-        memfd.as_file().set_len(size as u64)?;
-        // A receiver can rely on the size: nobody can shrink it under its mappings.
-        memfd
-            .add_seals(&[FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal])
-            .map_err(std::io::Error::other)?;
-        let fd: OwnedFd = memfd.into_file().into();
+        let fd: OwnedFd = gstqtisocket::sealed_memfd("qsock-python", size)?.into();
         let mapping = Arc::new(Mapping::new(fd.as_fd(), size, true)?);
         Ok(Slot { fd: Arc::new(fd), mapping, state: SlotState::Free })
     }

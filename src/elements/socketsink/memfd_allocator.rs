@@ -22,20 +22,6 @@ impl Default for MemfdAllocator {
     }
 }
 
-/// A new sealed memfd of exactly `size` bytes.
-pub(crate) fn sealed_memfd(size: usize) -> std::io::Result<std::fs::File> {
-    let memfd = memfd::MemfdOptions::default()
-        .allow_sealing(true)
-        .close_on_exec(true)
-        .create("qtisocket")
-        .map_err(std::io::Error::other)?;
-    memfd.as_file().set_len(size as u64)?;
-    memfd
-        .add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow, memfd::FileSeal::SealSeal])
-        .map_err(std::io::Error::other)?;
-    Ok(memfd.into_file())
-}
-
 mod imp {
     use std::os::fd::IntoRawFd;
     use std::sync::LazyLock;
@@ -81,7 +67,7 @@ mod imp {
             let Some(maxsize) = size.checked_add(params.prefix()).and_then(|s| s.checked_add(params.padding())) else {
                 return std::ptr::null_mut();
             };
-            let file = match sealed_memfd(maxsize.max(1)) {
+            let file = match crate::sealed_memfd("qtisocket", maxsize.max(1)) {
                 Ok(file) => file,
                 Err(e) => {
                     gst::error!(CAT, imp = self, "cannot make a memfd of {maxsize} bytes: {e}");
