@@ -335,8 +335,7 @@ impl<H: Send + 'static> Fanout<H> {
     /// connected (or flushing); without, drops the buffer when none is.
     pub fn send(&self, buffer: &OutgoingBuffer<'_>, hold: H, wait_for_receiver: bool) -> Delivery {
         let limit = self.shared.options.max_in_flight;
-        self.shared.take_in_returns();
-        let mut state = self.shared.lock();
+        let mut state = self.shared.take_in_returns(self.shared.lock());
         loop {
             if state.flushing {
                 return Delivery::Flushing;
@@ -356,10 +355,7 @@ impl<H: Send + 'static> Fanout<H> {
                 break;
             }
             state = match state.at_limit_sockets(limit) {
-                Some(_) if state.has_taken_in() => {
-                    self.shared.take_in(state);
-                    self.shared.lock()
-                }
+                Some(_) if state.has_taken_in() => self.shared.take_in(state),
                 Some(sockets) => {
                     // The thread leaves the connections alone meanwhile (it would read the
                     // return this send waits for, and this send would not see it).
@@ -371,8 +367,7 @@ impl<H: Send + 'static> Fanout<H> {
                     self.shared.poll_returns(&sockets);
                     let mut state = self.shared.lock();
                     state.polling_senders -= 1;
-                    self.shared.take_in(state);
-                    self.shared.lock()
+                    self.shared.take_in(state)
                 }
                 None => self.shared.wait(state, None),
             };
@@ -509,8 +504,7 @@ impl<H: Send + 'static> Fanout<H> {
 
     pub fn stats(&self) -> FanoutStats {
         // What came back during a handoff counts at once, not once the thread looks.
-        self.shared.take_in_returns();
-        let state = self.shared.lock();
+        let state = self.shared.take_in_returns(self.shared.lock());
         let mut stats = state.stats.clone();
         stats.in_flight = state.held.len() as u64;
         stats.receivers = state.peers.iter().filter(|p| p.is_connected()).map(Peer::snapshot).collect();

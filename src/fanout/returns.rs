@@ -48,13 +48,12 @@ impl<H> State<H> {
         at_limit.map(|p| p.poll_fd.clone()).collect::<Option<Vec<_>>>().filter(|fds| !fds.is_empty())
     }
 
-    /// Which peers may have something to take in, by index: every connected one, or
-    /// with more than [`READ_ALL_UP_TO`] (reading a connection with nothing costs a
-    /// syscall each), those one poll finds readable.
-    pub(super) fn readable(&self) -> Vec<bool> {
-        let open: Vec<bool> = self.peers.iter().map(|p| !matches!(p.phase, Phase::Idle(_))).collect();
-        if open.iter().filter(|&&o| o).count() <= READ_ALL_UP_TO {
-            return open;
+    /// Which connected peers may have something to take in, by index: with more than
+    /// [`READ_ALL_UP_TO`] (reading a connection with nothing costs a syscall each), those
+    /// one poll finds readable; `None`, every one (no poll, and no allocation per send).
+    pub(super) fn readable(&self) -> Option<Vec<bool>> {
+        if self.peers.iter().filter(|p| !matches!(p.phase, Phase::Idle(_))).count() <= READ_ALL_UP_TO {
+            return None;
         }
         let polled = |p: &Peer| !matches!(p.phase, Phase::Idle(_)) && p.poll_fd.is_some();
         let mut fds: Vec<PollFd<'_>> = self
@@ -64,7 +63,7 @@ impl<H> State<H> {
             .map(|fd| PollFd::new(fd, PollFlags::IN))
             .collect();
         if rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })).is_err() {
-            return open;
+            return None;
         }
         let mut ready = fds.iter().map(|fd| !fd.revents().is_empty());
         let readable = self.peers.iter().map(|p| match &p.phase {
@@ -72,7 +71,7 @@ impl<H> State<H> {
             Phase::Connected(s) | Phase::Draining(s) if polled(p) => ready.next().unwrap_or(true) || s.has_taken_in(),
             _ => true,
         });
-        readable.collect()
+        Some(readable.collect())
     }
 
     /// A send took in what a receiver said while it waited for room in its socket: read,
@@ -90,22 +89,24 @@ impl<H> Shared<H> {
         }
     }
 
-    /// During a handoff: takes in what the receivers said meanwhile.
-    pub(super) fn take_in_returns(&self) {
-        let state = self.lock();
-        if state.sends_read_returns {
-            self.take_in(state);
+    /// During a handoff: takes in what the receivers said meanwhile (see [`Shared::take_in`]).
+    pub(super) fn take_in_returns<'a>(&'a self, state: MutexGuard<'a, State<H>>) -> MutexGuard<'a, State<H>> {
+        match state.sends_read_returns {
+            true => self.take_in(state),
+            false => state,
         }
     }
 
-    /// Takes in what every receiver said already, and unlocks.
-    pub(super) fn take_in(&self, mut state: MutexGuard<'_, State<H>>) {
+    /// Takes in what every receiver said already; unlocks to report it and let go of
+    /// the buffers that came back, and locks again.
+    pub(super) fn take_in<'a>(&'a self, mut state: MutexGuard<'a, State<H>>) -> MutexGuard<'a, State<H>> {
         let mut events = Vec::new();
         let mut released = Vec::new();
         let mut closed = false;
         let readable = state.readable();
         for index in (0..state.peers.len()).rev() {
-            if readable[index] {
+            let open = !matches!(state.peers[index].phase, Phase::Idle(_));
+            if open && readable.as_ref().is_none_or(|readable| readable[index]) {
                 closed |= take_in_peer(&mut state, index, &mut events, &mut released);
             }
         }
@@ -118,6 +119,7 @@ impl<H> Shared<H> {
             (self.report)(event);
         }
         drop(released);
+        self.lock()
     }
 
     /// Waits (without the lock) until one of `sockets` has something to read or hung up,
