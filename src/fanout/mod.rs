@@ -356,19 +356,7 @@ impl<H: Send + 'static> Fanout<H> {
             }
             state = match state.at_limit_sockets(limit) {
                 Some(_) if state.has_taken_in() => self.shared.take_in(state),
-                Some(sockets) => {
-                    // The thread leaves the connections alone meanwhile (it would read the
-                    // return this send waits for, and this send would not see it).
-                    state.polling_senders += 1;
-                    if !state.sends_read_returns {
-                        self.shared.wake_thread();
-                    }
-                    drop(state);
-                    self.shared.poll_returns(&sockets);
-                    let mut state = self.shared.lock();
-                    state.polling_senders -= 1;
-                    self.shared.take_in(state)
-                }
+                Some(sockets) => self.shared.read_returns_when_ready(state, &sockets),
                 None => self.shared.wait(state, None),
             };
         }

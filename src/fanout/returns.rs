@@ -48,6 +48,13 @@ impl<H> State<H> {
         at_limit.map(|p| p.poll_fd.clone()).collect::<Option<Vec<_>>>().filter(|fds| !fds.is_empty())
     }
 
+    /// Copies of the connections of the receivers holding buffers, for a caller that
+    /// waits for one to come back; `None` when one of them has no copy yet (or none holds).
+    fn holding_sockets(&self) -> Option<Vec<Arc<OwnedFd>>> {
+        let holding = self.peers.iter().filter(|p| !matches!(p.phase, Phase::Idle(_)) && !p.out.is_empty());
+        holding.map(|p| p.poll_fd.clone()).collect::<Option<Vec<_>>>().filter(|fds| !fds.is_empty())
+    }
+
     /// Which connected peers may have something to take in, by index: with more than
     /// [`READ_ALL_UP_TO`] (reading a connection with nothing costs a syscall each), those
     /// one poll finds readable; `None`, every one (no poll, and no allocation per send).
@@ -78,6 +85,31 @@ impl<H> State<H> {
     /// so a poll of that socket would not see it.
     pub(super) fn has_taken_in(&self) -> bool {
         self.peers.iter().any(|p| matches!(&p.phase, Phase::Connected(s) | Phase::Draining(s) if s.has_taken_in()))
+    }
+}
+
+impl<H: Send + 'static> super::Fanout<H> {
+    /// For a caller that needs a buffer back now (its pool is empty): takes in what the
+    /// receivers said, and if no buffer came back, waits in this thread for a receiver
+    /// holding one to say something, at most [`RETURN_POLL`] (no other thread wakes for
+    /// it). Returns whether the fan-out holds buffers still or let go of some: `false`,
+    /// nothing was held, so waiting here cannot bring a buffer back.
+    pub fn wait_for_a_return(&self) -> bool {
+        let state = self.shared.lock();
+        let held = state.held.len();
+        if held == 0 {
+            return false;
+        }
+        let state = self.shared.take_in(state);
+        if state.held.len() < held {
+            return true;
+        }
+        match state.holding_sockets() {
+            Some(sockets) => drop(self.shared.read_returns_when_ready(state, &sockets)),
+            // A connection not yet polled by the thread: it reads the returns.
+            None => drop(self.shared.wait(state, Some(RETURN_POLL))),
+        }
+        true
     }
 }
 
@@ -123,9 +155,29 @@ impl<H> Shared<H> {
     }
 
     /// Waits (without the lock) until one of `sockets` has something to read or hung up,
+    /// the fan-out is flushing, or [`RETURN_POLL`] passed, then takes in what every
+    /// receiver said. The thread leaves the connections alone meanwhile: it would read
+    /// what this caller waits for, and the caller would not see it.
+    pub(super) fn read_returns_when_ready<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State<H>>,
+        sockets: &[Arc<OwnedFd>],
+    ) -> MutexGuard<'a, State<H>> {
+        state.polling_senders += 1;
+        if !state.sends_read_returns {
+            self.wake_thread();
+        }
+        drop(state);
+        self.poll_returns(sockets);
+        let mut state = self.lock();
+        state.polling_senders -= 1;
+        self.take_in(state)
+    }
+
+    /// Waits (without the lock) until one of `sockets` has something to read or hung up,
     /// the fan-out is flushing, or [`RETURN_POLL`] passed (what only the thread sees, a
     /// receiver closed or gone from the directory, is then looked at again).
-    pub(super) fn poll_returns(&self, sockets: &[Arc<OwnedFd>]) {
+    fn poll_returns(&self, sockets: &[Arc<OwnedFd>]) {
         let mut fds: Vec<PollFd<'_>> = sockets.iter().map(|fd| PollFd::new(&**fd, PollFlags::IN)).collect();
         fds.push(PollFd::new(&self.flushing_fd, PollFlags::IN));
         let timeout = rustix::event::Timespec::try_from(RETURN_POLL).expect("fits");

@@ -18,6 +18,7 @@ use gst_base::subclass::prelude::*;
 use super::handoff::Handoff;
 use super::memfd_allocator::MemfdAllocator;
 use super::outgoing::{self, CopyPools, Refusal};
+use super::pool::ReturnReadingPool;
 use super::report::{self, peer_structure};
 use crate::elements::caps::{Format, TEXT_CAPS};
 use crate::fanout::{Delivery, Destination, Fanout, FanoutOptions, FanoutStats};
@@ -332,7 +333,7 @@ impl BaseSinkImpl for QtiSocketSink {
         let (caps, need_pool) = query.get_owned();
         let format = caps.as_ref().and_then(|caps| Format::from_caps(caps).ok());
         if let (Some(caps), Some(Format::Video(info)), true) = (caps.as_ref(), format.as_ref(), need_pool) {
-            let pool = gst_video::VideoBufferPool::new();
+            let pool = ReturnReadingPool::new(&self.obj());
             let mut config = pool.config();
             let size = info.size() as u32;
             let max_buffers = lock(&self.settings).pool_max_buffers();
@@ -363,7 +364,7 @@ impl BaseSinkImpl for QtiSocketSink {
         };
         let wait = lock(&self.settings).wait_for_receiver;
         let holds = prepared.take_holds();
-        lock(&self.handoff).update(&holds, &fanout);
+        lock(&self.handoff).update(&holds, &fanout, &self.obj());
         // Counted before the buffer can reach a receiver: whoever reads `stats` after
         // the receiver got it sees it counted. Not described after all if not sent.
         self.count_prepared(&prepared);
@@ -421,6 +422,12 @@ impl BaseSinkImpl for QtiSocketSink {
 }
 
 impl QtiSocketSink {
+    /// For the pool we proposed, out of buffers: see [`Fanout::wait_for_a_return`].
+    pub(super) fn wait_for_a_return(&self) -> bool {
+        let fanout = lock(&self.fanout).clone();
+        fanout.is_some_and(|fanout| fanout.wait_for_a_return())
+    }
+
     /// Where to send, from `socket` or `socket-dir` (exactly one), checked as the
     /// receiver checks its path.
     fn destination(&self) -> Result<Destination, gst::ErrorMessage> {

@@ -9,6 +9,7 @@ mod handoff;
 mod imp;
 mod memfd_allocator;
 mod outgoing;
+mod pool;
 mod report;
 
 glib::wrapper! {
