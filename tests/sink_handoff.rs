@@ -2,7 +2,8 @@
 //! thread sleeps (`Fanout::set_handoff_below`): a return then wakes no thread. The
 //! receivers are `gst-launch-1.0` processes. What must hold: every buffer still comes back,
 //! also when the sends stop with buffers out (the thread takes over), and memory whose
-//! pool the sink does not know keeps the thread reading every return at once.
+//! pool the sink does not know keeps the thread reading every return at once. When the
+//! sink's own pool runs dry, the thread asking for a buffer reads the returns itself.
 
 mod common;
 
@@ -140,6 +141,99 @@ fn frames_from_the_sinks_pool_come_back_without_waking_the_fanout_thread_for_eac
     // per return, or per few when it runs late.
     assert!(pooled < FRAMES / 4, "woken {pooled} times for {FRAMES} frames from the sink's pool");
     assert!(pooled < unpooled, "woken {pooled} times for {FRAMES} frames from the sink's pool, {unpooled} unpooled");
+}
+
+/// Pushes `FRAMES` frames from `pool` (made from the sink the first time) as fast as
+/// the pool hands them out, into a sink with its default pool size (16), after a warm-up;
+/// returns how often the fan-out thread slept meanwhile. The receiver queues 12 frames
+/// and takes 100 µs for each: the pool runs dry again and again, with the receiver
+/// holding more than half of it.
+fn flood(make_pool: impl Fn(&gst::Element) -> gst::BufferPool) -> u64 {
+    let tmp = TempDir::new("sink-handoff-flood");
+    let mut child = gst_launch_child(
+        &tmp,
+        "qtisocketsrc socket=SOCKET ! queue max-size-buffers=12 max-size-bytes=0 max-size-time=0 \
+         ! identity sleep-time=100 ! fakesink sync=false enable-last-sample=false",
+    );
+    let (pipeline, src, sink) =
+        appsrc_into_sink(CAPS, &format!("socket={} wait-for-receiver=true", path_str(&tmp.path("s"))));
+    let pool = make_pool(&sink);
+    let push = |frames: std::ops::Range<u64>| {
+        for i in frames.clone() {
+            let mut buffer = pool.acquire_buffer(None).unwrap();
+            let buffer_mut = buffer.get_mut().unwrap();
+            buffer_mut.set_pts(gst::ClockTime::from_nseconds(i * 33_333_333));
+            buffer_mut.map_writable().unwrap()[..8].copy_from_slice(&i.to_le_bytes());
+            src.push_buffer(buffer).unwrap();
+        }
+        wait_until("every frame was sent", || stat::<u64>(&sink, "buffers-sent") == frames.end);
+        wait_until("every frame came back", || stat::<u64>(&sink, "in-flight") == 0);
+    };
+    push(0..WARM_UP);
+    let before = fanout_thread_sleeps();
+    push(WARM_UP..WARM_UP + FRAMES);
+    let sleeps = fanout_thread_sleeps() - before;
+    assert_eq!(stat::<u64>(&sink, "dropped"), 0);
+    src.end_of_stream().unwrap();
+    pipeline.bus().unwrap().timed_pop_filtered(gst::ClockTime::from_seconds(20), &[gst::MessageType::Eos]).unwrap();
+    pipeline.set_state(gst::State::Null).unwrap();
+    let _ = pool.set_active(false);
+    let _ = child.kill();
+    let _ = child.wait();
+    sleeps
+}
+
+#[test]
+fn a_dry_pool_of_the_sinks_reads_the_returns_itself_and_the_fanout_thread_sleeps_on() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let ours = flood(offered_pool);
+    // The same frames from a pool of someone else's with the same size and allocator: the
+    // sink cannot tell who reads what it holds when that pool runs dry, so the sends read
+    // the returns only while the receiver holds fewer than half of it.
+    let foreign = flood(|sink| {
+        let pool: gst::BufferPool = gst_video::VideoBufferPool::new().upcast();
+        let (_, _, _, max) = allocation_query(sink).allocation_pools().next().unwrap();
+        let mut config = pool.config();
+        config.set_params(Some(&gst::Caps::from_str(CAPS).unwrap()), FRAME_SIZE as u32, 2, max);
+        config.set_allocator(Some(&offered_allocator(sink)), None);
+        pool.set_config(config).unwrap();
+        pool.set_active(true).unwrap();
+        pool
+    });
+    println!("fan-out thread slept {ours} times for {FRAMES} frames from the sink's pool, {foreign} from another");
+    // The thread looks every 8 ms at most while sends go on, and never for a return;
+    // with the other pool, it reads about every return.
+    assert!(ours < FRAMES / 4, "woken {ours} times for {FRAMES} frames from the sink's own pool");
+    assert!(
+        ours * 5 < foreign,
+        "woken {ours} times for {FRAMES} frames from the sink's own pool, {foreign} from another"
+    );
+}
+
+#[test]
+fn the_sinks_pool_gives_frames_a_video_meta_and_refuses_caps_that_are_not_video() {
+    let tmp = TempDir::new("sink-handoff-pool");
+    let (pipeline, _src, sink) = appsrc_into_sink(CAPS, &format!("socket={}", path_str(&tmp.path("s"))));
+    let pool = offered_pool(&sink);
+    assert!(pool.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META));
+    let mut config = pool.config();
+    assert_eq!(config.params().unwrap().1 as usize, FRAME_SIZE);
+    pool.set_active(false).unwrap();
+    config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
+    pool.set_config(config).unwrap();
+    pool.set_active(true).unwrap();
+    let buffer = pool.acquire_buffer(None).unwrap();
+    let info = gst_video::VideoInfo::from_caps(&gst::Caps::from_str(CAPS).unwrap()).unwrap();
+    let meta = buffer.meta::<gst_video::VideoMeta>().expect("a video meta on a frame from the sink's pool");
+    assert_eq!((meta.format(), meta.width(), meta.height()), (info.format(), 64, 48));
+    assert_eq!((meta.offset(), meta.stride()), (info.offset(), info.stride()));
+    assert!(buffer.memory(0).unwrap().is_memory_type::<gst_allocators::FdMemory>(), "memfd-backed");
+    drop(buffer);
+    pool.set_active(false).unwrap();
+    let mut config = pool.config();
+    config.set_params(Some(&gst::Caps::from_str("text/x-raw,format=utf8").unwrap()), 64, 2, 16);
+    assert!(pool.set_config(config).is_err(), "a pool of frames takes video caps only");
+    pipeline.set_state(gst::State::Null).unwrap();
 }
 
 /// A hold that counts itself dropped.

@@ -480,8 +480,9 @@ impl<H: Send + 'static> Fanout<H> {
     /// For a caller that cannot run short of buffers otherwise than through the fan-out:
     /// one that waits for a buffer to come back (an empty pool) while fewer than
     /// `buffers` are out would wait until the thread takes over again: 1 ms after the last
-    /// send, up to 8 ms after a long run of sends. A send or `send_eos` that waits ends the
-    /// handoff at once.
+    /// send, up to 8 ms after a long run of sends, unless it calls
+    /// [`Fanout::wait_for_a_return`] instead of waiting. A send or `send_eos` that waits
+    /// ends the handoff at once.
     pub fn set_handoff_below(&self, buffers: usize) {
         let mut state = self.shared.lock();
         state.handoff_below = buffers;
