@@ -97,17 +97,24 @@ fn caps(width: u32, height: u32) -> gst::Caps {
         .unwrap()
 }
 
-/// The pool the sink proposes for `caps`, or one of ours with the allocator it proposes.
-fn pool_from_sink(src: &gst::Pad, caps: &gst::Caps, size: usize) -> gst::BufferPool {
+/// The most buffers a pair's producer has (as a camera driver has a fixed number): the
+/// same for every transport, so that none queues deeper than another. 8: what the
+/// producer gets when the sink proposes no pool (shmsink, unixfdsink), and what
+/// qtisocketsink's pool (up to 16) is cut to.
+pub const PAIR_PRODUCER_BUFFERS: u32 = 8;
+
+/// The pool the sink proposes for `caps`, or one of ours with the allocator it proposes,
+/// with at most `buffers` out.
+fn pool_from_sink(src: &gst::Pad, caps: &gst::Caps, size: usize, buffers: u32) -> gst::BufferPool {
     let mut query = gst::query::Allocation::new(Some(caps), true);
     assert!(src.peer_query(&mut query), "the sink answers the allocation query");
     let (pool, min, max) = match query.allocation_pools().next() {
         Some((Some(pool), _, min, max)) => (pool, min, max),
-        _ => (gst_video::VideoBufferPool::new().upcast(), 2, 8),
+        _ => (gst_video::VideoBufferPool::new().upcast(), 2, buffers),
     };
     let allocator = query.allocation_params().next();
     let mut config = pool.config();
-    config.set_params(Some(caps), size as u32, min.max(2), if max == 0 { 16 } else { max });
+    config.set_params(Some(caps), size as u32, min.max(2), if max == 0 { buffers } else { max.min(buffers) });
     config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_ref());
     if let Some((allocator, params)) = allocator {
         config.set_allocator(allocator.as_ref(), Some(&params));
@@ -118,10 +125,10 @@ fn pool_from_sink(src: &gst::Pad, caps: &gst::Caps, size: usize) -> gst::BufferP
 }
 
 /// A pool of system-memory frames, as a producer with memory of its own has.
-fn own_pool(caps: &gst::Caps, size: usize) -> gst::BufferPool {
+fn own_pool(caps: &gst::Caps, size: usize, buffers: u32) -> gst::BufferPool {
     let pool: gst::BufferPool = gst_video::VideoBufferPool::new().upcast();
     let mut config = pool.config();
-    config.set_params(Some(caps), size as u32, 2, 16);
+    config.set_params(Some(caps), size as u32, 2, buffers);
     pool.set_config(config).unwrap();
     pool.set_active(true).unwrap();
     pool
@@ -139,7 +146,15 @@ pub fn sender(transport: Transport, socket: &Path, width: u32, height: u32, dura
         ),
         Transport::UnixFd => format!("unixfdsink socket-path={} wait-for-connection=true sync=false", socket.display()),
     };
-    let frames = Frames { width, height, duration, count, own_pool: transport == Transport::ShmCopy, pace: None };
+    let frames = Frames {
+        width,
+        height,
+        duration,
+        count,
+        own_pool: transport == Transport::ShmCopy,
+        pace: None,
+        buffers: PAIR_PRODUCER_BUFFERS,
+    };
     let eos_answered = matches!(transport, Transport::Ours | Transport::UnixFd);
     send_frames(&sink, frames, eos_answered, |_| {});
 }
@@ -154,6 +169,8 @@ pub struct Frames {
     pub own_pool: bool,
     /// One frame per this interval; `None`: as fast as the sink takes them.
     pub pace: Option<Duration>,
+    /// The most frames the producer's pool has out at once.
+    pub buffers: u32,
 }
 
 /// SINK (the pipeline, its first pad free) fed by a pad of the producer's, which pushes
@@ -167,7 +184,7 @@ pub struct Frames {
 pub fn send_frames(sink: &str, frames: Frames, eos_answered: bool, ready: impl FnOnce(&gst::Pipeline)) {
     gst::init().unwrap();
     gstqtisocket::plugin_register_static().unwrap();
-    let Frames { width, height, duration, count, own_pool: copied, pace } = frames;
+    let Frames { width, height, duration, count, own_pool: copied, pace, buffers } = frames;
     let size = frame_bytes(width, height);
     let caps = caps(width, height);
     let pipeline = gst::Pipeline::new();
@@ -180,7 +197,7 @@ pub fn send_frames(sink: &str, frames: Frames, eos_answered: bool, ready: impl F
     src.push_event(gst::event::StreamStart::new("frames"));
     src.push_event(gst::event::Caps::new(&caps));
     src.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
-    let pool = if copied { own_pool(&caps, size) } else { pool_from_sink(&src, &caps, size) };
+    let pool = if copied { own_pool(&caps, size, buffers) } else { pool_from_sink(&src, &caps, size, buffers) };
     ready(&pipeline);
 
     let mut report = SendReport::default();

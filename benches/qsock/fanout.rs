@@ -154,7 +154,8 @@ pub fn sender(dir: &Path, kind: &str, receivers: usize, duration: Duration) {
     // The stuck-receiver comparison at a fixed rate the healthy receivers keep up with:
     // with `skip`, an unpaced producer would only measure how fast it can skip.
     let pace = (kind == "dir-skip").then(|| Duration::from_secs(1) / STUCK_COMPARISON_FPS);
-    let frames = Frames { width: 1920, height: 1080, duration, count: None, own_pool: false, pace };
+    // 16: 8 receivers take 4 each at most, and each `tee` branch has a pool of its own.
+    let frames = Frames { width: 1920, height: 1080, duration, count: None, own_pool: false, pace, buffers: 16 };
     let sink = match kind {
         "dir" | "dir-skip" => {
             let slow = if kind == "dir" { "wait" } else { "skip" };

@@ -429,7 +429,13 @@ impl Results {
                 );
             }
         }
-        md += "\n### Element level (two processes, NV12 frames from the sink's proposed pool)\n\n";
+        md += &format!(
+            "\n### Element level (two processes, NV12 frames from the sink's proposed pool)\n\n\
+             The producer has {} frames at most, whatever the transport (shmsink and unixfdsink propose \
+             no pool, and a producer's own pool gets that many; qtisocketsink's, up to 16, is cut to it): \
+             the deeper a queue, the longer a frame waits in it once the receiver falls behind.\n\n",
+            elements::PAIR_PRODUCER_BUFFERS
+        );
         md += "| frame | transport | buffers/s | p50 latency (µs) | p99 (µs) | CPU/buffer sender (µs) | CPU/buffer receiver (µs) | peak RSS sender (MiB) | peak RSS receiver (MiB) |\n|---|---|---|---|---|---|---|---|---|\n";
         for r in &self.elements {
             md += &format!(

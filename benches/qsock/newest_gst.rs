@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::elements::{RecvReport, SendReport, Transport};
+use crate::elements::{RecvReport, SendReport, Transport, PAIR_PRODUCER_BUFFERS};
 use crate::fanout::{self, FanOutRun, Kind};
 use crate::{machine, pair, scale, spawn, wait, PairRun, ScaleRun, PAIRS};
 
@@ -128,8 +128,9 @@ impl Results {
              The same benchmark binary, run again in the Debian 13 root of scripts/newest-gst ({}; {}). \
              unixfdsink → unixfdsrc (gst-plugins-bad ≥ 1.24, not in Debian 12's 1.22) is measured as ours is: \
              NV12 frames written into the pool or allocator the sink proposes (memfds for both, no copy), \
+             at most {} out (the producer's pool), \
              latency from a CLOCK_MONOTONIC stamp in each frame, read at the receiver's sink.\n\n",
-            self.gstreamer, self.machine
+            self.gstreamer, self.machine, PAIR_PRODUCER_BUFFERS
         );
         md += "\
                | frame | transport | buffers/s | × ours | p50 latency (µs) | p99 (µs) | CPU/buffer sender (µs) | CPU/buffer receiver (µs) |\n\
