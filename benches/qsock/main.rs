@@ -16,6 +16,8 @@
 //! child of this one (the same binary, `QSOCK_BENCH_ROLE` saying which part it plays).
 //! `QSOCK_BENCH_PART=fan-out`: only the fan-out part (fanout.rs), printed, nothing written.
 //! `QSOCK_BENCH_QUICK=1` shortens every run (a smoke check, not figures).
+//! `QSOCK_BENCH_ROUNDS` (default 3; 1 when quick): how often each comparison of the API
+//! and element parts runs, its members alternating (see [`alternate`]).
 
 mod api;
 mod elements;
@@ -48,8 +50,10 @@ fn main() {
     });
     let dir = std::env::temp_dir().join(format!("qsock-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let rounds =
+        std::env::var("QSOCK_BENCH_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(if quick { 1 } else { 3 });
     if std::env::var("QSOCK_BENCH_PART").as_deref() == Ok("newest-gst") {
-        newest_gst::run(&dir, run_for);
+        newest_gst::run(&dir, run_for, rounds);
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
@@ -68,45 +72,64 @@ fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
-    println!("\n== API level: messages/s and round trip, two processes ==");
+    results.rounds = rounds;
+    println!("\n== API level: messages/s and round trip, two processes ({rounds} rounds) ==");
+    let c_bench = std::env::var_os("QSOCK_BENCH_C");
     for in_flight in IN_FLIGHT {
-        let run = |role: &str, pooled: bool| {
-            let socket = dir.join(format!("api-{role}-{in_flight}-{pooled}"));
-            let child = spawn(role, &[socket.to_str().unwrap()]);
-            let result = match role {
-                "floor-recv" => api::floor_sender(&socket, in_flight, run_for),
-                "rust-recv" => api::rust_sender(&socket, in_flight, run_for, pooled),
-                _ => unreachable!(),
-            };
-            let _ = wait(child);
-            result
-        };
-        let floor = run("floor-recv", false);
-        let rust = run("rust-recv", false);
-        let pooled = run("rust-recv", true);
-        for r in [&floor, &rust, &pooled] {
-            print_api(r, &floor);
-            results.api.push(r.clone());
+        let members = if c_bench.is_some() { 4 } else { 3 };
+        let medians = alternate(
+            rounds,
+            members,
+            |round, member| {
+                let socket = dir.join(format!("api-{in_flight}-{member}-{round}"));
+                let r = match member {
+                    0 | 1 | 2 => {
+                        let role = if member == 0 { "floor-recv" } else { "rust-recv" };
+                        let child = spawn(role, &[socket.to_str().unwrap()]);
+                        let r = match member {
+                            0 => api::floor_sender(&socket, in_flight, run_for),
+                            _ => api::rust_sender(&socket, in_flight, run_for, member == 2),
+                        };
+                        let _ = wait(child);
+                        r
+                    }
+                    _ => {
+                        let out = Command::new(c_bench.as_ref().unwrap())
+                            .args([socket.to_str().unwrap(), &in_flight.to_string(), &run_for.as_millis().to_string()])
+                            .output()
+                            .unwrap();
+                        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                        let line = String::from_utf8_lossy(&out.stdout);
+                        serde_json::from_str::<api::ApiResult>(line.trim().lines().last().unwrap()).unwrap()
+                    }
+                };
+                println!("  round {round}: {:<42} {:>9.0} msg/s", r.who, r.per_second);
+                r
+            },
+            |r| r.per_second,
+        );
+        for r in &medians {
+            print_api(r, &medians[0]);
         }
-        if let Some(c_bench) = std::env::var_os("QSOCK_BENCH_C") {
-            let socket = dir.join(format!("api-c-{in_flight}"));
-            let out = Command::new(&c_bench)
-                .args([socket.to_str().unwrap(), &in_flight.to_string(), &run_for.as_millis().to_string()])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let line = String::from_utf8_lossy(&out.stdout);
-            let r: api::ApiResult = serde_json::from_str(line.trim().lines().last().unwrap()).unwrap();
-            print_api(&r, &floor);
-            results.api.push(r);
-        }
+        results.api.extend(medians);
     }
 
-    println!("\n== Element level: sender and receiver pipelines in two processes ==");
+    println!("\n== Element level: sender and receiver pipelines in two processes ({rounds} rounds) ==");
     for (width, height) in SIZES {
-        for transport in [Transport::Ours, Transport::Shm, Transport::ShmCopy] {
-            let socket = dir.join(format!("elem-{}-{width}", transport.name()));
-            let run = pair(transport, &socket, width, height, run_for, None);
+        let transports = [Transport::Ours, Transport::Shm, Transport::ShmCopy];
+        let medians = alternate(
+            rounds,
+            transports.len(),
+            |round, member| {
+                let transport = transports[member];
+                let socket = dir.join(format!("elem-{}-{width}-{round}", transport.name()));
+                let run = pair(transport, &socket, width, height, run_for, None);
+                println!("  round {round}: {}", run.line());
+                run
+            },
+            PairRun::per_second,
+        );
+        for run in medians {
             println!("{}", run.line());
             results.elements.push(run);
         }
@@ -260,6 +283,30 @@ fn spawn(role: &str, args: &[&str]) -> Child {
     Command::new(exe).args(args).env("QSOCK_BENCH_ROLE", role).stdout(Stdio::piped()).spawn().unwrap()
 }
 
+/// Runs each of `members` comparisons `rounds` times, alternating them within each
+/// round (`run(round, member)`), and returns each member's median run by `key` (the
+/// lower middle for an even count): a machine whose speed drifts during the bench moves
+/// every member alike, and one slow or fast moment moves no row.
+fn alternate<T>(
+    rounds: usize,
+    members: usize,
+    mut run: impl FnMut(usize, usize) -> T,
+    key: impl Fn(&T) -> f64,
+) -> Vec<T> {
+    let mut runs: Vec<Vec<T>> = (0..members).map(|_| Vec::with_capacity(rounds)).collect();
+    for round in 0..rounds.max(1) {
+        for (member, member_runs) in runs.iter_mut().enumerate() {
+            member_runs.push(run(round, member));
+        }
+    }
+    runs.into_iter()
+        .map(|mut member_runs| {
+            member_runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+            member_runs.swap_remove((member_runs.len() - 1) / 2)
+        })
+        .collect()
+}
+
 /// Waits for a child and returns its last line of output.
 fn wait(child: Child) -> String {
     let out = child.wait_with_output().unwrap();
@@ -385,6 +432,8 @@ struct ScaleRun {
 #[derive(Debug, Default, Serialize)]
 struct Results {
     machine: String,
+    /// How often each API and element comparison ran ([`alternate`]).
+    rounds: usize,
     api: Vec<api::ApiResult>,
     elements: Vec<PairRun>,
     scale: Vec<ScaleRun>,
@@ -411,6 +460,11 @@ fn machine() -> String {
 impl Results {
     fn markdown(&self) -> String {
         let mut md = format!("Machine: {}; {}\n\n", self.machine, gst::version_string());
+        md += &format!(
+            "Each row of the API and element tables is the median of {} runs (by messages or buffers per \
+             second), the rows of one comparison alternating in each round.\n\n",
+            self.rounds
+        );
         md += "### API level (two processes, one 168-byte record and one fd per message)\n\n";
         md += "| in flight | who | messages/s | × floor | p50 round trip (µs) | × floor | p99 (µs) |\n|---|---|---|---|---|---|---|\n";
         for in_flight in IN_FLIGHT {
@@ -498,6 +552,90 @@ impl Results {
                 soak.recv.out_of_order,
                 soak.recv.seconds
             );
+        }
+        md += &self.targets();
+        md
+    }
+
+    /// Issue #15's targets for GStreamer 1.22, each with its figure and baseline from this
+    /// run (the newer GStreamer's are in newest_gst.rs).
+    fn targets(&self) -> String {
+        let element = |t: Transport, width: u32| self.elements.iter().find(|r| r.transport == t && r.width == width);
+        let api = |who: &str, in_flight: usize| {
+            self.api.iter().find(|r| r.who.starts_with(who) && r.in_flight == in_flight).map(|r| r.per_second)
+        };
+        let cpu = |r: &PairRun| {
+            (r.send.cpu_s * 1e6 / r.send.buffers.max(1) as f64) + (r.recv.cpu_s * 1e6 / r.recv.buffers.max(1) as f64)
+        };
+        let mut rows = Vec::new();
+        let mut row = |target: &str, measured: String, met: bool| rows.push((target.to_owned(), measured, met));
+        if let (Some(ours), Some(shm), Some(floor)) =
+            (element(Transport::Ours, 1920), element(Transport::Shm, 1920), api("floor", 4))
+        {
+            let ratio = ours.per_second() / floor;
+            row(
+                "1920x1080 pair ≥ 0.6× the floor",
+                format!("{ratio:.2}× ({:.0} against {floor:.0}/s)", ours.per_second()),
+                ratio >= 0.6,
+            );
+            let ratio = ours.per_second() / shm.per_second();
+            row(
+                "1920x1080 pair ≥ 1.0× shm",
+                format!("{ratio:.2}× ({:.0} against {:.0}/s)", ours.per_second(), shm.per_second()),
+                ratio >= 1.0,
+            );
+            let ratio = ours.recv.p50_us / shm.recv.p50_us;
+            row(
+                "p50 no worse than shm's",
+                format!("{ratio:.2}× ({:.1} against {:.1} µs)", ours.recv.p50_us, shm.recv.p50_us),
+                ratio <= 1.0,
+            );
+            let ratio = cpu(ours) / cpu(shm);
+            row(
+                "CPU per buffer, both processes, no more than shm's",
+                format!("{ratio:.2}× ({:.1} against {:.1} µs)", cpu(ours), cpu(shm)),
+                ratio <= 1.0,
+            );
+            let floor_p99 =
+                self.api.iter().find(|r| r.who.starts_with("floor") && r.in_flight == 4).map_or(f64::NAN, |r| r.p99_us);
+            row(
+                "p99 ≤ 100 µs at 1920x1080",
+                format!("{:.0} µs (the floor's: {floor_p99:.0} µs)", ours.recv.p99_us),
+                ours.recv.p99_us <= 100.0,
+            );
+        }
+        if let (Some(small), Some(large)) = (element(Transport::Ours, 320), element(Transport::Ours, 7680)) {
+            let ratio = large.per_second() / small.per_second();
+            row("flat from 320x240 to 7680x4320 (≥ 0.9×)", format!("{ratio:.2}×"), ratio >= 0.9);
+        }
+        for in_flight in IN_FLIGHT {
+            let Some(floor) = api("floor", in_flight) else { continue };
+            for r in self.api.iter().filter(|r| r.in_flight == in_flight && !r.who.starts_with("floor")) {
+                let ratio = r.per_second / floor;
+                row(
+                    &format!("API ≥ 0.9× the floor: {}, {in_flight} in flight", r.who),
+                    format!("{ratio:.2}×"),
+                    ratio >= 0.9,
+                );
+            }
+        }
+        if let Some(soak) = &self.soak {
+            for (who, early, end) in [
+                ("receiver", soak.recv.rss_fds_early, soak.recv.rss_fds_end),
+                ("sender", soak.send.rss_fds_early, soak.send.rss_fds_end),
+            ] {
+                let grown = end.0 as i64 - early.0 as i64;
+                row(
+                    &format!("soak: the {who}'s RSS and fds flat (RSS within 1 MiB)"),
+                    format!("RSS {grown:+} KiB, fds {} → {}", early.1, end.1),
+                    grown < 1024 && end.1 <= early.1,
+                );
+            }
+        }
+        let mut md = "\n### Targets (issue #15), from the tables above\n\n| target | this run | met |\n|---|---|---|\n"
+            .to_owned();
+        for (target, measured, met) in rows {
+            md += &format!("| {target} | {measured} | {} |\n", if met { "yes" } else { "**no**" });
         }
         md
     }

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::elements::{RecvReport, SendReport, Transport, PAIR_PRODUCER_BUFFERS};
 use crate::fanout::{self, FanOutRun, Kind};
-use crate::{machine, pair, scale, spawn, wait, PairRun, ScaleRun, PAIRS};
+use crate::{alternate, machine, pair, scale, spawn, wait, PairRun, ScaleRun, PAIRS};
 
 const SIZES: [(u32, u32); 3] = [(320, 240), (1920, 1080), (7680, 4320)];
 const TRANSPORTS: [Transport; 2] = [Transport::Ours, Transport::UnixFd];
@@ -27,16 +27,24 @@ const TRANSPORTS: [Transport; 2] = [Transport::Ours, Transport::UnixFd];
 struct Results {
     machine: String,
     gstreamer: String,
+    /// How often each pair and scale comparison ran ([`alternate`]).
+    rounds: usize,
     elements: Vec<PairRun>,
     scale: Vec<(Transport, ScaleRun)>,
     fan_out: Vec<FanOutRun>,
 }
 
-pub fn run(dir: &Path, run_for: Duration) {
+pub fn run(dir: &Path, run_for: Duration, rounds: usize) {
     gst::init().unwrap();
     let gstreamer = gst::version_string().to_string();
-    let mut results =
-        Results { machine: machine(), gstreamer: gstreamer.clone(), elements: vec![], scale: vec![], fan_out: vec![] };
+    let mut results = Results {
+        machine: machine(),
+        gstreamer: gstreamer.clone(),
+        rounds,
+        elements: vec![],
+        scale: vec![],
+        fan_out: vec![],
+    };
     println!("machine: {}; {gstreamer}", results.machine);
     assert!(
         gst::ElementFactory::find("unixfdsink").is_some(),
@@ -45,24 +53,45 @@ pub fn run(dir: &Path, run_for: Duration) {
 
     println!("\n== {gstreamer}: one pair, qtisocketsink → qtisocketsrc and unixfdsink → unixfdsrc ==");
     for (width, height) in SIZES {
-        for transport in TRANSPORTS {
-            let socket = dir.join(format!("newest-{}-{width}", transport.name()));
-            let run = pair(transport, &socket, width, height, run_for, None);
+        let medians = alternate(
+            rounds,
+            TRANSPORTS.len(),
+            |round, member| {
+                let transport = TRANSPORTS[member];
+                let socket = dir.join(format!("newest-{}-{width}-{round}", transport.name()));
+                let run = pair(transport, &socket, width, height, run_for, None);
+                println!("  round {round}: {}", run.line());
+                run
+            },
+            PairRun::per_second,
+        );
+        for run in medians {
             println!("{}", run.line());
             results.elements.push(run);
         }
     }
 
     println!("\n== {gstreamer}: pairs at once, 1920x1080 ==");
-    for transport in TRANSPORTS {
-        for pairs in PAIRS {
-            let s = scale(dir, transport, pairs, run_for);
+    for pairs in PAIRS {
+        let medians = alternate(
+            rounds,
+            TRANSPORTS.len(),
+            |round, member| {
+                // Sockets of their own each round: unixfdsink does not take over a stale one.
+                let dir = dir.join(format!("round-{round}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                scale(&dir, TRANSPORTS[member], pairs, run_for)
+            },
+            |s| s.per_second,
+        );
+        for (transport, s) in TRANSPORTS.into_iter().zip(medians) {
             println!(
-                "{:<6} {:>2} pairs: {:>9.0} buffers/s aggregate, p50 {:>7.1} µs, {:.1} µs CPU per buffer (both sides)",
+                "{:<6} {:>2} pairs: {:>9.0} buffers/s aggregate, p50 {:>7.1} µs, p99 {:>7.1} µs, {:.1} µs CPU per buffer (both sides)",
                 transport.name(),
                 pairs,
                 s.per_second,
                 s.p50_us,
+                s.p99_us,
                 s.cpu_us_per_buffer
             );
             results.scale.push((transport, s));
@@ -129,8 +158,9 @@ impl Results {
              unixfdsink → unixfdsrc (gst-plugins-bad ≥ 1.24, not in Debian 12's 1.22) is measured as ours is: \
              NV12 frames written into the pool or allocator the sink proposes (memfds for both, no copy), \
              at most {} out (the producer's pool), \
+             each row the median of {} runs (ours and unixfd alternating), \
              latency from a CLOCK_MONOTONIC stamp in each frame, read at the receiver's sink.\n\n",
-            self.gstreamer, self.machine, PAIR_PRODUCER_BUFFERS
+            self.gstreamer, self.machine, PAIR_PRODUCER_BUFFERS, self.rounds
         );
         md += "\
                | frame | transport | buffers/s | × ours | p50 latency (µs) | p99 (µs) | CPU/buffer sender (µs) | CPU/buffer receiver (µs) |\n\
@@ -178,6 +208,42 @@ impl Results {
             );
         }
         md += &fanout::markdown(&self.fan_out).replacen("### Fan-out", &format!("### On GStreamer {v}: fan-out"), 1);
+        md += &self.targets();
+        md
+    }
+
+    /// Issue #15's targets against unixfdsink → unixfdsrc: ≥ 1.3× its buffers/s with p99
+    /// ≤ 0.5× its p99, one pair at each size and 1, 4 and 16 pairs at 1920x1080.
+    fn targets(&self) -> String {
+        let v = self.gstreamer.trim_start_matches("GStreamer ");
+        let mut md = format!(
+            "\n### Targets on GStreamer {v} (issue #15): ≥ 1.3× unixfd's buffers/s, p99 ≤ 0.5× its p99\n\n\
+             | comparison | buffers/s × unixfd | p99 × unixfd | met |\n|---|---|---|---|\n"
+        );
+        let mut row = |what: String, speed: f64, p99: f64| {
+            let met = speed >= 1.3 && p99 <= 0.5;
+            md += &format!("| {what} | {speed:.2}× | {p99:.2}× | {} |\n", if met { "yes" } else { "**no**" });
+        };
+        for (width, height) in SIZES {
+            let find = |t: Transport| self.elements.iter().find(|r| r.transport == t && r.width == width);
+            if let (Some(ours), Some(unixfd)) = (find(Transport::Ours), find(Transport::UnixFd)) {
+                row(
+                    format!("one pair, {width}x{height}"),
+                    ours.per_second() / unixfd.per_second(),
+                    ours.recv.p99_us / unixfd.recv.p99_us,
+                );
+            }
+        }
+        for pairs in PAIRS {
+            let find = |t: Transport| self.scale.iter().find(|(tt, s)| *tt == t && s.pairs == pairs).map(|(_, s)| s);
+            if let (Some(ours), Some(unixfd)) = (find(Transport::Ours), find(Transport::UnixFd)) {
+                row(
+                    format!("{pairs} pairs, 1920x1080"),
+                    ours.per_second / unixfd.per_second,
+                    ours.p99_us / unixfd.p99_us,
+                );
+            }
+        }
         md
     }
 }
