@@ -83,7 +83,7 @@ fn main() {
             |round, member| {
                 let socket = dir.join(format!("api-{in_flight}-{member}-{round}"));
                 let r = match member {
-                    0 | 1 | 2 => {
+                    0..=2 => {
                         let role = if member == 0 { "floor-recv" } else { "rust-recv" };
                         let child = spawn(role, &[socket.to_str().unwrap()]);
                         let r = match member {
