@@ -23,7 +23,9 @@ pub mod transport;
 #[doc(hidden)]
 pub use elements::meta::vendor as vendor_meta;
 pub use error::Error;
-pub use fanout::{Delivery, Destination, Fanout, FanoutEvent, FanoutOptions, FanoutStats, PeerStats, SlowReceiver};
+pub use fanout::{
+    Delivery, Destination, Fanout, FanoutEvent, FanoutOptions, FanoutStats, PeerStats, SlowReceiver, WaitingElsewhere,
+};
 pub use receiver::{
     Event, Interrupter, ReceivedBuffer, Receiver, ReceiverHandle, ReceiverOptions, ReceiverStats, DEFAULT_SOCKET_MODE,
 };

@@ -236,6 +236,79 @@ fn the_sinks_pool_gives_frames_a_video_meta_and_refuses_caps_that_are_not_video(
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_THREAD is this thread's.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut usage), 0);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+#[test]
+fn a_producer_waiting_on_the_sinks_dry_pool_sleeps_through_a_flush_and_gets_a_buffer_once_the_receiver_dies() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = TempDir::new("sink-handoff-flush");
+    // Takes one buffer and keeps it (and reads no more): the pool runs dry.
+    let mut child = gst_launch_child(&tmp, "qtisocketsrc socket=SOCKET ! identity sleep-time=100000000 ! fakesink");
+    // Pushed from the producer's thread (as a source element does), so every buffer it
+    // took is out by the time it asks for the next.
+    init();
+    let pipeline = gst::Pipeline::new();
+    let sink = gst::ElementFactory::make("qtisocketsink")
+        .property("socket", path_str(&tmp.path("s")))
+        .property("wait-for-receiver", true)
+        .property("sync", false)
+        .build()
+        .unwrap();
+    pipeline.add(&sink).unwrap();
+    let src = gst::Pad::builder(gst::PadDirection::Src).name("frames").build();
+    src.link(&sink.static_pad("sink").unwrap()).unwrap();
+    src.set_active(true).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    src.push_event(gst::event::StreamStart::new("frames"));
+    src.push_event(gst::event::Caps::new(&gst::Caps::from_str(CAPS).unwrap()));
+    src.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
+    let pool = offered_pool(&sink);
+    let producer = std::thread::spawn({
+        let pool = pool.clone();
+        let src = src.clone();
+        move || {
+            let mut sent = 0;
+            loop {
+                let (cpu, started) = (thread_cpu(), Instant::now());
+                let buffer = pool.acquire_buffer(None).expect("a buffer, in the end");
+                let (cpu, waited) = (thread_cpu() - cpu, started.elapsed());
+                if waited > Duration::from_millis(500) {
+                    return (sent, cpu, waited);
+                }
+                src.push(buffer).unwrap();
+                sent += 1;
+            }
+        }
+    });
+    wait_until("the pool ran dry", || stat::<u64>(&sink, "in-flight") == 16);
+    std::thread::sleep(Duration::from_millis(100));
+    let pad = sink.static_pad("sink").unwrap();
+    assert!(pad.send_event(gst::event::FlushStart::new()));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pad.send_event(gst::event::FlushStop::new(false)));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!producer.is_finished(), "no buffer while the receiver holds them all");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let (sent, cpu, waited) = producer.join().unwrap();
+    println!("sent {sent}, then waited {waited:?} for a buffer, using {cpu:?} of CPU");
+    assert_eq!(sent, 16);
+    assert!(cpu < Duration::from_millis(100), "a producer waiting for a buffer used {cpu:?} of CPU in {waited:?}");
+    let _ = pool.set_active(false);
+    pipeline.set_state(gst::State::Null).unwrap();
+    src.set_active(false).unwrap();
+}
+
 /// A hold that counts itself dropped.
 struct Hold(Arc<AtomicUsize>);
 

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 pub use peer::PeerStats;
 use peer::{BufIds, Out, Peer, Phase};
+pub use returns::WaitingElsewhere;
 
 use crate::{Error, OutgoingBuffer, PeerCredentials};
 
@@ -198,6 +199,9 @@ struct State<H> {
     /// Sends polling the connections themselves, for a receiver at its limit to return a
     /// buffer ([`State::at_limit_sockets`]): the thread does not read them meanwhile.
     polling_senders: usize,
+    /// Callers waiting for a buffer some way of their own ([`Fanout::waiting_elsewhere`]):
+    /// no handoff meanwhile.
+    waiting_elsewhere: usize,
     /// See [`Fanout::set_handoff_below`].
     handoff_below: usize,
     /// The thread does not poll the connections: `send` reads the returns (see
@@ -311,6 +315,7 @@ impl<H: Send + 'static> Fanout<H> {
                 waiting: 0,
                 last_send: None,
                 polling_senders: 0,
+                waiting_elsewhere: 0,
                 handoff_below: 0,
                 sends_read_returns: false,
                 whole: Vec::new(),

@@ -36,7 +36,8 @@ impl<H> State<H> {
             return Some(now + HANDOFF);
         }
         let until = self.last_send? + HANDOFF;
-        (until > now && self.waiting == 0 && self.held.len() < self.handoff_below).then_some(until)
+        let nobody_waits = self.waiting == 0 && self.waiting_elsewhere == 0;
+        (until > now && nobody_waits && self.held.len() < self.handoff_below).then_some(until)
     }
 
     /// A send waits for the connected receivers at `limit` to return a buffer: copies of
@@ -93,11 +94,13 @@ impl<H: Send + 'static> super::Fanout<H> {
     /// receivers said, and if no buffer came back, waits in this thread for a receiver
     /// holding one to say something, at most [`RETURN_POLL`] (no other thread wakes for
     /// it). Returns whether the fan-out holds buffers still or let go of some: `false`,
-    /// nothing was held, so waiting here cannot bring a buffer back.
+    /// nothing was held, so waiting here cannot bring a buffer back, or it is flushing
+    /// (the caller should wait its own way: the poll here would end at once, again and
+    /// again, and the thread reads the returns meanwhile).
     pub fn wait_for_a_return(&self) -> bool {
         let state = self.shared.lock();
         let held = state.held.len();
-        if held == 0 {
+        if held == 0 || state.flushing {
             return false;
         }
         let state = self.shared.take_in(state);
@@ -110,6 +113,26 @@ impl<H: Send + 'static> super::Fanout<H> {
             None => drop(self.shared.wait(state, Some(RETURN_POLL))),
         }
         true
+    }
+
+    /// For a caller about to wait for a buffer some way of its own (its pool's wait,
+    /// when [`Fanout::wait_for_a_return`] had nothing to wait for: the buffers were
+    /// upstream, and may be sent meanwhile): until the guard is dropped, the thread reads
+    /// every return at once, as when a send waits.
+    pub fn waiting_elsewhere(&self) -> WaitingElsewhere<'_, H> {
+        let mut state = self.shared.lock();
+        state.waiting_elsewhere += 1;
+        self.shared.thread_reads_returns(&mut state);
+        WaitingElsewhere(self)
+    }
+}
+
+/// See [`Fanout::waiting_elsewhere`].
+pub struct WaitingElsewhere<'a, H: Send + 'static>(&'a super::Fanout<H>);
+
+impl<H: Send + 'static> Drop for WaitingElsewhere<'_, H> {
+    fn drop(&mut self) {
+        self.0.shared.lock().waiting_elsewhere -= 1;
     }
 }
 

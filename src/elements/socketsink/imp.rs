@@ -422,10 +422,9 @@ impl BaseSinkImpl for QtiSocketSink {
 }
 
 impl QtiSocketSink {
-    /// For the pool we proposed, out of buffers: see [`Fanout::wait_for_a_return`].
-    pub(super) fn wait_for_a_return(&self) -> bool {
-        let fanout = lock(&self.fanout).clone();
-        fanout.is_some_and(|fanout| fanout.wait_for_a_return())
+    /// This run's fan-out, for the pool we proposed (pool.rs).
+    pub(super) fn fanout(&self) -> Option<Arc<Sending>> {
+        lock(&self.fanout).clone()
     }
 
     /// Where to send, from `socket` or `socket-dir` (exactly one), checked as the

@@ -93,7 +93,8 @@ mod imp {
 
         /// Free buffers first; when there are none, the returns the receivers sent
         /// meanwhile, read here; waiting on the pool only when the fan-out holds none of
-        /// them (upstream does, and gives them back to the pool).
+        /// them (upstream does, and gives them back to the pool, or sends them: the
+        /// fan-out's thread then reads their returns at once) or is flushing.
         fn acquire_buffer(&self, params: Option<&gst::BufferPoolAcquireParams>) -> Result<gst::Buffer, gst::FlowError> {
             let flags = params.map_or(gst::BufferPoolAcquireFlags::empty(), |p| p.flags());
             if flags.contains(gst::BufferPoolAcquireFlags::DONTWAIT) {
@@ -106,9 +107,14 @@ mod imp {
                     Err(gst::FlowError::Eos) => {}
                     got => return got,
                 }
-                let sink = self.sink.get().and_then(|sink| sink.upgrade());
-                if !sink.is_some_and(|sink| sink.imp().wait_for_a_return()) {
-                    return self.parent_acquire_buffer(params);
+                let fanout = self.sink.get().and_then(|sink| sink.upgrade()).and_then(|sink| sink.imp().fanout());
+                match fanout {
+                    Some(fanout) if fanout.wait_for_a_return() => {}
+                    Some(fanout) => {
+                        let _waiting = fanout.waiting_elsewhere();
+                        return self.parent_acquire_buffer(params);
+                    }
+                    None => return self.parent_acquire_buffer(params),
                 }
             }
         }
