@@ -12,7 +12,7 @@ use rustix::event::epoll;
 use crate::fd_cache::FdCache;
 use crate::protocol::{DataMessage, MemoryKind, ReceiverMessage, ReturnMessage, SenderMessage, MAX_RECORD_LEN};
 pub use crate::transport::PeerCredentials;
-use crate::transport::{self, wait, Connection, Listener, MessageIn, MessageReader, Queued, ReadError, Want};
+use crate::transport::{wait, Connection, Listener, MessageIn, MessageReader, OwnerProcess, Queued, ReadError, Want};
 use crate::Error;
 
 /// What [`Receiver::recv`] brought.
@@ -119,10 +119,7 @@ struct Shared {
     /// The process that bound the receiver. A forked child's copies of the receiver and
     /// its buffers never speak on the connection nor touch the socket file: closing them
     /// closes that process's fds, nothing more.
-    pid: rustix::process::Pid,
-    /// [`transport::fork_generation`] in that process when it bound the receiver: what
-    /// tells a child from its parent without a syscall.
-    fork_generation: Option<u64>,
+    owner: OwnerProcess,
     counters: Counters,
     wake: OwnedFd,
     /// Set before `wake` is written: whether an interrupt is owed, read without a syscall.
@@ -149,10 +146,7 @@ impl Shared {
 
     /// Whether this is the process that bound the receiver (not a forked child).
     fn in_owner_process(&self) -> bool {
-        match self.fork_generation {
-            Some(generation) if transport::fork_generation() == Some(generation) => true,
-            _ => rustix::process::getpid() == self.pid,
-        }
+        self.owner.is_this()
     }
 }
 
@@ -237,8 +231,7 @@ impl Receiver {
             poller,
             path_watch,
             shared: Arc::new(Shared {
-                pid: rustix::process::getpid(),
-                fork_generation: transport::fork_generation(),
+                owner: OwnerProcess::this(),
                 counters: Counters::default(),
                 wake,
                 woken: AtomicBool::new(false),

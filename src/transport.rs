@@ -1,8 +1,8 @@
 //! The socket: `AF_UNIX`/`SOCK_SEQPACKET`, one message = a 4-byte length record and the
 //! message record, fds in `SCM_RIGHTS`. Every fd is an [`OwnedFd`] from the kernel on;
 //! rustix does the `cmsg` work, except for `recvmmsg`, which rustix lacks
-//! ([`Connection::recv_two_records`]). That and the fork counter of [`fork_generation`]
-//! are this module's only `unsafe`.
+//! ([`Connection::recv_two_records`]). That and the fork counter of [`OwnerProcess`] are
+//! this module's only `unsafe`.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -104,7 +104,7 @@ fn seqpacket_socket() -> io::Result<OwnedFd> {
 pub struct Listener {
     fd: OwnedFd,
     path: PathBuf,
-    pid: rustix::process::Pid,
+    owner: OwnerProcess,
     /// Identity of the socket file we created, so that we never remove a file that
     /// somebody else put at the path after us.
     file_id: (u64, u64),
@@ -131,8 +131,8 @@ impl Listener {
         let addr = SocketAddrUnix::new(path).map_err(|e| io_error("building its address", e.into()))?;
         rustix::net::bind(&fd, &addr).map_err(|e| io_error("binding", e.into()))?;
         let stat = rustix::fs::stat(path).map_err(|e| io_error("inspecting", e.into()))?;
-        let pid = rustix::process::getpid();
-        let listener = Listener { fd, path: path.to_owned(), pid, file_id: (stat.st_dev, stat.st_ino) };
+        let listener =
+            Listener { fd, path: path.to_owned(), owner: OwnerProcess::this(), file_id: (stat.st_dev, stat.st_ino) };
         // The umask may have taken bits the caller asked for; nobody can connect before
         // listen(), so setting them now opens no window.
         rustix::fs::chmod(path, mode).map_err(|e| io_error("setting the mode of the socket file", e.into()))?;
@@ -167,7 +167,7 @@ impl AsFd for Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if rustix::process::getpid() == self.pid && self.is_path_ours() {
+        if self.owner.is_this() && self.is_path_ours() {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -596,12 +596,41 @@ extern "C" fn count_fork_in_child() {
 /// before, read without a syscall (a process's own `getpid` is one, on every buffer's
 /// return); `None` if the fork handler could not be registered (then ask `getpid`).
 /// Counts the forks of libc's `fork()`, which every runtime's fork goes through.
-pub fn fork_generation() -> Option<u64> {
+fn fork_generation() -> Option<u64> {
     static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     // SAFETY: the handler only increments an atomic, which is async-signal-safe as a fork child handler must be.
     let registered =
         *REGISTERED.get_or_init(|| unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) } == 0);
     registered.then(|| FORKS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// The process that made something (a receiver, a sender, a C handle): a forked child's
+/// copy must not speak on its connections nor touch its socket file. Told without a
+/// syscall ([`fork_generation`]; `getpid` is one, and was made on every buffer).
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerProcess {
+    pid: rustix::process::Pid,
+    fork_generation: Option<u64>,
+}
+
+impl OwnerProcess {
+    /// This process.
+    pub fn this() -> OwnerProcess {
+        OwnerProcess { pid: rustix::process::getpid(), fork_generation: fork_generation() }
+    }
+
+    /// Whether this is still that process. Async-signal-safe once [`OwnerProcess::this`]
+    /// ran (an atomic load; `getpid` only if the fork handler could not be registered).
+    pub fn is_this(&self) -> bool {
+        match self.fork_generation {
+            Some(generation) if fork_generation() == Some(generation) => true,
+            _ => rustix::process::getpid() == self.pid,
+        }
+    }
+
+    pub fn pid(&self) -> rustix::process::Pid {
+        self.pid
+    }
 }
 
 /// The size of the object behind a memory fd: `st_size` for memfds and files,

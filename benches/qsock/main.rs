@@ -14,7 +14,8 @@
 //! `QSOCK_BENCH_PART=newest-gst`, only the part for a newer GStreamer (newest_gst.rs:
 //! unixfdsink → unixfdsrc beside ours), which scripts/bench runs in a Debian 13 root. Every process here is a
 //! child of this one (the same binary, `QSOCK_BENCH_ROLE` saying which part it plays).
-//! `QSOCK_BENCH_PART=fan-out`: only the fan-out part (fanout.rs), printed, nothing written.
+//! `QSOCK_BENCH_PART=fan-out`: only the fan-out part (fanout.rs), printed, nothing written;
+//! `QSOCK_BENCH_PART=api`: only the API part, printed.
 //! `QSOCK_BENCH_QUICK=1` shortens every run (a smoke check, not figures).
 //! `QSOCK_BENCH_ROUNDS` (default 3; 1 when quick): how often each comparison of the API
 //! and element parts runs, its members alternating (see [`alternate`]).
@@ -73,45 +74,10 @@ fn main() {
         return;
     }
     results.rounds = rounds;
-    println!("\n== API level: messages/s and round trip, two processes ({rounds} rounds) ==");
-    let c_bench = std::env::var_os("QSOCK_BENCH_C");
-    for in_flight in IN_FLIGHT {
-        let members = if c_bench.is_some() { 4 } else { 3 };
-        let medians = alternate(
-            rounds,
-            members,
-            |round, member| {
-                let socket = dir.join(format!("api-{in_flight}-{member}-{round}"));
-                let r = match member {
-                    0..=2 => {
-                        let role = if member == 0 { "floor-recv" } else { "rust-recv" };
-                        let child = spawn(role, &[socket.to_str().unwrap()]);
-                        let r = match member {
-                            0 => api::floor_sender(&socket, in_flight, run_for),
-                            _ => api::rust_sender(&socket, in_flight, run_for, member == 2),
-                        };
-                        let _ = wait(child);
-                        r
-                    }
-                    _ => {
-                        let out = Command::new(c_bench.as_ref().unwrap())
-                            .args([socket.to_str().unwrap(), &in_flight.to_string(), &run_for.as_millis().to_string()])
-                            .output()
-                            .unwrap();
-                        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-                        let line = String::from_utf8_lossy(&out.stdout);
-                        serde_json::from_str::<api::ApiResult>(line.trim().lines().last().unwrap()).unwrap()
-                    }
-                };
-                println!("  round {round}: {:<42} {:>9.0} msg/s", r.who, r.per_second);
-                r
-            },
-            |r| r.per_second,
-        );
-        for r in &medians {
-            print_api(r, &medians[0]);
-        }
-        results.api.extend(medians);
+    api_part(&dir, run_for, rounds, &mut results);
+    if std::env::var("QSOCK_BENCH_PART").as_deref() == Ok("api") {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
     }
 
     println!("\n== Element level: sender and receiver pipelines in two processes ({rounds} rounds) ==");
@@ -188,6 +154,51 @@ fn main() {
     std::fs::write(out.join("report.md"), results.markdown()).unwrap();
     println!("\nwrote {0}/results.json and {0}/report.md", out.display());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The API part: ours (Rust, pooled, and C when `QSOCK_BENCH_C` names its benchmark)
+/// against the floor at each number in flight. `QSOCK_BENCH_PART=api`: only this part.
+fn api_part(dir: &Path, run_for: Duration, rounds: usize, results: &mut Results) {
+    println!("\n== API level: messages/s and round trip, two processes ({rounds} rounds) ==");
+    let c_bench = std::env::var_os("QSOCK_BENCH_C");
+    for in_flight in IN_FLIGHT {
+        let members = if c_bench.is_some() { 4 } else { 3 };
+        let medians = alternate(
+            rounds,
+            members,
+            |round, member| {
+                let socket = dir.join(format!("api-{in_flight}-{member}-{round}"));
+                let r = match member {
+                    0..=2 => {
+                        let role = if member == 0 { "floor-recv" } else { "rust-recv" };
+                        let child = spawn(role, &[socket.to_str().unwrap()]);
+                        let r = match member {
+                            0 => api::floor_sender(&socket, in_flight, run_for),
+                            _ => api::rust_sender(&socket, in_flight, run_for, member == 2),
+                        };
+                        let _ = wait(child);
+                        r
+                    }
+                    _ => {
+                        let out = Command::new(c_bench.as_ref().unwrap())
+                            .args([socket.to_str().unwrap(), &in_flight.to_string(), &run_for.as_millis().to_string()])
+                            .output()
+                            .unwrap();
+                        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                        let line = String::from_utf8_lossy(&out.stdout);
+                        serde_json::from_str::<api::ApiResult>(line.trim().lines().last().unwrap()).unwrap()
+                    }
+                };
+                println!("  round {round}: {:<42} {:>9.0} msg/s", r.who, r.per_second);
+                r
+            },
+            |r| r.per_second,
+        );
+        for r in &medians {
+            print_api(r, &medians[0]);
+        }
+        results.api.extend(medians);
+    }
 }
 
 /// `QSOCK_BENCH_PART=pair-1080`: only the element pair at 1920x1080, beside the floor (4

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use crate::transport::OwnerProcess;
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
-use rustix::process::Pid;
 
 use super::sender::{forked, outgoing_buffer};
 use super::*;
@@ -36,7 +36,7 @@ pub struct qsock_fanout {
     next_ticket: AtomicU64,
     wait_for_receiver: bool,
     /// The process that opened it: after fork, the child may only close its copy.
-    pid: Pid,
+    owner: OwnerProcess,
 }
 
 impl Handle for qsock_fanout {}
@@ -48,16 +48,16 @@ const _: fn() = || {
 impl qsock_fanout {
     /// Refuses a call from a forked child.
     fn check_process(&self) -> Result<&qsock_fanout, Failure> {
-        match rustix::process::getpid() == self.pid {
+        match self.owner.is_this() {
             true => Ok(self),
-            false => Err(forked(self.pid, "fan-out", "qsock_fanout_close")),
+            false => Err(forked(self.owner.pid(), "fan-out", "qsock_fanout_close")),
         }
     }
 }
 
 impl Drop for qsock_fanout {
     fn drop(&mut self) {
-        if rustix::process::getpid() != self.pid {
+        if !self.owner.is_this() {
             // A forked child's copy: nothing of it is touched (see qsock_fanout_close).
             return;
         }
@@ -338,7 +338,7 @@ pub extern "C" fn qsock_fanout_open(
                 directory_failed,
                 next_ticket: AtomicU64::new(1),
                 wait_for_receiver: options.wait_for_receiver,
-                pid: rustix::process::getpid(),
+                owner: OwnerProcess::this(),
             })
         })
     })

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use rustix::process::Pid;
+use crate::transport::OwnerProcess;
 
 use super::buffer::qsock_buffer;
 use super::sender::forked;
@@ -25,7 +25,7 @@ pub struct qsock_receiver {
     /// The receiver's event-loop fd: the same for its whole life, so read without the lock.
     poll_fd: c_int,
     /// The process that opened it: after fork, the child may only close its copy.
-    pid: Pid,
+    owner: OwnerProcess,
 }
 
 impl Handle for qsock_receiver {}
@@ -39,16 +39,20 @@ const _: fn() = || {
 impl qsock_receiver {
     fn new(receiver: Receiver) -> qsock_receiver {
         let poll_fd = receiver.as_fd().as_raw_fd();
-        let pid = rustix::process::getpid();
-        qsock_receiver { handle: receiver.handle(), receiver: Mutex::new(receiver), poll_fd, pid }
+        qsock_receiver {
+            handle: receiver.handle(),
+            receiver: Mutex::new(receiver),
+            poll_fd,
+            owner: OwnerProcess::this(),
+        }
     }
 
     /// Refuses a call from a forked child: only the process that opened the receiver
     /// may use it.
     fn check_process(&self) -> Result<&qsock_receiver, Failure> {
-        match rustix::process::getpid() == self.pid {
+        match self.owner.is_this() {
             true => Ok(self),
-            false => Err(forked(self.pid, "receiver", "qsock_receiver_close")),
+            false => Err(forked(self.owner.pid(), "receiver", "qsock_receiver_close")),
         }
     }
 

@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use crate::transport::OwnerProcess;
 use rustix::process::Pid;
 
 use super::*;
@@ -25,7 +26,7 @@ pub struct qsock_sender {
     /// The socket's fd: the same for the sender's whole life, so read without the lock.
     poll_fd: c_int,
     /// The process that connected: after fork, the child may only close its copy.
-    pid: Pid,
+    owner: OwnerProcess,
 }
 
 impl Handle for qsock_sender {}
@@ -37,8 +38,8 @@ const _: fn() = || {
 impl qsock_sender {
     /// The sender, for a call from the process that connected it.
     fn lock(&self) -> Result<MutexGuard<'_, Sender>, Failure> {
-        if rustix::process::getpid() != self.pid {
-            return Err(forked(self.pid, "sender", "qsock_sender_close"));
+        if !self.owner.is_this() {
+            return Err(forked(self.owner.pid(), "sender", "qsock_sender_close"));
         }
         // A panic caught in an earlier call leaves it usable: the lock guards no invariant.
         Ok(self.sender.lock().unwrap_or_else(PoisonError::into_inner))
@@ -255,7 +256,7 @@ pub extern "C" fn qsock_sender_connect(socket_path: *const c_char, sender_out: *
         give_out(sender_out, "sender_out", || {
             let sender = Sender::connect(path)?;
             let (interrupter, poll_fd) = (sender.interrupter(), sender.as_fd().as_raw_fd());
-            Ok(qsock_sender { sender: Mutex::new(sender), interrupter, poll_fd, pid: rustix::process::getpid() })
+            Ok(qsock_sender { sender: Mutex::new(sender), interrupter, poll_fd, owner: OwnerProcess::this() })
         })
     })
 }
@@ -346,8 +347,8 @@ pub extern "C" fn qsock_sender_next_event(
 pub extern "C" fn qsock_sender_interrupt(sender: *const qsock_sender) -> qsock_status {
     call(|| {
         let sender = handle(sender, "sender")?;
-        if rustix::process::getpid() != sender.pid {
-            return Err(forked(sender.pid, "sender", "qsock_sender_close"));
+        if !sender.owner.is_this() {
+            return Err(forked(sender.owner.pid(), "sender", "qsock_sender_close"));
         }
         sender.interrupter.interrupt();
         Ok(())
