@@ -45,15 +45,20 @@ impl<H> State<H> {
     /// fan-out's thread would, and wake it: two wake-ups instead of one). `None` when
     /// some receiver at its limit has none.
     pub(super) fn at_limit_sockets(&self, limit: Option<usize>) -> Option<Vec<Arc<OwnedFd>>> {
-        let at_limit = self.peers.iter().filter(|p| p.is_connected() && p.at_limit(limit));
-        at_limit.map(|p| p.poll_fd.clone()).collect::<Option<Vec<_>>>().filter(|fds| !fds.is_empty())
+        self.sockets_of(|p| p.is_connected() && p.at_limit(limit))
     }
 
     /// Copies of the connections of the receivers holding buffers, for a caller that
     /// waits for one to come back; `None` when one of them has no copy yet (or none holds).
     fn holding_sockets(&self) -> Option<Vec<Arc<OwnedFd>>> {
-        let holding = self.peers.iter().filter(|p| !matches!(p.phase, Phase::Idle(_)) && !p.out.is_empty());
-        holding.map(|p| p.poll_fd.clone()).collect::<Option<Vec<_>>>().filter(|fds| !fds.is_empty())
+        self.sockets_of(|p| !matches!(p.phase, Phase::Idle(_)) && !p.out.is_empty())
+    }
+
+    /// Copies of the connections of the peers `chosen`; `None` when one has none, or
+    /// none is chosen.
+    fn sockets_of(&self, chosen: impl Fn(&Peer) -> bool) -> Option<Vec<Arc<OwnedFd>>> {
+        let chosen = self.peers.iter().filter(|p| chosen(p));
+        chosen.map(|p| p.poll_fd.clone()).collect::<Option<Vec<_>>>().filter(|fds| !fds.is_empty())
     }
 
     /// Which connected peers may have something to take in, by index: with more than
