@@ -586,25 +586,25 @@ impl Results {
             let ratio = ours.per_second() / floor;
             row(
                 "1920x1080 pair ≥ 0.6× the floor",
-                format!("{ratio:.2}× ({:.0} against {floor:.0}/s)", ours.per_second()),
+                format!("{ratio:.3}× ({:.0} against {floor:.0}/s)", ours.per_second()),
                 ratio >= 0.6,
             );
             let ratio = ours.per_second() / shm.per_second();
             row(
                 "1920x1080 pair ≥ 1.0× shm",
-                format!("{ratio:.2}× ({:.0} against {:.0}/s)", ours.per_second(), shm.per_second()),
+                format!("{ratio:.3}× ({:.0} against {:.0}/s)", ours.per_second(), shm.per_second()),
                 ratio >= 1.0,
             );
             let ratio = ours.recv.p50_us / shm.recv.p50_us;
             row(
                 "p50 no worse than shm's",
-                format!("{ratio:.2}× ({:.1} against {:.1} µs)", ours.recv.p50_us, shm.recv.p50_us),
+                format!("{ratio:.3}× ({:.1} against {:.1} µs)", ours.recv.p50_us, shm.recv.p50_us),
                 ratio <= 1.0,
             );
             let ratio = cpu(ours) / cpu(shm);
             row(
                 "CPU per buffer, both processes, no more than shm's",
-                format!("{ratio:.2}× ({:.1} against {:.1} µs)", cpu(ours), cpu(shm)),
+                format!("{ratio:.3}× ({:.1} against {:.1} µs)", cpu(ours), cpu(shm)),
                 ratio <= 1.0,
             );
             let floor_p99 =
@@ -617,7 +617,7 @@ impl Results {
         }
         if let (Some(small), Some(large)) = (element(Transport::Ours, 320), element(Transport::Ours, 7680)) {
             let ratio = large.per_second() / small.per_second();
-            row("flat from 320x240 to 7680x4320 (≥ 0.9×)", format!("{ratio:.2}×"), ratio >= 0.9);
+            row("flat from 320x240 to 7680x4320 (≥ 0.9×)", format!("{ratio:.3}×"), ratio >= 0.9);
         }
         for in_flight in IN_FLIGHT {
             let Some(floor) = api("floor", in_flight) else { continue };
@@ -625,7 +625,7 @@ impl Results {
                 let ratio = r.per_second / floor;
                 row(
                     &format!("API ≥ 0.9× the floor: {}, {in_flight} in flight", r.who),
-                    format!("{ratio:.2}×"),
+                    format!("{ratio:.3}×"),
                     ratio >= 0.9,
                 );
             }

@@ -222,7 +222,7 @@ impl Results {
         );
         let mut row = |what: String, speed: f64, p99: f64| {
             let met = speed >= 1.3 && p99 <= 0.5;
-            md += &format!("| {what} | {speed:.2}× | {p99:.2}× | {} |\n", if met { "yes" } else { "**no**" });
+            md += &format!("| {what} | {speed:.3}× | {p99:.3}× | {} |\n", if met { "yes" } else { "**no**" });
         };
         for (width, height) in SIZES {
             let find = |t: Transport| self.elements.iter().find(|r| r.transport == t && r.width == width);
