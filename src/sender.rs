@@ -12,6 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ use crate::protocol::{
     MAX_RECORD_LEN, MAX_TEXT_LEN,
 };
 use crate::transport::{
-    object_size, peer_not_reading, wait, Connection, MessageIn, MessageReader, Progress, Ready, Want, SEND_TIMEOUT,
+    object_size, peer_not_reading, wait, Connection, MessageIn, MessageReader, Progress, Readiness, Ready, Want,
+    SEND_TIMEOUT,
 };
 use crate::Error;
 
@@ -74,12 +76,40 @@ pub enum Waited {
 /// [`Waited::Interrupted`]. Cheap to clone; usable from any thread, and from a signal
 /// handler (it is one `write` to an eventfd).
 #[derive(Debug, Clone)]
-pub struct SenderInterrupter(Arc<OwnedFd>);
+pub struct SenderInterrupter(Arc<Wake>);
 
 impl SenderInterrupter {
     pub fn interrupt(&self) {
+        // The flag first: a wait that sees the eventfd readable finds the flag set.
+        self.0.owed.store(true, Ordering::Release);
         // An eventfd write only fails when the counter would overflow: already woken.
-        let _ = rustix::io::write(&*self.0, &1u64.to_ne_bytes());
+        let _ = rustix::io::write(&self.0.fd, &1u64.to_ne_bytes());
+    }
+}
+
+/// What [`SenderInterrupter::interrupt`] sets: a flag, looked at before each wait (a
+/// load, where reading the eventfd would be a syscall per wait), and the eventfd that
+/// ends a wait in progress.
+#[derive(Debug)]
+struct Wake {
+    owed: AtomicBool,
+    fd: OwnedFd,
+}
+
+impl Wake {
+    /// Whether an interrupt is owed (and no longer).
+    fn take(&self) -> bool {
+        let owed = self.owed.swap(false, Ordering::Acquire);
+        if owed {
+            self.drain();
+        }
+        owed
+    }
+
+    /// Empties the eventfd, so that the next wait does not end at once for an interrupt
+    /// already taken (its write may come after the flag was seen).
+    fn drain(&self) {
+        let _ = rustix::io::read(&self.fd, &mut [0u8; 8]);
     }
 }
 
@@ -113,8 +143,8 @@ pub struct Sender {
     /// `next_event`. At most one entry per message the receiver sent: returns (one per
     /// buffer sent), DISCONNECT, the hang-up, or the error that ended reading.
     taken_in: VecDeque<Result<SenderEvent, Error>>,
-    /// Readable when [`SenderInterrupter::interrupt`] was called.
-    wake: Arc<OwnedFd>,
+    /// Set by [`SenderInterrupter::interrupt`].
+    wake: Arc<Wake>,
 }
 
 fn invalid(reason: String) -> Error {
@@ -138,7 +168,7 @@ impl Sender {
             fds_sent: 0,
             buffers_sent: 0,
             taken_in: VecDeque::new(),
-            wake: Arc::new(wake),
+            wake: Arc::new(Wake { owed: AtomicBool::new(false), fd: wake }),
         })
     }
 
@@ -329,16 +359,19 @@ impl Sender {
             if let Some(event) = self.read_event()? {
                 return Ok(Waited::Event(event));
             }
-            // Checked only before waiting: no syscall on the path of a ready message.
-            let mut count = [0u8; 8];
-            if rustix::io::read(&*self.wake, &mut count).is_ok() {
+            // Checked only before waiting, and a flag: no syscall unless interrupted.
+            if self.wake.take() {
                 return Ok(Waited::Interrupted);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(Waited::Timeout);
             }
-            wait(self.connection.as_fd(), Want::Read, Some(self.wake.as_fd()), deadline)
+            let ready = wait(self.connection.as_fd(), Want::Read, Some(self.wake.fd.as_fd()), deadline)
                 .map_err(|source| Error::Io { what: "waiting for the receiver".into(), source })?;
+            if matches!(ready, Ready::Ready(Readiness { woken: true, .. })) {
+                // Emptied before the flag is looked at again (the top of the loop).
+                self.wake.drain();
+            }
         }
     }
 
