@@ -8,7 +8,6 @@
 mod common;
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::Child;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,10 +30,13 @@ const FRAME_INTERVAL: Duration = Duration::from_micros(250);
 /// receiver holds fewer than 32.
 const SINK: &str = "max-in-flight=60 slow-receiver=wait";
 
-/// `qtisocketsrc ! fakesink` in a process of its own, on `tmp`'s socket.
-fn receiver(tmp: &TempDir) -> Child {
-    gst_launch_child(tmp, "qtisocketsrc socket=SOCKET ! fakesink sync=false enable-last-sample=false")
-}
+/// `qtisocketsrc ! fakesink`, for a process of its own.
+const RECEIVER: &str = "qtisocketsrc socket=SOCKET ! fakesink sync=false enable-last-sample=false";
+
+/// A receiver that queues 12 frames and takes 100 µs for each.
+const QUEUEING_RECEIVER: &str = "qtisocketsrc socket=SOCKET ! queue max-size-buffers=12 max-size-bytes=0 \
+                                 max-size-time=0 ! identity sleep-time=100 ! fakesink sync=false \
+                                 enable-last-sample=false";
 
 /// The voluntary context switches of this process's `qsock-fanout` thread: how often
 /// it went to sleep, so how often something woke it.
@@ -53,12 +55,19 @@ fn fanout_thread_sleeps() -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// Sends `WARM_UP` frames and waits until they are back (the receiver started and
-/// caught up), then `FRAMES` more, one every `FRAME_INTERVAL`, each from `next_frame`,
-/// and waits until all are back; returns how often the fan-out thread slept meanwhile.
-fn stream(sink_properties: &str, mut next_frame: impl FnMut(&gst::Element, u64) -> gst::Buffer) -> u64 {
+/// `receiver` (a pipeline for `gst-launch-1.0`) in a process of its own. Sends it
+/// `WARM_UP` frames and waits until they are back (it started and caught up), then
+/// `FRAMES` more, each from `next_frame`, one every `pace` (`None`: as fast as they
+/// come), and waits until all are back; returns how often the fan-out thread slept
+/// meanwhile.
+fn thread_sleeps_over(
+    receiver: &str,
+    sink_properties: &str,
+    pace: Option<Duration>,
+    mut next_frame: impl FnMut(&gst::Element, u64) -> gst::Buffer,
+) -> u64 {
     let tmp = TempDir::new("sink-handoff");
-    let mut child = receiver(&tmp);
+    let mut child = gst_launch_child(&tmp, receiver);
     let (pipeline, src, sink) = appsrc_into_sink(
         CAPS,
         &format!("socket={} wait-for-receiver=true {sink_properties}", path_str(&tmp.path("s"))),
@@ -66,8 +75,10 @@ fn stream(sink_properties: &str, mut next_frame: impl FnMut(&gst::Element, u64) 
     let mut push = |frames: std::ops::Range<u64>| {
         let start = Instant::now();
         for i in frames.clone() {
-            let due = start + FRAME_INTERVAL * (i - frames.start) as u32;
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if let Some(pace) = pace {
+                let due = start + pace * (i - frames.start) as u32;
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
             src.push_buffer(next_frame(&sink, i)).unwrap();
         }
         // The sink renders from appsrc's queue, in its thread: every frame sent, then back.
@@ -85,6 +96,11 @@ fn stream(sink_properties: &str, mut next_frame: impl FnMut(&gst::Element, u64) 
     let _ = child.kill();
     let _ = child.wait();
     sleeps
+}
+
+/// `FRAMES` frames to a `qtisocketsrc ! fakesink`, one every `FRAME_INTERVAL`.
+fn stream(sink_properties: &str, next_frame: impl FnMut(&gst::Element, u64) -> gst::Buffer) -> u64 {
+    thread_sleeps_over(RECEIVER, sink_properties, Some(FRAME_INTERVAL), next_frame)
 }
 
 fn allocation_query(sink: &gst::Element) -> gst::query::Allocation<gst::Query> {
@@ -143,44 +159,17 @@ fn frames_from_the_sinks_pool_come_back_without_waking_the_fanout_thread_for_eac
     assert!(pooled < unpooled, "woken {pooled} times for {FRAMES} frames from the sink's pool, {unpooled} unpooled");
 }
 
-/// Pushes `FRAMES` frames from `pool` (made from the sink the first time) as fast as
-/// the pool hands them out, into a sink with its default pool size (16), after a warm-up;
-/// returns how often the fan-out thread slept meanwhile. The receiver queues 12 frames
-/// and takes 100 µs for each: the pool runs dry again and again, with the receiver
-/// holding more than half of it.
+/// `FRAMES` frames from the pool `make_pool` makes, as fast as it hands them out, into a
+/// sink with its default pool size (16), to a `QUEUEING_RECEIVER`: the pool runs dry
+/// again and again, with the receiver holding more than half of it.
 fn flood(make_pool: impl Fn(&gst::Element) -> gst::BufferPool) -> u64 {
-    let tmp = TempDir::new("sink-handoff-flood");
-    let mut child = gst_launch_child(
-        &tmp,
-        "qtisocketsrc socket=SOCKET ! queue max-size-buffers=12 max-size-bytes=0 max-size-time=0 \
-         ! identity sleep-time=100 ! fakesink sync=false enable-last-sample=false",
-    );
-    let (pipeline, src, sink) =
-        appsrc_into_sink(CAPS, &format!("socket={} wait-for-receiver=true", path_str(&tmp.path("s"))));
-    let pool = make_pool(&sink);
-    let push = |frames: std::ops::Range<u64>| {
-        for i in frames.clone() {
-            let mut buffer = pool.acquire_buffer(None).unwrap();
-            let buffer_mut = buffer.get_mut().unwrap();
-            buffer_mut.set_pts(gst::ClockTime::from_nseconds(i * 33_333_333));
-            buffer_mut.map_writable().unwrap()[..8].copy_from_slice(&i.to_le_bytes());
-            src.push_buffer(buffer).unwrap();
-        }
-        wait_until("every frame was sent", || stat::<u64>(&sink, "buffers-sent") == frames.end);
-        wait_until("every frame came back", || stat::<u64>(&sink, "in-flight") == 0);
-    };
-    push(0..WARM_UP);
-    let before = fanout_thread_sleeps();
-    push(WARM_UP..WARM_UP + FRAMES);
-    let sleeps = fanout_thread_sleeps() - before;
-    assert_eq!(stat::<u64>(&sink, "dropped"), 0);
-    src.end_of_stream().unwrap();
-    pipeline.bus().unwrap().timed_pop_filtered(gst::ClockTime::from_seconds(20), &[gst::MessageType::Eos]).unwrap();
-    pipeline.set_state(gst::State::Null).unwrap();
-    let _ = pool.set_active(false);
-    let _ = child.kill();
-    let _ = child.wait();
-    sleeps
+    let mut pool = None;
+    thread_sleeps_over(QUEUEING_RECEIVER, "", None, |sink, i| {
+        let pool = pool.get_or_insert_with(|| make_pool(sink));
+        let mut buffer = pool.acquire_buffer(None).unwrap();
+        buffer.get_mut().unwrap().set_pts(gst::ClockTime::from_nseconds(i * 33_333_333));
+        buffer
+    })
 }
 
 #[test]
@@ -324,7 +313,7 @@ fn buffers_still_out_when_the_sends_stop_come_back() {
     // A producer whose pool has run dry sends nothing more: the thread must take over
     // the returns the sends were reading.
     let tmp = TempDir::new("fanout-handoff");
-    let mut child = receiver(&tmp);
+    let mut child = gst_launch_child(&tmp, RECEIVER);
     let options = FanoutOptions { max_in_flight: None, slow_receiver: SlowReceiver::Wait };
     let fanout: Fanout<Hold> = Fanout::start(Destination::Socket(tmp.path("s")), options, Box::new(|_| {})).unwrap();
     fanout.set_handoff_below(usize::MAX);

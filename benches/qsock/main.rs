@@ -83,19 +83,7 @@ fn main() {
     println!("\n== Element level: sender and receiver pipelines in two processes ({rounds} rounds) ==");
     for (width, height) in SIZES {
         let transports = [Transport::Ours, Transport::Shm, Transport::ShmCopy];
-        let medians = alternate(
-            rounds,
-            transports.len(),
-            |round, member| {
-                let transport = transports[member];
-                let socket = dir.join(format!("elem-{}-{width}-{round}", transport.name()));
-                let run = pair(transport, &socket, width, height, run_for, None);
-                println!("  round {round}: {}", run.line());
-                run
-            },
-            PairRun::per_second,
-        );
-        for run in medians {
+        for run in median_pairs(&dir.join("elem"), &transports, (width, height), run_for, rounds) {
             println!("{}", run.line());
             results.elements.push(run);
         }
@@ -316,6 +304,30 @@ fn alternate<T>(
             member_runs.swap_remove((member_runs.len() - 1) / 2)
         })
         .collect()
+}
+
+/// One pair of each of `transports` at `size`, `rounds` times alternating ([`alternate`]):
+/// each one's median run. Sockets under `prefix`, one per run.
+fn median_pairs(
+    prefix: &Path,
+    transports: &[Transport],
+    size: (u32, u32),
+    run_for: Duration,
+    rounds: usize,
+) -> Vec<PairRun> {
+    let (width, height) = size;
+    alternate(
+        rounds,
+        transports.len(),
+        |round, member| {
+            let transport = transports[member];
+            let socket = format!("{}-{}-{width}-{round}", prefix.display(), transport.name());
+            let run = pair(transport, Path::new(&socket), width, height, run_for, None);
+            println!("  round {round}: {}", run.line());
+            run
+        },
+        PairRun::per_second,
+    )
 }
 
 /// Waits for a child and returns its last line of output.

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::elements::{RecvReport, SendReport, Transport, PAIR_PRODUCER_BUFFERS};
 use crate::fanout::{self, FanOutRun, Kind};
-use crate::{alternate, machine, pair, scale, spawn, wait, PairRun, ScaleRun, PAIRS};
+use crate::{alternate, machine, median_pairs, scale, spawn, wait, PairRun, ScaleRun, PAIRS};
 
 const SIZES: [(u32, u32); 3] = [(320, 240), (1920, 1080), (7680, 4320)];
 const TRANSPORTS: [Transport; 2] = [Transport::Ours, Transport::UnixFd];
@@ -53,19 +53,7 @@ pub fn run(dir: &Path, run_for: Duration, rounds: usize) {
 
     println!("\n== {gstreamer}: one pair, qtisocketsink → qtisocketsrc and unixfdsink → unixfdsrc ==");
     for (width, height) in SIZES {
-        let medians = alternate(
-            rounds,
-            TRANSPORTS.len(),
-            |round, member| {
-                let transport = TRANSPORTS[member];
-                let socket = dir.join(format!("newest-{}-{width}-{round}", transport.name()));
-                let run = pair(transport, &socket, width, height, run_for, None);
-                println!("  round {round}: {}", run.line());
-                run
-            },
-            PairRun::per_second,
-        );
-        for run in medians {
+        for run in median_pairs(&dir.join("newest"), &TRANSPORTS, (width, height), run_for, rounds) {
             println!("{}", run.line());
             results.elements.push(run);
         }
