@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,9 @@ use rustix::event::epoll;
 use crate::fd_cache::FdCache;
 use crate::protocol::{DataMessage, MemoryKind, ReceiverMessage, ReturnMessage, SenderMessage, MAX_RECORD_LEN};
 pub use crate::transport::PeerCredentials;
-use crate::transport::{wait, Connection, Listener, MessageIn, MessageReader, OwnerProcess, Queued, ReadError, Want};
+use crate::transport::{
+    wait, Connection, Listener, MessageIn, MessageReader, OwnerProcess, Queued, ReadError, WakeUp, Want,
+};
 use crate::Error;
 
 /// What [`Receiver::recv`] brought.
@@ -121,9 +123,8 @@ struct Shared {
     /// closes that process's fds, nothing more.
     owner: OwnerProcess,
     counters: Counters,
-    wake: OwnedFd,
-    /// Set before `wake` is written: whether an interrupt is owed, read without a syscall.
-    woken: AtomicBool,
+    /// Set by [`Interrupter::interrupt`]; its eventfd is in the epoll set.
+    wake: WakeUp,
     current: Mutex<Option<Current>>,
     /// DISCONNECT went to the current sender: what it still sends is answered with a
     /// return, not delivered (it was sent before the sender stopped: stale by now).
@@ -212,9 +213,8 @@ impl Receiver {
         let listener =
             Listener::bind(path.as_ref(), options.socket_mode).map_err(|e| Error::binding(path.as_ref(), e))?;
         let poller = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io("creating the receiver's epoll fd"))?;
-        let wake =
-            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
-                .map_err(io("creating the receiver's wake-up eventfd"))?;
+        let wake = WakeUp::new()
+            .map_err(|source| Error::Io { what: "creating the receiver's wake-up eventfd".into(), source })?;
         let register = |fd: BorrowedFd<'_>, token| {
             epoll::add(&poller, fd, epoll::EventData::new_u64(token), epoll::EventFlags::IN)
                 .map_err(io("registering with the receiver's epoll fd"))
@@ -234,7 +234,6 @@ impl Receiver {
                 owner: OwnerProcess::this(),
                 counters: Counters::default(),
                 wake,
-                woken: AtomicBool::new(false),
                 current: Mutex::new(None),
                 disconnecting: AtomicBool::new(false),
                 last_turned_away: Mutex::new(None),
@@ -263,7 +262,7 @@ impl Receiver {
                 return Ok(event);
             }
             // Checked only before waiting, and a flag: no syscall unless interrupted.
-            if self.take_wake_up() {
+            if self.shared.wake.take() {
                 return Ok(Event::Interrupted);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -271,13 +270,13 @@ impl Receiver {
                 // The eventfd may be readable for an interrupt taken already: emptied, so
                 // that an app polling our fd is not woken for nothing; then the flag again,
                 // for an interrupt that came meanwhile.
-                self.drain_wake_fd();
-                return Ok(if self.take_wake_up() { Event::Interrupted } else { Event::Timeout });
+                self.shared.wake.drain();
+                return Ok(if self.shared.wake.take() { Event::Interrupted } else { Event::Timeout });
             }
             let ready = self.wait(left)?;
             if ready.wake {
                 // Emptied before the flag is looked at again (the top of the loop).
-                self.drain_wake_fd();
+                self.shared.wake.drain();
             }
             self.listener_ready = ready.listener;
             if ready.path {
@@ -339,22 +338,6 @@ impl Receiver {
 
     /// Closes the receiver; the same as dropping it, spelled out.
     pub fn close(self) {}
-
-    /// Whether an interrupt is owed (and no longer); a load when none is.
-    fn take_wake_up(&self) -> bool {
-        let woken = self.shared.woken.swap(false, Acquire);
-        if woken {
-            self.drain_wake_fd();
-        }
-        woken
-    }
-
-    /// Empties the eventfd, so that the next wait does not return at once for an
-    /// interrupt already taken (its write may come after the flag was seen).
-    fn drain_wake_fd(&self) {
-        let mut count = [0u8; 8];
-        let _ = rustix::io::read(&self.shared.wake, &mut count);
-    }
 
     /// Waits until something is ready; says whether the socket's directory changed and
     /// whether a sender waits to be accepted.
@@ -615,10 +598,7 @@ pub struct Interrupter(Arc<Shared>);
 
 impl Interrupter {
     pub fn interrupt(&self) {
-        // The flag first: a `recv` that sees the eventfd readable finds the flag set.
-        self.0.woken.store(true, Release);
-        // An eventfd write only fails when the counter would overflow: already woken.
-        let _ = rustix::io::write(&self.0.wake, &1u64.to_ne_bytes());
+        self.0.wake.wake();
     }
 }
 

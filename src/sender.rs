@@ -10,9 +10,8 @@
 //! order, for [`Sender::next_event`].
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,8 +20,8 @@ use crate::protocol::{
     MAX_RECORD_LEN, MAX_TEXT_LEN,
 };
 use crate::transport::{
-    object_size, peer_not_reading, wait, Connection, MessageIn, MessageReader, Progress, Readiness, Ready, Want,
-    SEND_TIMEOUT,
+    object_size, peer_not_reading, wait, Connection, MessageIn, MessageReader, Progress, Readiness, Ready, WakeUp,
+    Want, SEND_TIMEOUT,
 };
 use crate::Error;
 
@@ -76,40 +75,11 @@ pub enum Waited {
 /// [`Waited::Interrupted`]. Cheap to clone; usable from any thread, and from a signal
 /// handler (it is one `write` to an eventfd).
 #[derive(Debug, Clone)]
-pub struct SenderInterrupter(Arc<Wake>);
+pub struct SenderInterrupter(Arc<WakeUp>);
 
 impl SenderInterrupter {
     pub fn interrupt(&self) {
-        // The flag first: a wait that sees the eventfd readable finds the flag set.
-        self.0.owed.store(true, Ordering::Release);
-        // An eventfd write only fails when the counter would overflow: already woken.
-        let _ = rustix::io::write(&self.0.fd, &1u64.to_ne_bytes());
-    }
-}
-
-/// What [`SenderInterrupter::interrupt`] sets: a flag, looked at before each wait (a
-/// load, where reading the eventfd would be a syscall per wait), and the eventfd that
-/// ends a wait in progress.
-#[derive(Debug)]
-struct Wake {
-    owed: AtomicBool,
-    fd: OwnedFd,
-}
-
-impl Wake {
-    /// Whether an interrupt is owed (and no longer).
-    fn take(&self) -> bool {
-        let owed = self.owed.swap(false, Ordering::Acquire);
-        if owed {
-            self.drain();
-        }
-        owed
-    }
-
-    /// Empties the eventfd, so that the next wait does not end at once for an interrupt
-    /// already taken (its write may come after the flag was seen).
-    fn drain(&self) {
-        let _ = rustix::io::read(&self.fd, &mut [0u8; 8]);
+        self.0.wake();
     }
 }
 
@@ -144,7 +114,7 @@ pub struct Sender {
     /// buffer sent), DISCONNECT, the hang-up, or the error that ended reading.
     taken_in: VecDeque<Result<SenderEvent, Error>>,
     /// Set by [`SenderInterrupter::interrupt`].
-    wake: Arc<Wake>,
+    wake: Arc<WakeUp>,
 }
 
 fn invalid(reason: String) -> Error {
@@ -157,8 +127,8 @@ impl Sender {
         let path = path.as_ref();
         let io = |source| Error::Io { what: format!("connecting to the receiver at {}", path.display()), source };
         let connection = Connection::connect(path).map_err(io)?;
-        let flags = rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK;
-        let wake = rustix::event::eventfd(0, flags).map_err(|e| io(e.into()))?;
+        let wake =
+            WakeUp::new().map_err(|source| Error::Io { what: "making the sender's wake-up eventfd".into(), source })?;
         Ok(Sender {
             connection,
             reader: MessageReader::default(),
@@ -168,7 +138,7 @@ impl Sender {
             fds_sent: 0,
             buffers_sent: 0,
             taken_in: VecDeque::new(),
-            wake: Arc::new(Wake { owed: AtomicBool::new(false), fd: wake }),
+            wake: Arc::new(wake),
         })
     }
 
@@ -329,8 +299,7 @@ impl Sender {
     }
 
     /// What the receiver has said already, without waiting: `Ok(None)` when nothing is
-    /// there. One `recvmmsg` when nothing is (`next_event` with a zero timeout also looks
-    /// at its wake-up eventfd).
+    /// there (one `recvmmsg`; no interrupt is taken, as `next_event` would).
     pub fn try_next_event(&mut self) -> Result<Option<SenderEvent>, Error> {
         match self.taken_in.pop_front() {
             Some(taken_in) => taken_in.map(Some),
@@ -366,7 +335,7 @@ impl Sender {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(Waited::Timeout);
             }
-            let ready = wait(self.connection.as_fd(), Want::Read, Some(self.wake.fd.as_fd()), deadline)
+            let ready = wait(self.connection.as_fd(), Want::Read, Some(self.wake.as_fd()), deadline)
                 .map_err(|source| Error::Io { what: "waiting for the receiver".into(), source })?;
             if matches!(ready, Ready::Ready(Readiness { woken: true, .. })) {
                 // Emptied before the flag is looked at again (the top of the loop).

@@ -817,6 +817,53 @@ pub enum Want {
     ReadOrWrite,
 }
 
+/// What ends a wait from another thread (an interrupt): a flag, looked at before each
+/// wait (a load, where reading the eventfd would be a syscall per wait), and an eventfd,
+/// which ends a wait in progress (poll or epoll it).
+#[derive(Debug)]
+pub struct WakeUp {
+    owed: std::sync::atomic::AtomicBool,
+    fd: OwnedFd,
+}
+
+impl WakeUp {
+    pub fn new() -> io::Result<WakeUp> {
+        let flags = rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK;
+        let fd = rustix::event::eventfd(0, flags)?;
+        Ok(WakeUp { owed: std::sync::atomic::AtomicBool::new(false), fd })
+    }
+
+    /// Owes the waiter an interrupt, and ends its wait if it is in one. From any thread,
+    /// and from a signal handler (a store and a `write`).
+    pub fn wake(&self) {
+        // The flag first: a waiter that sees the eventfd readable finds the flag set.
+        self.owed.store(true, std::sync::atomic::Ordering::Release);
+        // An eventfd write only fails when the counter would overflow: already woken.
+        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+    }
+
+    /// Whether an interrupt is owed (and no longer); a load when none is.
+    pub fn take(&self) -> bool {
+        let owed = self.owed.swap(false, std::sync::atomic::Ordering::Acquire);
+        if owed {
+            self.drain();
+        }
+        owed
+    }
+
+    /// Empties the eventfd, so that the next wait does not end at once for an interrupt
+    /// already taken (its write may come after the flag was seen).
+    pub fn drain(&self) {
+        let _ = rustix::io::read(&self.fd, &mut [0u8; 8]);
+    }
+}
+
+impl AsFd for WakeUp {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// What [`wait`] found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Readiness {
