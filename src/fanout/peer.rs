@@ -109,7 +109,8 @@ pub(super) struct Peer {
     /// Tells this peer's connection apart from the ones before (the thread's fd copies).
     pub connection_id: u64,
     /// A copy of the connection's fd to poll without the lock (the thread's, and a send's
-    /// waiting for this receiver to return a buffer); `None` while not connected.
+    /// waiting for this receiver to return a buffer): `Some` exactly while connected or
+    /// draining (set by [`Peer::connected`], taken by [`Peer::close`]).
     pub poll_fd: Option<Arc<OwnedFd>>,
     pub stats: PeerStats,
     pub phase: Phase,

@@ -49,16 +49,15 @@ impl<H> State<H> {
     }
 
     /// Copies of the connections of the receivers holding buffers, for a caller that
-    /// waits for one to come back; `None` when one of them has no copy yet (or none holds).
+    /// waits for one to come back; `None` when none holds any.
     fn holding_sockets(&self) -> Option<Vec<Arc<OwnedFd>>> {
-        self.sockets_of(|p| !matches!(p.phase, Phase::Idle(_)) && !p.out.is_empty())
+        self.sockets_of(|p| !p.out.is_empty())
     }
 
-    /// Copies of the connections of the peers `chosen`; `None` when one has none, or
-    /// none is chosen.
+    /// Copies of the connections of the open peers `chosen`; `None` when there are none.
     fn sockets_of(&self, chosen: impl Fn(&Peer) -> bool) -> Option<Vec<Arc<OwnedFd>>> {
-        let chosen = self.peers.iter().filter(|p| chosen(p));
-        chosen.map(|p| p.poll_fd.clone()).collect::<Option<Vec<_>>>().filter(|fds| !fds.is_empty())
+        let fds: Vec<_> = self.peers.iter().filter(|p| chosen(p)).filter_map(|p| p.poll_fd.clone()).collect();
+        (!fds.is_empty()).then_some(fds)
     }
 
     /// Which connected peers may have something to take in, by index: with more than
@@ -68,21 +67,16 @@ impl<H> State<H> {
         if self.peers.iter().filter(|p| !matches!(p.phase, Phase::Idle(_))).count() <= READ_ALL_UP_TO {
             return None;
         }
-        let polled = |p: &Peer| !matches!(p.phase, Phase::Idle(_)) && p.poll_fd.is_some();
-        let mut fds: Vec<PollFd<'_>> = self
-            .peers
-            .iter()
-            .filter_map(|p| p.poll_fd.as_deref().filter(|_| polled(p)))
-            .map(|fd| PollFd::new(fd, PollFlags::IN))
-            .collect();
+        // Every open peer has a copy of its connection (`Peer::poll_fd`), in order.
+        let mut fds: Vec<PollFd<'_>> =
+            self.peers.iter().filter_map(|p| p.poll_fd.as_deref()).map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
         if rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })).is_err() {
             return None;
         }
         let mut ready = fds.iter().map(|fd| !fd.revents().is_empty());
         let readable = self.peers.iter().map(|p| match &p.phase {
             Phase::Idle(_) => false,
-            Phase::Connected(s) | Phase::Draining(s) if polled(p) => ready.next().unwrap_or(true) || s.has_taken_in(),
-            _ => true,
+            Phase::Connected(s) | Phase::Draining(s) => ready.next().unwrap_or(true) || s.has_taken_in(),
         });
         Some(readable.collect())
     }

@@ -4,7 +4,7 @@
 //! Only this thread connects and closes; `send` only marks a connection broken. It polls
 //! copies of the connected sockets, so it waits without the lock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, TryLockError};
 use std::time::{Duration, Instant};
@@ -18,13 +18,13 @@ use super::{Destination, FanoutEvent, Shared};
 use crate::Sender;
 
 pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
-    // Copies of the connected sockets, by connection id.
-    let mut sockets: HashMap<u64, Arc<OwnedFd>> = HashMap::new();
     let mut look_at_directory = directory.is_some();
-    // Kept across wake-ups (one per return): no allocation per return for these.
-    let mut ids: Vec<u64> = Vec::new();
+    // Copies of the connected sockets (the peers'), by connection id, taken at each plan;
+    // kept across wake-ups, as `readable`: no allocation per wake-up for these.
+    let mut connections: Vec<(u64, Arc<OwnedFd>)> = Vec::new();
     let mut readable: Vec<u64> = Vec::new();
     let mut last_plan = Plan { next_attempt: None, handoff: None, look_every: HANDOFF };
+    let mut woken = false;
     loop {
         if look_at_directory {
             if let Some(dir) = directory.as_mut() {
@@ -34,33 +34,32 @@ pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
                 }
             }
         }
-        let Some(next) = plan(shared, &mut sockets, last_plan) else { return };
+        let Some(next) = plan(shared, &mut connections, last_plan, woken) else { return };
         last_plan = next;
         let Plan { next_attempt, handoff, .. } = next;
 
-        ids.clear();
-        ids.extend(sockets.keys().copied());
         let mut poll_fds = vec![PollFd::new(&shared.wake, PollFlags::IN)];
         if let Some(dir) = directory.as_ref() {
             poll_fds.push(PollFd::new(dir, PollFlags::IN));
         }
         let first_socket = poll_fds.len();
         if handoff.is_none() {
-            poll_fds.extend(ids.iter().map(|id| PollFd::new(&sockets[id], PollFlags::IN)));
+            poll_fds.extend(connections.iter().map(|(_, fd)| PollFd::new(&**fd, PollFlags::IN)));
         }
         let wake_at = [next_attempt, handoff].into_iter().flatten().min();
         let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
         let timespec = timeout.and_then(|t| rustix::event::Timespec::try_from(t).ok());
         // EINTR and the like: the loop looks at everything again.
         let _ = rustix::event::poll(&mut poll_fds, timespec.as_ref());
-        let woken = !poll_fds[0].revents().is_empty();
+        woken = !poll_fds[0].revents().is_empty();
         look_at_directory = directory.is_some() && !poll_fds[1].revents().is_empty();
         readable.clear();
         readable.extend(
-            ids.iter()
+            connections
+                .iter()
                 .enumerate()
                 .filter(|&(i, _)| woken || poll_fds.get(first_socket + i).is_some_and(|fd| !fd.revents().is_empty()))
-                .map(|(_, id)| *id),
+                .map(|(_, (id, _))| *id),
         );
         drop(poll_fds);
         if woken {
@@ -68,9 +67,7 @@ pub(super) fn run<H>(shared: &Shared<H>, mut directory: Option<Directory>) {
             let _ = rustix::io::read(&shared.wake, &mut counter);
         }
         for &id in &readable {
-            if serve(shared, id) {
-                sockets.remove(&id);
-            }
+            serve(shared, id);
         }
     }
 }
@@ -122,15 +119,17 @@ struct Plan {
 /// stream that stopped after flowing for a while are read.
 const LONGEST_LOOK: Duration = Duration::from_millis(8);
 
-/// Connects to every receiver whose attempt is due, and says what to wait for next
-/// (`last`: the plan it woke from); `None` once the fan-out stops.
-fn plan<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, Arc<OwnedFd>>, last: Plan) -> Option<Plan> {
+/// Connects to every receiver whose attempt is due, takes copies of the `connections` to
+/// poll, and says what to wait for next (`last`: the plan it woke from, `woken`: by the
+/// eventfd); `None` once the fan-out stops.
+fn plan<H>(shared: &Shared<H>, connections: &mut Vec<(u64, Arc<OwnedFd>)>, last: Plan, woken: bool) -> Option<Plan> {
     // The common case, once per wake-up: nothing due, one look under the lock. During a
     // handoff, a lock held means a send under way: the handoff goes on, and the thread
-    // does not sleep on the lock (and make the send wake it).
+    // does not sleep on the lock (and make the send wake it), unless it was woken for
+    // something (a stop, a connection closed: its copy must go).
     let mut state = match shared.state.try_lock() {
         Ok(state) => state,
-        Err(TryLockError::WouldBlock) if last.handoff.is_some() => {
+        Err(TryLockError::WouldBlock) if last.handoff.is_some() && !woken => {
             return Some(Plan { handoff: Some(Instant::now() + last.look_every), ..last });
         }
         Err(_) => shared.lock(),
@@ -141,9 +140,13 @@ fn plan<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, Arc<OwnedFd>>, last: P
     let now = Instant::now();
     if next_attempt(&state).is_some_and(|at| at <= now) {
         drop(state);
-        connect_due(shared, sockets, now);
+        connect_due(shared, now);
         state = shared.lock();
     }
+    // Those of connections closed since go: the receiver sees the hang-up once the last
+    // copy of its connection is closed.
+    connections.clear();
+    connections.extend(state.peers.iter().filter_map(|p| Some((p.connection_id, p.poll_fd.clone()?))));
     let handoff = state.handoff_until(Instant::now());
     state.sends_read_returns = handoff.is_some();
     let look_every = match (last.handoff, handoff) {
@@ -156,7 +159,7 @@ fn plan<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, Arc<OwnedFd>>, last: P
 }
 
 /// Tries to connect to every receiver whose attempt was due at `now`.
-fn connect_due<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, Arc<OwnedFd>>, now: Instant) {
+fn connect_due<H>(shared: &Shared<H>, now: Instant) {
     let due: Vec<_> = {
         let state = shared.lock();
         state
@@ -181,10 +184,8 @@ fn connect_due<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, Arc<OwnedFd>>, 
         let Some(peer) = state.peers.iter_mut().find(|p| p.stats.socket == socket) else { continue };
         match connection {
             Ok((sender, copy)) => {
-                let copy = Arc::new(copy);
-                peer.connected(sender, id, copy.clone());
+                peer.connected(sender, id, Arc::new(copy));
                 state.next_connection += 1;
-                sockets.insert(id, copy);
                 shared.signal(state);
                 (shared.report)(FanoutEvent::Connected { socket });
             }
@@ -205,25 +206,24 @@ fn connect_due<H>(shared: &Shared<H>, sockets: &mut HashMap<u64, Arc<OwnedFd>>, 
     }
 }
 
-/// Handles everything receiver `id` has said. Returns whether its connection closed.
-fn serve<H>(shared: &Shared<H>, id: u64) -> bool {
+/// Handles everything receiver `id` has said.
+fn serve<H>(shared: &Shared<H>, id: u64) {
     let mut events = Vec::new();
     let mut released = Vec::new();
     let mut state = shared.lock();
     let Some(index) = state.peers.iter().position(|p| p.connection_id == id && !matches!(p.phase, Phase::Idle(_)))
     else {
-        return true;
+        return;
     };
     if state.polling_senders > 0 {
         // A send waits for a return and reads it itself: left to it.
-        return false;
+        return;
     }
-    let closing = take_in_peer(&mut state, index, &mut events, &mut released);
+    take_in_peer(&mut state, index, &mut events, &mut released);
     shared.signal(state);
     for event in events {
         (shared.report)(event);
     }
     // The caller's holds (pooled buffers going back to their pools) outside the lock.
     drop(released);
-    closing
 }
