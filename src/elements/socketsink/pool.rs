@@ -37,6 +37,7 @@ mod imp {
     use gst::glib;
     use gst::subclass::prelude::*;
 
+    use super::super::imp::CAT;
     use crate::elements::lock;
 
     #[derive(Default)]
@@ -65,8 +66,14 @@ mod imp {
         /// As `GstVideoBufferPool`: video caps are required, and each buffer is at least
         /// a frame's size.
         fn set_config(&self, config: &mut gst::BufferPoolConfigRef) -> bool {
-            let Some((Some(caps), size, min, max)) = config.params() else { return false };
-            let Ok(info) = gst_video::VideoInfo::from_caps(&caps) else { return false };
+            let Some((Some(caps), size, min, max)) = config.params() else {
+                gst::warning!(CAT, imp = self, "a pool of video frames needs caps in its configuration");
+                return false;
+            };
+            let Ok(info) = gst_video::VideoInfo::from_caps(&caps) else {
+                gst::warning!(CAT, imp = self, "a pool of video frames cannot make frames of {caps}");
+                return false;
+            };
             config.set_params(Some(&caps), size.max(info.size() as u32), min, max);
             let with_meta = config.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
             *lock(&self.video_meta) = with_meta.then_some(info);
@@ -86,7 +93,10 @@ mod imp {
                     info.offset(),
                     info.stride(),
                 )
-                .map_err(|_| gst::FlowError::Error)?;
+                .map_err(|e| {
+                    gst::error!(CAT, imp = self, "cannot describe a {}x{} frame: {e}", info.width(), info.height());
+                    gst::FlowError::Error
+                })?;
             }
             Ok(buffer)
         }
