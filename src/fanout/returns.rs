@@ -152,17 +152,22 @@ impl<H> Shared<H> {
     }
 
     /// Takes in what every receiver said already; unlocks to report it and let go of
-    /// the buffers that came back, and locks again.
+    /// the buffers that came back, and locks again (when nothing came, it keeps the lock:
+    /// nothing to tell anyone).
     pub(super) fn take_in<'a>(&'a self, mut state: MutexGuard<'a, State<H>>) -> MutexGuard<'a, State<H>> {
         let mut events = Vec::new();
         let mut released = Vec::new();
         let mut closed = false;
+        let returns_before = state.stats.returns;
         let readable = state.readable();
         for index in (0..state.peers.len()).rev() {
             let open = !matches!(state.peers[index].phase, Phase::Idle(_));
             if open && readable.as_ref().is_none_or(|readable| readable[index]) {
                 closed |= take_in_peer(&mut state, index, &mut events, &mut released);
             }
+        }
+        if !closed && events.is_empty() && state.stats.returns == returns_before {
+            return state;
         }
         self.signal(state);
         if closed {
