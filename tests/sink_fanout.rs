@@ -64,6 +64,30 @@ fn stuck_receiver(tmp: &TempDir, socket: &Path) -> Child {
     launch(tmp, &format!("qtisocketsrc socket={} ! identity sleep-time=3600000000 ! fakesink", path_str(socket)))
 }
 
+/// A `socket-dir` sender (`sink_properties` beside), two receivers writing what they get
+/// to files and a third stuck on its first buffer (`stuck.sock`), all three connected.
+struct TwoHealthyOneStuck {
+    tmp: TempDir,
+    dir: PathBuf,
+    pipeline: gst::Pipeline,
+    src: gst_app::AppSrc,
+    sink: gst::Element,
+    healthy: Vec<Child>,
+    outs: [PathBuf; 2],
+    stuck: Child,
+}
+
+fn two_healthy_one_stuck(name: &str, sink_properties: &str) -> TwoHealthyOneStuck {
+    let tmp = TempDir::new(name);
+    let dir = tmp.path("cams");
+    std::fs::create_dir(&dir).unwrap();
+    let (pipeline, src, sink) = dir_sender(&dir, sink_properties);
+    let (healthy, outs) = two_file_receivers(&tmp, &dir);
+    let stuck = stuck_receiver(&tmp, &dir.join("stuck.sock"));
+    wait_until("three receivers are connected", || connected_receivers(&sink) == 3);
+    TwoHealthyOneStuck { tmp, dir, pipeline, src, sink, healthy, outs, stuck }
+}
+
 /// The sink's figures for the receiver on `socket`.
 fn receiver_stats(sink: &gst::Element, socket: &Path) -> Option<gst::Structure> {
     let stats: gst::Structure = sink.property("stats");
@@ -147,13 +171,8 @@ fn kill(mut child: Child) {
 fn three_receivers_one_stuck_the_healthy_two_get_every_frame_and_the_stuck_one_max_in_flight() {
     const FRAMES: u64 = 400;
     const MAX_IN_FLIGHT: u64 = 8;
-    let tmp = TempDir::new("fanout-stuck");
-    let dir = tmp.path("cams");
-    std::fs::create_dir(&dir).unwrap();
-    let (pipeline, src, sink) = dir_sender(&dir, &format!("max-in-flight={MAX_IN_FLIGHT}"));
-    let (healthy, outs) = two_file_receivers(&tmp, &dir);
-    let stuck = stuck_receiver(&tmp, &dir.join("stuck.sock"));
-    wait_until("three receivers are connected", || connected_receivers(&sink) == 3);
+    let TwoHealthyOneStuck { tmp: _tmp, dir, pipeline, src, sink, healthy, outs, stuck } =
+        two_healthy_one_stuck("fanout-stuck", &format!("max-in-flight={MAX_IN_FLIGHT}"));
 
     let elapsed = push_paced(&src, 0..FRAMES, |_| {});
     let stuck_stats = receiver_stats(&sink, &dir.join("stuck.sock")).expect("the stuck receiver is still connected");
@@ -461,13 +480,8 @@ fn a_missing_socket_dir_fails_the_start_naming_it() {
 fn with_slow_receiver_wait_a_stuck_receiver_holds_the_producer_until_it_dies_and_a_stop_ends_the_wait() {
     const FRAMES: u64 = 60;
     const MAX_IN_FLIGHT: u64 = 4;
-    let tmp = TempDir::new("fanout-wait");
-    let dir = tmp.path("cams");
-    std::fs::create_dir(&dir).unwrap();
-    let (pipeline, src, sink) = dir_sender(&dir, &format!("max-in-flight={MAX_IN_FLIGHT} slow-receiver=wait"));
-    let (healthy, outs) = two_file_receivers(&tmp, &dir);
-    let stuck = stuck_receiver(&tmp, &dir.join("stuck.sock"));
-    wait_until("three receivers are connected", || connected_receivers(&sink) == 3);
+    let TwoHealthyOneStuck { tmp, dir, pipeline, src, sink, healthy, outs, stuck } =
+        two_healthy_one_stuck("fanout-wait", &format!("max-in-flight={MAX_IN_FLIGHT} slow-receiver=wait"));
     let sent_to = |name: &str| receiver_stats(&sink, &dir.join(name)).map(|s| stat::<u64>(&s, "buffers-sent"));
     let push = |range: std::ops::Range<u64>| {
         for i in range {
@@ -502,10 +516,7 @@ fn with_slow_receiver_wait_a_stuck_receiver_holds_the_producer_until_it_dies_and
         kill(child);
     }
     for out in &outs {
-        let bytes = std::fs::read(out).unwrap();
-        let got: Vec<&[u8]> = bytes.chunks(FRAME_SIZE).collect();
-        assert_eq!(got.len() as u64, FRAMES + MAX_IN_FLIGHT, "{}", out.display());
-        assert!(got.iter().zip(0..).all(|(g, i)| *g == frame(i)), "{}: frames out of order", out.display());
+        assert_frames(out, 0..FRAMES + MAX_IN_FLIGHT);
     }
     assert_no_glib_warnings();
 }
