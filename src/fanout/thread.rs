@@ -1,8 +1,10 @@
 //! The fan-out's thread: follows the directory, connects to the receivers, reads what
 //! they say, lets go of buffers as they come back, and closes the connections that end.
 //!
-//! Only this thread connects and closes; `send` only marks a connection broken. It polls
-//! copies of the connected sockets, so it waits without the lock.
+//! Only this thread connects. A connection that ended is closed by whoever reads that it
+//! did (this thread, or a send reading the returns: returns.rs); a failed send only marks
+//! it broken. The thread polls copies of the peers' sockets, taken at each wake-up, so it
+//! waits without the lock.
 
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
